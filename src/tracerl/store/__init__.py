@@ -1,0 +1,46 @@
+"""The durable store: rollouts, attempts, spans and resources behind one contract.
+
+Pick a backend by URL with :func:`connect`:
+
+* ``memory://`` — in-process, for tests and quick scripts;
+* ``sqlite:///path/to/file.db`` — the embedded default (one file, WAL, several processes on one machine);
+* ``postgresql://user@host:5432/db`` — shared by many machines (needs ``tracerl[postgres]``);
+* ``http://host:port`` — a client for a running ``tracerl serve``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tracerl.errors import ConfigError
+from tracerl.store.base import Store
+
+__all__ = ["Store", "connect"]
+
+
+def connect(url: str, **options: Any) -> Store:
+    """Open the store named by ``url`` (see the module docstring for the schemes)."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(
+            f"store URL {url!r} has no scheme; use memory://, sqlite:///path.db, postgresql://... or http://host:port"
+        )
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        from tracerl.store.memory import MemoryStore
+
+        return MemoryStore(url, **options)
+    if scheme == "sqlite":
+        from tracerl.store.sqlite import SqliteStore
+
+        return SqliteStore(url, **options)
+    if scheme in ("postgres", "postgresql"):
+        from tracerl.store.postgres import PostgresStore
+
+        return PostgresStore(url, **options)
+    if scheme in ("http", "https"):
+        from tracerl.store.http import HttpStore
+
+        return HttpStore(url, **options)
+    raise ConfigError(
+        f"unknown store scheme {scheme!r} in {url!r}; use memory://, sqlite:///path.db, postgresql://... or http://host:port"
+    )

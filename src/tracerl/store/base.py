@@ -1,0 +1,227 @@
+"""The store contract: the one narrow interface every backend implements and every part talks through.
+
+A backend implements the abstract methods of :class:`Store`; the status machine (``status.py``), input
+validation and id generation live here once. The contract test suite (``tests/store``) runs the same tests
+against every backend: memory, sqlite, postgres and the HTTP client against a real ``tracerl serve``.
+
+Typical life of a rollout::
+
+    [r] = store.enqueue([RolloutSpec(task={"q": "2+2"}, group_id="g1")])
+    claim = store.claim("worker-1", lease_s=30)          # rollout running, new attempt with a lease
+    store.heartbeat(claim.attempt.attempt_id)            # extends the lease
+    store.add_spans([Span(claim.attempt.attempt_id, 0, SpanKind.LLM_CALL, ...)])
+    store.finish(claim.attempt.attempt_id, AttemptStatus.SUCCEEDED, reward=1.0)
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from tracerl.errors import InvalidInput
+from tracerl.types import (
+    Attempt,
+    AttemptStatus,
+    Claim,
+    Mode,
+    Page,
+    Resource,
+    Rollout,
+    RolloutQuery,
+    RolloutSpec,
+    Span,
+    SpanKind,
+)
+
+DEFAULT_LEASE_S = 60.0
+MAX_QUERY_LIMIT = 10_000
+
+
+def new_id(prefix: str) -> str:
+    """A random, sortable-enough id such as ``ro-3f2a9c...`` (prefix says what it names)."""
+    return f"{prefix}-{uuid.uuid4().hex[:20]}"
+
+
+class Store(abc.ABC):
+    """Durable job queue of rollouts plus the spans and resources they produce.
+
+    All methods are thread-safe. Errors are :mod:`tracerl.errors` classes whatever the backend.
+    """
+
+    url: str = ""
+
+    # -- rollouts ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def enqueue(self, specs: Sequence[RolloutSpec]) -> list[Rollout]:
+        """Add rollouts as ``queued``. A spec whose ``idempotency_key`` was enqueued before returns the
+        existing rollout instead of a new one. ``group_id`` defaults to the new rollout's own id."""
+
+    @abc.abstractmethod
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float = DEFAULT_LEASE_S,
+        modes: Sequence[Mode] | None = None,
+        wait_s: float = 0.0,
+    ) -> Claim | None:
+        """Atomically take the oldest queued rollout (of ``modes``, if given) and start a new attempt with
+        a lease of ``lease_s`` seconds. Two claimers never get the same rollout. Waits up to ``wait_s`` for
+        one to be enqueued; returns ``None`` if none came."""
+
+    @abc.abstractmethod
+    def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
+        """Extend a running attempt's lease to now + ``lease_s``. Raises ``AttemptFinished`` if it ended
+        (for example because its lease had already expired)."""
+
+    @abc.abstractmethod
+    def finish(
+        self,
+        attempt_id: str,
+        status: AttemptStatus,
+        *,
+        reward: float | None = None,
+        error: str | None = None,
+    ) -> Rollout:
+        """End a running attempt and move its rollout on (see ``status.rollout_after_attempt``)."""
+
+    @abc.abstractmethod
+    def cancel(self, rollout_id: str) -> Rollout:
+        """Cancel a queued or running rollout (a running attempt ends as ``cancelled``)."""
+
+    @abc.abstractmethod
+    def get_rollout(self, rollout_id: str) -> Rollout:
+        """One rollout by id; ``NotFound`` if there is none."""
+
+    @abc.abstractmethod
+    def get_attempts(self, rollout_id: str) -> list[Attempt]:
+        """The attempts of a rollout, oldest first; ``NotFound`` for an unknown rollout."""
+
+    @abc.abstractmethod
+    def query_rollouts(self, query: RolloutQuery) -> Page:
+        """Rollouts matching every given filter, ordered by creation time, one page at a time."""
+
+    @abc.abstractmethod
+    def wait(self, rollout_ids: Sequence[str], *, timeout_s: float) -> list[Rollout]:
+        """Block until every named rollout is final or ``timeout_s`` passed; return those that are final."""
+
+    @abc.abstractmethod
+    def expire_leases(self, now: float | None = None) -> list[Attempt]:
+        """End every running attempt whose lease ran out as ``unresponsive`` and requeue (or fail) its
+        rollout. Returns the attempts that were expired. Backends also call this before claiming."""
+
+    # -- spans -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_spans(self, spans: Sequence[Span]) -> int:
+        """Record spans of running or finished attempts. Idempotent on ``(attempt_id, seq)``: a span that
+        is already stored is left as it is. Returns how many were new. ``NotFound`` for unknown attempts."""
+
+    @abc.abstractmethod
+    def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
+        """Spans of one attempt, or of every attempt of one rollout, ordered by (attempt number, seq)."""
+
+    # -- resources ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_resource(self, name: str, value: dict[str, Any]) -> Resource:
+        """Store ``value`` as the next version of ``name`` (1 for the first). Versions never change."""
+
+    @abc.abstractmethod
+    def get_resource(self, name: str, version: int | None = None) -> Resource:
+        """The given version of ``name``, or its latest; ``NotFound`` if there is none."""
+
+    # -- experiment binding ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def bind_experiment(self, name: str) -> None:
+        """Claim this store for experiment ``name``. Binding the same name again is fine; a different
+        name raises ``ExperimentConflict`` so two trainers never silently share one store."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends without resources to free
+        """Release connections/files. The store must not be used afterwards."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- validation shared by every backend ------------------------------------------------------------
+
+
+def validate_spec(spec: RolloutSpec) -> RolloutSpec:
+    """Check a spec's types and ranges; returns it with ``mode`` normalised to :class:`Mode`."""
+    if not isinstance(spec, RolloutSpec):
+        raise InvalidInput(f"expected a RolloutSpec, got {type(spec).__name__}")
+    if not isinstance(spec.task, dict):
+        raise InvalidInput(f"rollout task must be a JSON object (dict), got {type(spec.task).__name__}")
+    try:
+        spec.mode = Mode(spec.mode)
+    except ValueError:
+        raise InvalidInput(
+            f"rollout mode {spec.mode!r} is not one of {[m.value for m in Mode]}"
+        ) from None
+    if not isinstance(spec.max_attempts, int) or spec.max_attempts < 1:
+        raise InvalidInput(f"max_attempts must be an integer ≥ 1, got {spec.max_attempts!r}")
+    if spec.group_id is not None and not isinstance(spec.group_id, str):
+        raise InvalidInput(f"group_id must be a string, got {spec.group_id!r}")
+    if spec.idempotency_key is not None and not isinstance(spec.idempotency_key, str):
+        raise InvalidInput(f"idempotency_key must be a string, got {spec.idempotency_key!r}")
+    return spec
+
+
+def validate_span(span: Span) -> Span:
+    """Check a span's types; ``logprobs`` must match ``response_ids`` in length."""
+    if not isinstance(span, Span):
+        raise InvalidInput(f"expected a Span, got {type(span).__name__}")
+    if not isinstance(span.seq, int) or span.seq < 0:
+        raise InvalidInput(f"span seq must be an integer ≥ 0, got {span.seq!r}")
+    try:
+        span.kind = SpanKind(span.kind)
+    except ValueError:
+        raise InvalidInput(f"span kind {span.kind!r} is not one of {[k.value for k in SpanKind]}") from None
+    if not isinstance(span.attributes, dict):
+        raise InvalidInput(f"span attributes must be a JSON object, got {type(span.attributes).__name__}")
+    for field_name in ("prompt_ids", "response_ids"):
+        ids = getattr(span, field_name)
+        if ids is not None and (not isinstance(ids, list) or not all(type(i) is int for i in ids)):
+            raise InvalidInput(f"span {field_name} must be a list of integers")
+    if span.logprobs is not None:
+        if not isinstance(span.logprobs, list) or not all(isinstance(x, (int, float)) for x in span.logprobs):
+            raise InvalidInput("span logprobs must be a list of numbers")
+        if span.response_ids is None or len(span.logprobs) != len(span.response_ids):
+            raise InvalidInput(
+                f"span logprobs has {len(span.logprobs)} values but response_ids has "
+                f"{0 if span.response_ids is None else len(span.response_ids)}; they must match one to one"
+            )
+    return span
+
+
+def validate_reward(reward: float | None) -> float | None:
+    if reward is None:
+        return None
+    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+        raise InvalidInput(f"reward must be a finite number or None, got {reward!r}")
+    return float(reward)
+
+
+def validate_lease(lease_s: float) -> float:
+    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s <= 86_400:
+        raise InvalidInput(f"lease_s must be a number of seconds in (0, 86400], got {lease_s!r}")
+    return float(lease_s)
+
+
+def validate_query(query: RolloutQuery) -> RolloutQuery:
+    if not 1 <= query.limit <= MAX_QUERY_LIMIT:
+        raise InvalidInput(f"query limit must be in [1, {MAX_QUERY_LIMIT}], got {query.limit}")
+    if query.offset < 0:
+        raise InvalidInput(f"query offset must be ≥ 0, got {query.offset}")
+    return query
+
+
+def validate_resource_name(name: str) -> str:
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise InvalidInput(f"resource name must be a non-empty string of at most 200 characters, got {name!r}")
+    return name

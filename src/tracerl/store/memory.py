@@ -1,0 +1,334 @@
+"""In-memory store backend (``memory://``): for tests and quick scripts in one process.
+
+Everything lives in dicts guarded by one lock; a condition variable wakes claimers and waiters. Nothing
+survives the process, so use ``sqlite:///path`` for anything you want to keep.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from tracerl.errors import ExperimentConflict, InvalidInput, NotFound
+from tracerl.store import status as sm
+from tracerl.store.base import (
+    DEFAULT_LEASE_S,
+    Store,
+    new_id,
+    validate_lease,
+    validate_query,
+    validate_resource_name,
+    validate_reward,
+    validate_span,
+    validate_spec,
+)
+from tracerl.types import (
+    Attempt,
+    AttemptStatus,
+    Claim,
+    Mode,
+    Page,
+    Resource,
+    Rollout,
+    RolloutQuery,
+    RolloutSpec,
+    RolloutStatus,
+    Span,
+)
+
+
+class MemoryStore(Store):
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.Condition()
+        self._rollouts: dict[str, Rollout] = {}
+        self._queue: OrderedDict[str, None] = OrderedDict()  # queued rollout ids, oldest first
+        self._by_key: dict[str, str] = {}
+        self._attempts: dict[str, Attempt] = {}
+        self._attempts_of: dict[str, list[str]] = {}
+        self._spans: dict[str, dict[int, Span]] = {}
+        self._resources: dict[str, list[Resource]] = {}
+        self._experiment: str | None = None
+
+    # -- rollouts ---------------------------------------------------------------------------------
+    def enqueue(self, specs: Sequence[RolloutSpec]) -> list[Rollout]:
+        specs = [validate_spec(s) for s in specs]
+        out: list[Rollout] = []
+        with self._lock:
+            now = time.time()
+            for spec in specs:
+                if spec.idempotency_key is not None and spec.idempotency_key in self._by_key:
+                    out.append(copy.deepcopy(self._rollouts[self._by_key[spec.idempotency_key]]))
+                    continue
+                rid = new_id("ro")
+                r = Rollout(
+                    rollout_id=rid,
+                    task=copy.deepcopy(spec.task),
+                    mode=Mode(spec.mode),
+                    group_id=spec.group_id or rid,
+                    status=RolloutStatus.QUEUED,
+                    max_attempts=spec.max_attempts,
+                    resources_version=spec.resources_version,
+                    idempotency_key=spec.idempotency_key,
+                    metadata=copy.deepcopy(spec.metadata),
+                    created_at=now,
+                    updated_at=now,
+                )
+                self._rollouts[rid] = r
+                self._queue[rid] = None
+                if spec.idempotency_key is not None:
+                    self._by_key[spec.idempotency_key] = rid
+                out.append(copy.deepcopy(r))
+            self._lock.notify_all()
+        return out
+
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float = DEFAULT_LEASE_S,
+        modes: Sequence[Mode] | None = None,
+        wait_s: float = 0.0,
+    ) -> Claim | None:
+        lease_s = validate_lease(lease_s)
+        wanted = {Mode(m) for m in modes} if modes else None
+        deadline = time.monotonic() + max(0.0, wait_s)
+        with self._lock:
+            while True:
+                self._expire_locked(time.time())
+                rid = next(
+                    (r for r in self._queue if wanted is None or self._rollouts[r].mode in wanted), None
+                )
+                if rid is not None:
+                    return self._start_attempt_locked(rid, worker_id, lease_s)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._lock.wait(min(remaining, 1.0))
+
+    def _start_attempt_locked(self, rid: str, worker_id: str, lease_s: float) -> Claim:
+        r = self._rollouts[rid]
+        sm.check_rollout(r.status, RolloutStatus.RUNNING, rid)
+        del self._queue[rid]
+        now = time.time()
+        r.status = RolloutStatus.RUNNING
+        r.attempts += 1
+        r.updated_at = now
+        a = Attempt(
+            attempt_id=new_id("at"),
+            rollout_id=rid,
+            number=r.attempts,
+            worker_id=worker_id,
+            status=AttemptStatus.RUNNING,
+            lease_expires_at=now + lease_s,
+            heartbeat_at=now,
+            started_at=now,
+        )
+        self._attempts[a.attempt_id] = a
+        self._attempts_of.setdefault(rid, []).append(a.attempt_id)
+        return Claim(rollout=copy.deepcopy(r), attempt=copy.deepcopy(a))
+
+    def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
+        lease_s = validate_lease(lease_s)
+        with self._lock:
+            a = self._attempt(attempt_id)
+            now = time.time()
+            if a.status is AttemptStatus.RUNNING and a.lease_expires_at < now:
+                self._end_attempt_locked(a, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
+            if a.status is not AttemptStatus.RUNNING:
+                sm.check_attempt(a.status, AttemptStatus.RUNNING, attempt_id)
+            a.heartbeat_at = now
+            a.lease_expires_at = now + lease_s
+            return copy.deepcopy(a)
+
+    def finish(
+        self,
+        attempt_id: str,
+        status: AttemptStatus,
+        *,
+        reward: float | None = None,
+        error: str | None = None,
+    ) -> Rollout:
+        reward = validate_reward(reward)
+        try:
+            status = AttemptStatus(status)
+        except ValueError:
+            raise InvalidInput(f"attempt status {status!r} is not one of {[s.value for s in AttemptStatus]}") from None
+        with self._lock:
+            a = self._attempt(attempt_id)
+            r = self._end_attempt_locked(a, status, reward, error, time.time())
+            self._lock.notify_all()
+            return copy.deepcopy(r)
+
+    def _end_attempt_locked(
+        self, a: Attempt, status: AttemptStatus, reward: float | None, error: str | None, now: float
+    ) -> Rollout:
+        sm.check_attempt(a.status, status, a.attempt_id)
+        r = self._rollouts[a.rollout_id]
+        nxt = sm.rollout_after_attempt(status, r.attempts, r.max_attempts)
+        sm.check_rollout(r.status, nxt, r.rollout_id)
+        a.status, a.ended_at, a.error = status, now, error
+        r.status, r.updated_at = nxt, now
+        if status is AttemptStatus.SUCCEEDED:
+            r.reward = reward
+        if error is not None:
+            r.error = error
+        if nxt is RolloutStatus.QUEUED:
+            self._queue[r.rollout_id] = None
+        return r
+
+    def cancel(self, rollout_id: str) -> Rollout:
+        with self._lock:
+            r = self._rollout(rollout_id)
+            now = time.time()
+            if r.status is RolloutStatus.RUNNING:
+                running = [
+                    self._attempts[i]
+                    for i in self._attempts_of.get(rollout_id, [])
+                    if self._attempts[i].status is AttemptStatus.RUNNING
+                ]
+                for a in running:
+                    self._end_attempt_locked(a, AttemptStatus.CANCELLED, None, None, now)
+            else:
+                sm.check_rollout(r.status, RolloutStatus.CANCELLED, rollout_id)
+                self._queue.pop(rollout_id, None)
+                r.status, r.updated_at = RolloutStatus.CANCELLED, now
+            self._lock.notify_all()
+            return copy.deepcopy(r)
+
+    def get_rollout(self, rollout_id: str) -> Rollout:
+        with self._lock:
+            return copy.deepcopy(self._rollout(rollout_id))
+
+    def get_attempts(self, rollout_id: str) -> list[Attempt]:
+        with self._lock:
+            self._rollout(rollout_id)
+            return [copy.deepcopy(self._attempts[i]) for i in self._attempts_of.get(rollout_id, [])]
+
+    def query_rollouts(self, query: RolloutQuery) -> Page:
+        q = validate_query(query)
+        statuses = {RolloutStatus(s) for s in q.status} if q.status else None
+        ids = set(q.rollout_ids) if q.rollout_ids is not None else None
+        with self._lock:
+            hits = [
+                r
+                for r in self._rollouts.values()
+                if (statuses is None or r.status in statuses)
+                and (q.mode is None or r.mode is Mode(q.mode))
+                and (q.group_id is None or r.group_id == q.group_id)
+                and (q.resources_version is None or r.resources_version == q.resources_version)
+                and (q.created_after is None or r.created_at >= q.created_after)
+                and (q.created_before is None or r.created_at < q.created_before)
+                and (ids is None or r.rollout_id in ids)
+            ]
+            page = [copy.deepcopy(r) for r in hits[q.offset : q.offset + q.limit]]
+            return Page(items=page, total=len(hits), offset=q.offset, limit=q.limit)
+
+    def wait(self, rollout_ids: Sequence[str], *, timeout_s: float) -> list[Rollout]:
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._lock:
+            for rid in rollout_ids:
+                self._rollout(rollout_id=rid)
+            while True:
+                self._expire_locked(time.time())
+                done = [self._rollouts[r] for r in rollout_ids if self._rollouts[r].status.is_final]
+                remaining = deadline - time.monotonic()
+                if len(done) == len(rollout_ids) or remaining <= 0:
+                    return [copy.deepcopy(r) for r in done]
+                self._lock.wait(min(remaining, 0.5))
+
+    def expire_leases(self, now: float | None = None) -> list[Attempt]:
+        with self._lock:
+            out = self._expire_locked(time.time() if now is None else now)
+            if out:
+                self._lock.notify_all()
+            return out
+
+    def _expire_locked(self, now: float) -> list[Attempt]:
+        expired = [
+            a for a in self._attempts.values() if a.status is AttemptStatus.RUNNING and a.lease_expires_at < now
+        ]
+        for a in expired:
+            self._end_attempt_locked(a, AttemptStatus.UNRESPONSIVE, None, "lease expired without heartbeat", now)
+        return [copy.deepcopy(a) for a in expired]
+
+    # -- spans -------------------------------------------------------------------------------------
+    def add_spans(self, spans: Sequence[Span]) -> int:
+        spans = [validate_span(s) for s in spans]
+        added = 0
+        with self._lock:
+            for s in spans:
+                a = self._attempt(s.attempt_id)
+                bucket = self._spans.setdefault(s.attempt_id, {})
+                if s.seq in bucket:
+                    continue
+                stored = copy.deepcopy(s)
+                stored.rollout_id = a.rollout_id
+                bucket[s.seq] = stored
+                added += 1
+        return added
+
+    def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
+        if (rollout_id is None) == (attempt_id is None):
+            raise InvalidInput("get_spans needs exactly one of rollout_id or attempt_id")
+        with self._lock:
+            if attempt_id is not None:
+                self._attempt(attempt_id)
+                attempt_ids = [attempt_id]
+            else:
+                assert rollout_id is not None
+                self._rollout(rollout_id)
+                attempt_ids = self._attempts_of.get(rollout_id, [])
+            out: list[Span] = []
+            for aid in attempt_ids:
+                bucket = self._spans.get(aid, {})
+                out.extend(copy.deepcopy(bucket[k]) for k in sorted(bucket))
+            return out
+
+    # -- resources ---------------------------------------------------------------------------------
+    def put_resource(self, name: str, value: dict[str, Any]) -> Resource:
+        validate_resource_name(name)
+        if not isinstance(value, dict):
+            raise InvalidInput(f"resource value must be a JSON object, got {type(value).__name__}")
+        with self._lock:
+            versions = self._resources.setdefault(name, [])
+            res = Resource(name=name, version=len(versions) + 1, value=copy.deepcopy(value))
+            versions.append(res)
+            return copy.deepcopy(res)
+
+    def get_resource(self, name: str, version: int | None = None) -> Resource:
+        with self._lock:
+            versions = self._resources.get(name)
+            if not versions:
+                raise NotFound(f"no resource named {name!r}; write one with put_resource({name!r}, {{...}})")
+            if version is None:
+                return copy.deepcopy(versions[-1])
+            if not 1 <= version <= len(versions):
+                raise NotFound(f"resource {name!r} has versions 1..{len(versions)}, not {version}")
+            return copy.deepcopy(versions[version - 1])
+
+    def bind_experiment(self, name: str) -> None:
+        with self._lock:
+            if self._experiment is not None and self._experiment != name:
+                raise ExperimentConflict(
+                    f"store {self.url} is already used by experiment {self._experiment!r}; "
+                    f"use another store URL for {name!r}, or the same experiment name to resume"
+                )
+            self._experiment = name
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _rollout(self, rollout_id: str) -> Rollout:
+        try:
+            return self._rollouts[rollout_id]
+        except KeyError:
+            raise NotFound(f"no rollout with id {rollout_id!r}") from None
+
+    def _attempt(self, attempt_id: str) -> Attempt:
+        try:
+            return self._attempts[attempt_id]
+        except KeyError:
+            raise NotFound(f"no attempt with id {attempt_id!r}") from None

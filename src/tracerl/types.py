@@ -1,0 +1,315 @@
+"""The data model shared by every part of tracerl: rollouts, attempts, spans and resources.
+
+These are plain dataclasses with no behaviour beyond (de)serialisation to JSON-ready dicts, so the store
+backends, the HTTP server, the gateway and the algorithms all speak the same language without importing
+each other.
+
+* A :class:`Rollout` is one task to run once (a "job"): task JSON, mode (train/val), group id (the same task
+  sampled n times shares one group), status, the resources version it ran with and its final reward.
+* An :class:`Attempt` is one try at a rollout by one worker, with a lease that heartbeats extend.
+* A :class:`Span` is one event recorded during an attempt, keyed by ``(attempt_id, seq)`` so a retried
+  write never duplicates. An ``llm_call`` span carries the exact prompt/response token ids and the
+  log-probs of the sampled tokens.
+* A :class:`Resource` is an immutable, versioned value (prompt template, checkpoint reference, ...).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+JSON = dict[str, Any]
+
+
+class RolloutStatus(str, enum.Enum):
+    """Where a rollout is in its life: ``queued → running → succeeded | failed | cancelled``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RolloutStatus.SUCCEEDED, RolloutStatus.FAILED, RolloutStatus.CANCELLED)
+
+
+class AttemptStatus(str, enum.Enum):
+    """How an attempt ended (``running`` while it holds its lease).
+
+    ``timeout``: the runner killed the agent because it overran the rollout's time limit.
+    ``unresponsive``: the lease expired without a heartbeat (worker crashed or hung).
+    """
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    UNRESPONSIVE = "unresponsive"
+    CANCELLED = "cancelled"
+
+
+class Mode(str, enum.Enum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+class SpanKind(str, enum.Enum):
+    LLM_CALL = "llm_call"
+    REWARD = "reward"
+    MESSAGE = "message"
+    ERROR = "error"
+    TOOL = "tool"
+    CUSTOM = "custom"
+
+
+@dataclass(slots=True)
+class RolloutSpec:
+    """What a caller enqueues; the store turns it into a :class:`Rollout`."""
+
+    task: JSON
+    mode: Mode = Mode.TRAIN
+    group_id: str | None = None
+    idempotency_key: str | None = None
+    max_attempts: int = 3
+    resources_version: int | None = None
+    metadata: JSON = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        d = asdict(self)
+        d["mode"] = Mode(self.mode).value
+        return d
+
+    @classmethod
+    def from_json(cls, d: JSON) -> RolloutSpec:
+        return cls(
+            task=d["task"],
+            mode=Mode(d.get("mode", "train")),
+            group_id=d.get("group_id"),
+            idempotency_key=d.get("idempotency_key"),
+            max_attempts=int(d.get("max_attempts", 3)),
+            resources_version=d.get("resources_version"),
+            metadata=d.get("metadata") or {},
+        )
+
+
+@dataclass(slots=True)
+class Rollout:
+    rollout_id: str
+    task: JSON
+    mode: Mode
+    group_id: str
+    status: RolloutStatus
+    max_attempts: int
+    attempts: int = 0
+    resources_version: int | None = None
+    reward: float | None = None
+    error: str | None = None
+    idempotency_key: str | None = None
+    metadata: JSON = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> JSON:
+        d = asdict(self)
+        d["mode"] = self.mode.value
+        d["status"] = self.status.value
+        return d
+
+    @classmethod
+    def from_json(cls, d: JSON) -> Rollout:
+        return cls(
+            rollout_id=d["rollout_id"],
+            task=d["task"],
+            mode=Mode(d["mode"]),
+            group_id=d["group_id"],
+            status=RolloutStatus(d["status"]),
+            max_attempts=d["max_attempts"],
+            attempts=d.get("attempts", 0),
+            resources_version=d.get("resources_version"),
+            reward=d.get("reward"),
+            error=d.get("error"),
+            idempotency_key=d.get("idempotency_key"),
+            metadata=d.get("metadata") or {},
+            created_at=d["created_at"],
+            updated_at=d["updated_at"],
+        )
+
+
+@dataclass(slots=True)
+class Attempt:
+    attempt_id: str
+    rollout_id: str
+    number: int
+    worker_id: str
+    status: AttemptStatus
+    lease_expires_at: float
+    heartbeat_at: float
+    started_at: float
+    ended_at: float | None = None
+    error: str | None = None
+
+    def to_json(self) -> JSON:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
+
+    @classmethod
+    def from_json(cls, d: JSON) -> Attempt:
+        return cls(
+            attempt_id=d["attempt_id"],
+            rollout_id=d["rollout_id"],
+            number=d["number"],
+            worker_id=d["worker_id"],
+            status=AttemptStatus(d["status"]),
+            lease_expires_at=d["lease_expires_at"],
+            heartbeat_at=d["heartbeat_at"],
+            started_at=d["started_at"],
+            ended_at=d.get("ended_at"),
+            error=d.get("error"),
+        )
+
+
+@dataclass(slots=True)
+class Claim:
+    """A claimed rollout: the rollout (now ``running``) and the new attempt that holds its lease."""
+
+    rollout: Rollout
+    attempt: Attempt
+
+    def to_json(self) -> JSON:
+        return {"rollout": self.rollout.to_json(), "attempt": self.attempt.to_json()}
+
+    @classmethod
+    def from_json(cls, d: JSON) -> Claim:
+        return cls(rollout=Rollout.from_json(d["rollout"]), attempt=Attempt.from_json(d["attempt"]))
+
+
+@dataclass(slots=True)
+class Span:
+    """One recorded event of an attempt. ``(attempt_id, seq)`` is its identity; writes are idempotent.
+
+    For ``llm_call`` spans, ``prompt_ids``/``response_ids`` are the exact token ids sent to and sampled by
+    the engine and ``logprobs`` the log-probabilities of the sampled tokens (``len == len(response_ids)``).
+    Backends store the id lists packed (int32 arrays), and a prompt that extends the previous call's
+    prompt+response of the same attempt is stored as a reference plus the new suffix.
+    """
+
+    attempt_id: str
+    seq: int
+    kind: SpanKind
+    name: str = ""
+    rollout_id: str = ""
+    parent_seq: int | None = None
+    start_time: float = field(default_factory=time.time)
+    end_time: float | None = None
+    attributes: JSON = field(default_factory=dict)
+    prompt_ids: list[int] | None = None
+    response_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+
+    def to_json(self) -> JSON:
+        return {
+            "attempt_id": self.attempt_id,
+            "seq": self.seq,
+            "kind": SpanKind(self.kind).value,
+            "name": self.name,
+            "rollout_id": self.rollout_id,
+            "parent_seq": self.parent_seq,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "attributes": self.attributes,
+            "prompt_ids": self.prompt_ids,
+            "response_ids": self.response_ids,
+            "logprobs": self.logprobs,
+        }
+
+    @classmethod
+    def from_json(cls, d: JSON) -> Span:
+        return cls(
+            attempt_id=d["attempt_id"],
+            seq=d["seq"],
+            kind=SpanKind(d["kind"]),
+            name=d.get("name", ""),
+            rollout_id=d.get("rollout_id", ""),
+            parent_seq=d.get("parent_seq"),
+            start_time=d.get("start_time") or time.time(),
+            end_time=d.get("end_time"),
+            attributes=d.get("attributes") or {},
+            prompt_ids=d.get("prompt_ids"),
+            response_ids=d.get("response_ids"),
+            logprobs=d.get("logprobs"),
+        )
+
+
+@dataclass(slots=True)
+class Resource:
+    """An immutable versioned value. Versions of one name count 1, 2, 3, ... in write order."""
+
+    name: str
+    version: int
+    value: JSON
+    created_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> JSON:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: JSON) -> Resource:
+        return cls(name=d["name"], version=d["version"], value=d["value"], created_at=d["created_at"])
+
+
+@dataclass(slots=True)
+class RolloutQuery:
+    """Filters for :meth:`Store.query_rollouts`. ``None`` means "any". Results are ordered by creation."""
+
+    status: list[RolloutStatus] | None = None
+    mode: Mode | None = None
+    group_id: str | None = None
+    resources_version: int | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    rollout_ids: list[str] | None = None
+    limit: int = 100
+    offset: int = 0
+
+    def to_json(self) -> JSON:
+        return {
+            "status": [RolloutStatus(s).value for s in self.status] if self.status else None,
+            "mode": Mode(self.mode).value if self.mode else None,
+            "group_id": self.group_id,
+            "resources_version": self.resources_version,
+            "created_after": self.created_after,
+            "created_before": self.created_before,
+            "rollout_ids": self.rollout_ids,
+            "limit": self.limit,
+            "offset": self.offset,
+        }
+
+    @classmethod
+    def from_json(cls, d: JSON) -> RolloutQuery:
+        return cls(
+            status=[RolloutStatus(s) for s in d["status"]] if d.get("status") else None,
+            mode=Mode(d["mode"]) if d.get("mode") else None,
+            group_id=d.get("group_id"),
+            resources_version=d.get("resources_version"),
+            created_after=d.get("created_after"),
+            created_before=d.get("created_before"),
+            rollout_ids=d.get("rollout_ids"),
+            limit=int(d.get("limit", 100)),
+            offset=int(d.get("offset", 0)),
+        )
+
+
+@dataclass(slots=True)
+class Page:
+    """One page of query results; ``total`` counts every match, not just this page."""
+
+    items: list[Rollout]
+    total: int
+    offset: int
+    limit: int
