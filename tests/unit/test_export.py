@@ -1,0 +1,42 @@
+"""`tracerl export` writes one row per recorded LLM call of the finished attempt, with its rewards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tracerl.export import iter_transitions, write_jsonl
+from tracerl.store.memory import MemoryStore
+from tracerl.types import AttemptStatus, RolloutSpec, Span, SpanKind
+
+
+def _run(store: MemoryStore, status: AttemptStatus, calls: int, reward: float | None) -> str:
+    claim = store.claim("w")
+    assert claim is not None
+    aid = claim.attempt.attempt_id
+    spans = [
+        Span(aid, i, SpanKind.LLM_CALL, prompt_ids=[1, 2, i], response_ids=[7, 8], logprobs=[-0.5, -1.0],
+             attributes={"finish_reason": "stop", "weights_version": 3})
+        for i in range(calls)
+    ]
+    spans.append(Span(aid, calls, SpanKind.REWARD, name="valid", attributes={"value": 0.1}))
+    store.add_spans(spans)
+    store.finish(aid, status, reward=reward, error=None if status is AttemptStatus.SUCCEEDED else "boom")
+    return claim.rollout.rollout_id
+
+
+def test_export_keeps_only_the_finishing_attempt(tmp_path: Path) -> None:
+    store = MemoryStore()
+    [r] = store.enqueue([RolloutSpec(task={"q": "1+1"}, group_id="g", max_attempts=2)])
+    _run(store, AttemptStatus.FAILED, calls=3, reward=None)  # first attempt fails: its calls are not exported
+    _run(store, AttemptStatus.SUCCEEDED, calls=2, reward=1.0)
+    out = tmp_path / "t.jsonl"
+    n = write_jsonl(iter_transitions(store), out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert n == 2 == len(rows)
+    assert [row["call_index"] for row in rows] == [0, 1]
+    assert rows[1]["prompt_ids"] == [1, 2, 1]
+    assert rows[0]["final_reward"] == 1.0
+    assert rows[0]["rewards"] == [{"name": "valid", "value": 0.1, "seq": 2}]
+    assert rows[0]["weights_version"] == 3
+    assert {row["rollout_id"] for row in rows} == {r.rollout_id}
