@@ -32,12 +32,14 @@ from tracerl.types import (
     Rollout,
     RolloutQuery,
     RolloutSpec,
+    RolloutStatus,
     Span,
     SpanKind,
 )
 
 DEFAULT_LEASE_S = 60.0
 MAX_QUERY_LIMIT = 10_000
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # token ids are stored packed as int32
 
 
 def new_id(prefix: str) -> str:
@@ -186,10 +188,15 @@ def validate_span(span: Span) -> Span:
         raise InvalidInput(f"span attributes must be a JSON object, got {type(span.attributes).__name__}")
     for field_name in ("prompt_ids", "response_ids"):
         ids = getattr(span, field_name)
-        if ids is not None and (not isinstance(ids, list) or not all(type(i) is int for i in ids)):
+        if ids is not None and (not isinstance(ids, list) or not set(map(type, ids)) <= {int}):  # C-speed check
             raise InvalidInput(f"span {field_name} must be a list of integers")
+        if ids and not (min(ids) >= INT32_MIN and max(ids) <= INT32_MAX):
+            raise InvalidInput(f"span {field_name} holds an id outside the 32-bit range; token ids are stored as int32")
     if span.logprobs is not None:
-        if not isinstance(span.logprobs, list) or not all(isinstance(x, (int, float)) for x in span.logprobs):
+        if not isinstance(span.logprobs, list) or not (
+            set(map(type, span.logprobs)) <= {float, int}  # the fast path; numpy scalars take the slow one
+            or all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in span.logprobs)
+        ):
             raise InvalidInput("span logprobs must be a list of numbers")
         if span.response_ids is None or len(span.logprobs) != len(span.response_ids):
             raise InvalidInput(
@@ -214,6 +221,19 @@ def validate_lease(lease_s: float) -> float:
 
 
 def validate_query(query: RolloutQuery) -> RolloutQuery:
+    """Check ranges and normalise ``status``/``mode`` to their enums (``InvalidInput`` if unknown)."""
+    if not isinstance(query, RolloutQuery):
+        raise InvalidInput(f"expected a RolloutQuery, got {type(query).__name__}")
+    try:
+        query.status = [RolloutStatus(s) for s in query.status] if query.status is not None else None
+    except ValueError:
+        raise InvalidInput(f"query status {query.status!r} must be among {[s.value for s in RolloutStatus]}") from None
+    try:
+        query.mode = Mode(query.mode) if query.mode is not None else None
+    except ValueError:
+        raise InvalidInput(f"query mode {query.mode!r} is not one of {[m.value for m in Mode]}") from None
+    if isinstance(query.limit, bool) or not isinstance(query.limit, int) or not isinstance(query.offset, int):
+        raise InvalidInput(f"query limit and offset must be integers, got {query.limit!r} and {query.offset!r}")
     if not 1 <= query.limit <= MAX_QUERY_LIMIT:
         raise InvalidInput(f"query limit must be in [1, {MAX_QUERY_LIMIT}], got {query.limit}")
     if query.offset < 0:

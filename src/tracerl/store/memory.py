@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tracerl.errors import ExperimentConflict, InvalidInput, NotFound
+from tracerl.store import codec
 from tracerl.store import status as sm
 from tracerl.store.base import (
     DEFAULT_LEASE_S,
@@ -95,7 +96,12 @@ class MemoryStore(Store):
         wait_s: float = 0.0,
     ) -> Claim | None:
         lease_s = validate_lease(lease_s)
-        wanted = {Mode(m) for m in modes} if modes else None
+        if not isinstance(worker_id, str):
+            raise InvalidInput(f"worker_id must be a string, got {worker_id!r}")
+        try:
+            wanted = {Mode(m) for m in modes} if modes else None
+        except ValueError:
+            raise InvalidInput(f"claim modes {modes!r} must be among {[m.value for m in Mode]}") from None
         deadline = time.monotonic() + max(0.0, wait_s)
         with self._lock:
             while True:
@@ -158,6 +164,8 @@ class MemoryStore(Store):
             status = AttemptStatus(status)
         except ValueError:
             raise InvalidInput(f"attempt status {status!r} is not one of {[s.value for s in AttemptStatus]}") from None
+        if error is not None and not isinstance(error, str):
+            raise InvalidInput(f"error must be a string or None, got {type(error).__name__}")
         with self._lock:
             a = self._attempt(attempt_id)
             r = self._end_attempt_locked(a, status, reward, error, time.time())
@@ -261,13 +269,16 @@ class MemoryStore(Store):
         spans = [validate_span(s) for s in spans]
         added = 0
         with self._lock:
+            attempts = {s.attempt_id: self._attempt(s.attempt_id) for s in spans}  # all known, or write nothing
             for s in spans:
-                a = self._attempt(s.attempt_id)
+                a = attempts[s.attempt_id]
                 bucket = self._spans.setdefault(s.attempt_id, {})
                 if s.seq in bucket:
                     continue
                 stored = copy.deepcopy(s)
                 stored.rollout_id = a.rollout_id
+                if stored.logprobs is not None:  # every backend keeps log-probs as float32
+                    stored.logprobs = codec.round_f32(stored.logprobs)
                 bucket[s.seq] = stored
                 added += 1
         return added
@@ -301,6 +312,8 @@ class MemoryStore(Store):
             return copy.deepcopy(res)
 
     def get_resource(self, name: str, version: int | None = None) -> Resource:
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise InvalidInput(f"resource version must be an integer or None, got {version!r}")
         with self._lock:
             versions = self._resources.get(name)
             if not versions:
@@ -312,6 +325,8 @@ class MemoryStore(Store):
             return copy.deepcopy(versions[version - 1])
 
     def bind_experiment(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"experiment name must be a non-empty string, got {name!r}")
         with self._lock:
             if self._experiment is not None and self._experiment != name:
                 raise ExperimentConflict(

@@ -1,0 +1,350 @@
+"""PostgreSQL store backend (``postgresql://user@host:5432/db``): one store shared by many machines.
+
+Needs ``tracerl[postgres]`` (psycopg 3). The contract is implemented once in ``sql.py``; this module adds:
+
+* **Schema.** Tables live in their own schema (``?schema=NAME`` in the URL, default ``tracerl``), created
+  and migrated on connect under an advisory lock, so many processes may start at once. The schema version
+  is kept in ``schema_version``; a schema written by a newer tracerl is refused.
+* **Claims.** The queue head is taken with ``SELECT ... FOR UPDATE SKIP LOCKED``: concurrent claimers never
+  block on or get the same rollout. Rows are always locked in the order queue → rollout → attempt.
+* **Wake-ups.** Every enqueue, finish, cancel or lease expiry sends ``NOTIFY tracerl_<schema>``; a store
+  that waits (``claim(wait_s=...)``, ``wait()``) keeps one extra connection on ``LISTEN`` and wakes at once,
+  without polling. A slow re-check every ``poll_s`` seconds catches leases that run out.
+* **Connections.** A small pool (``pool_size`` connections, opened on demand) shared by the threads.
+* **Errors.** Driver errors become :mod:`tracerl.errors`; an unreachable server is ``StoreUnavailable``
+  naming the URL without its password.
+
+Lease times use the clock of the machine that calls the store: keep the machines' clocks in sync (NTP).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, LiteralString, cast
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from tracerl.errors import ConfigError, Conflict, InvalidInput, ServerError, StoreUnavailable, TracerlError
+from tracerl.store.sql import SqlStore
+from tracerl.store.sql_rows import Row, Tx
+from tracerl.types import Attempt, Rollout, RolloutSpec
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg import sql as pgsql
+    from psycopg.pq import TransactionStatus
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ConfigError("the postgres store needs psycopg 3: pip install 'tracerl[postgres]'") from e
+
+log = logging.getLogger(__name__)
+
+SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+DEFAULT_SCHEMA = "tracerl"
+
+MIGRATIONS: list[list[str]] = [
+    [  # 1: initial schema
+        """CREATE TABLE rollouts (
+            seq BIGSERIAL PRIMARY KEY, rollout_id TEXT NOT NULL UNIQUE, task TEXT NOT NULL, mode TEXT NOT NULL,
+            group_id TEXT NOT NULL, status TEXT NOT NULL, max_attempts BIGINT NOT NULL, attempts BIGINT NOT NULL,
+            resources_version BIGINT, reward DOUBLE PRECISION, error TEXT, idempotency_key TEXT UNIQUE,
+            metadata TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX rollouts_status ON rollouts (status)",
+        "CREATE INDEX rollouts_group ON rollouts (group_id)",
+        "CREATE INDEX rollouts_created ON rollouts (created_at)",
+        "CREATE TABLE queue (pos BIGSERIAL PRIMARY KEY, rollout_id TEXT NOT NULL UNIQUE, mode TEXT NOT NULL)",
+        """CREATE TABLE attempts (
+            attempt_id TEXT PRIMARY KEY, rollout_id TEXT NOT NULL, number BIGINT NOT NULL, worker_id TEXT NOT NULL,
+            status TEXT NOT NULL, lease_expires_at DOUBLE PRECISION NOT NULL, heartbeat_at DOUBLE PRECISION NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL, ended_at DOUBLE PRECISION, error TEXT)""",
+        "CREATE INDEX attempts_rollout ON attempts (rollout_id, number)",
+        "CREATE INDEX attempts_lease ON attempts (lease_expires_at) WHERE status = 'running'",
+        """CREATE TABLE spans (
+            attempt_id TEXT NOT NULL, seq BIGINT NOT NULL, rollout_id TEXT NOT NULL, kind TEXT NOT NULL,
+            name TEXT NOT NULL, parent_seq BIGINT, start_time DOUBLE PRECISION NOT NULL, end_time DOUBLE PRECISION,
+            attributes TEXT NOT NULL, prompt BYTEA, prompt_ref BIGINT, prefix_len BIGINT NOT NULL DEFAULT 0,
+            response BYTEA, logprobs BYTEA, PRIMARY KEY (attempt_id, seq))""",
+        """CREATE TABLE resources (
+            name TEXT NOT NULL, version BIGINT NOT NULL, value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (name, version))""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+]
+
+MIGRATIONS_SQL: list[list[LiteralString]] = [[cast(LiteralString, q) for q in step] for step in MIGRATIONS]
+_PG_SQL: dict[str, LiteralString] = {}
+
+
+def _pg(sql: str) -> LiteralString:
+    """``?`` placeholders → psycopg's ``%s`` (cached: the same few statements run over and over).
+
+    Every statement is assembled from constants in ``sql.py``; values always travel as parameters."""
+    out = _PG_SQL.get(sql)
+    if out is None:
+        out = _PG_SQL[sql] = cast(LiteralString, sql.replace("%", "%%").replace("?", "%s"))
+    return out
+
+
+class _Tx:
+    """A transaction in pipeline mode: ``send`` queues a statement; reading any result syncs the pipeline."""
+
+    __slots__ = ("_conn", "_pipeline")
+
+    def __init__(self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline) -> None:
+        self._conn, self._pipeline = conn, pipeline
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return self._conn.execute(_pg(sql), params).fetchone()
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._conn.execute(_pg(sql), params).fetchall()
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cur = self._conn.execute(_pg(sql), params)
+        self._pipeline.sync()
+        return cur.rowcount
+
+    def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._conn.execute(_pg(sql), params)
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        cur = self._conn.cursor()
+        cur.executemany(_pg(sql), rows)
+        self._pipeline.sync()
+        return cur.rowcount
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to log and show)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``(conninfo for psycopg, schema)`` from a store URL; ``?schema=NAME`` picks the schema."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), DEFAULT_SCHEMA)
+    if not SCHEMA_RE.match(schema):
+        raise ConfigError(
+            f"postgres schema {schema!r} in {redact(url)} must be a plain identifier "
+            "(letters, digits, underscores; at most 41 characters)"
+        )
+    rest = [(k, v) for k, v in query if k != "schema"]
+    if not any(k == "connect_timeout" for k, _ in rest):
+        rest.append(("connect_timeout", "10"))
+    scheme = "postgresql" if parts.scheme in ("postgres", "postgresql") else parts.scheme
+    return urlunsplit(parts._replace(scheme=scheme, query=urlencode(rest, quote_via=quote))), schema
+
+
+class _Pool:
+    """At most ``size`` connections, opened on demand and reused; broken ones are dropped."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int) -> None:
+        self._connect, self._size = connect, size
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._open = 0
+        self._cond = threading.Condition()
+        self._pid = os.getpid()
+        self._abandoned: list[psycopg.Connection[Any]] = []
+
+    def _check_fork(self) -> None:
+        """After ``fork`` the child must not touch the parent's sockets: start an empty pool."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._abandoned.extend(self._idle)  # never closed here: closing would end the parent's sessions
+            self._idle, self._open, self._cond = [], 0, threading.Condition()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        self._check_fork()
+        with self._cond:
+            while not self._idle and self._open >= self._size:
+                self._cond.wait()
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                self._open += 1
+        if conn is None:
+            try:
+                conn = self._connect()
+            except BaseException:
+                self._release(None)
+                raise
+        try:
+            yield conn
+        finally:
+            if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+                conn.close()
+                self._release(None)
+            else:
+                self._release(conn)
+
+    def _release(self, conn: psycopg.Connection[Any] | None) -> None:
+        with self._cond:
+            if conn is None:
+                self._open -= 1
+            else:
+                self._idle.append(conn)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            for conn in self._idle:
+                conn.close()
+            self._open -= len(self._idle)
+            self._idle.clear()
+
+
+class PostgresStore(SqlStore):
+    """The store in a PostgreSQL schema. See the module docstring."""
+
+    FOR_UPDATE = " FOR UPDATE"
+    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, url: str, *, pool_size: int = 8, poll_s: float = 1.0) -> None:
+        super().__init__()
+        self.url = redact(url)
+        self._conninfo, self.schema = parse_url(url)
+        self._channel = f"tracerl_{self.schema}"
+        self.poll_s = poll_s
+        self._closed = False
+        self._listener: threading.Thread | None = None
+        self._listener_lock = threading.Lock()
+        self._pool = _Pool(self._connect, pool_size)
+        try:
+            self._migrate()
+        except psycopg.Error as e:
+            raise self._translate(e) from e
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as e:
+            raise self._translate(e) from e
+        conn.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(self.schema)))
+        return conn
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn:
+            if self._version(conn) == len(MIGRATIONS):
+                return
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tracerl-migrate:{self.schema}",))
+                conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                current = self._version(conn)
+                if current > len(MIGRATIONS):
+                    raise ConfigError(
+                        f"postgres schema {self.schema!r} at {self.url} has schema version {current}, newer than "
+                        f"this tracerl understands ({len(MIGRATIONS)}); upgrade tracerl to use it"
+                    )
+                for number in range(current, len(MIGRATIONS)):
+                    for statement in MIGRATIONS_SQL[number]:
+                        conn.execute(statement)
+                    conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number + 1,))
+                    log.info("postgres store %s schema %s migrated to version %d", self.url, self.schema, number + 1)
+
+    def _version(self, conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        if not row or not row[0]:
+            return 0
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0) if row else 0
+
+    # -- transactions and dialect -----------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[_Tx]:
+        try:
+            with self._pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+                yield _Tx(conn, pipeline)
+        except psycopg.Error as e:
+            raise self._translate(e) from e
+
+    def _read(self) -> AbstractContextManager[_Tx]:
+        return self._write()  # a transaction gives the statements of a read one snapshot, too
+
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
+        return f"{column} = ANY(?)", list(values)
+
+    def _changed(self, tx: Tx) -> None:
+        tx.send("SELECT pg_notify(?, '')", (self._channel,))
+
+    def _lock_attempt(self, tx: Tx, attempt_id: str) -> tuple[Attempt, Rollout]:
+        row = tx.one("SELECT rollout_id FROM attempts WHERE attempt_id = ?", (attempt_id,))
+        if row is not None:
+            self._rollout_tx(tx, row[0], lock=True)  # rollout before attempt: the lock order everywhere
+        return super()._lock_attempt(tx, attempt_id)
+
+    def _lock_resource(self, tx: Tx, name: str) -> None:
+        tx.one("SELECT pg_advisory_xact_lock(hashtext(?))", (f"tracerl-resource:{self.schema}:{name}",))
+
+    def enqueue(self, specs: Sequence[RolloutSpec]) -> list[Rollout]:
+        for _ in range(3):  # two processes enqueuing one idempotency key at once: the loser re-reads
+            try:
+                return super().enqueue(specs)
+            except Conflict:
+                continue
+        return super().enqueue(specs)
+
+    # -- wake-ups ---------------------------------------------------------------------------------
+    def _wait_change(self, gen: int, timeout: float, peek: Callable[[], bool] | None) -> None:
+        self._ensure_listener()
+        super()._wait_change(gen, timeout, peek)
+
+    def _ensure_listener(self) -> None:
+        with self._listener_lock:
+            if self._listener is not None and not self._listener.is_alive():
+                self._listener = None  # inherited through fork: the thread does not exist in this process
+            if self._listener is not None or self._closed:
+                return
+            ready = threading.Event()
+            self._listener = threading.Thread(target=self._listen, args=(ready,), name="tracerl-pg-listen", daemon=True)
+            self._listener.start()
+        ready.wait(5.0)
+
+    def _listen(self, ready: threading.Event) -> None:
+        while not self._closed:
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self._channel)))
+                    ready.set()
+                    self._signal()  # changes made before LISTEN took effect were not announced
+                    while not self._closed:
+                        for _ in conn.notifies(timeout=0.5):
+                            self._signal()
+            except psycopg.Error as e:
+                if self._closed:
+                    return
+                ready.set()
+                log.warning("postgres store %s lost its LISTEN connection (%s); retrying in 1 s", self.url, e)
+                time.sleep(1.0)
+
+    # -- errors -----------------------------------------------------------------------------------
+    def _translate(self, e: psycopg.Error) -> TracerlError:
+        if isinstance(e, pg_errors.UniqueViolation):
+            return Conflict(f"postgres store {self.url}: a concurrent write conflicted ({e}); retry the call")
+        if isinstance(e, pg_errors.DataError):
+            return InvalidInput(f"postgres store {self.url} refused a value: {e}")
+        if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
+            detail = " ".join(str(e).split())
+            return StoreUnavailable(
+                f"cannot reach PostgreSQL at {self.url} ({detail}); check that the server is running and "
+                "that host, port, user, password and database in the store URL are right "
+                "(for example postgresql://postgres@127.0.0.1:5432/test)"
+            )
+        return ServerError(f"postgres store {self.url} failed: {e}")
+
+    def close(self) -> None:
+        self._closed = True
+        listener = self._listener
+        if listener is not None:
+            listener.join(timeout=2.0)
+        self._pool.close()

@@ -1,0 +1,449 @@
+"""The store contract over SQL, written once for the sqlite and postgres backends.
+
+A backend subclasses :class:`SqlStore` and supplies transactions (:meth:`SqlStore._write`,
+:meth:`SqlStore._read`) that yield a :class:`Tx`, its schema (``migrations``) and a few dialect hooks
+(row locking, list parameters, wake-ups). Everything else — the queue, leases, retries through the status
+machine in ``status.py``, span encoding with prefix reuse (``codec.py``) — lives here so both backends
+behave exactly like :class:`~tracerl.store.memory.MemoryStore`, the reference.
+
+This module holds the queue half (rollouts, attempts, leases, waiting); ``sql_data.py`` the data half (spans,
+resources, experiment binding); ``sql_rows.py`` the column lists and row ↔ object conversion. Queries are
+written with ``?`` placeholders; the postgres transaction rewrites them to ``%s``.
+
+Tables: ``rollouts`` (``seq`` gives creation order), ``queue`` (queued rollout ids; ``pos`` gives claim
+order, so a retried rollout goes to the back like in memory), ``attempts``, ``spans`` (primary key
+``(attempt_id, seq)``, ids packed by ``codec``), ``resources`` (``(name, version)``), ``meta``
+(experiment binding) and ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from tracerl.errors import InvalidInput, NotFound
+from tracerl.store import status as sm
+from tracerl.store.base import (
+    DEFAULT_LEASE_S,
+    Store,
+    new_id,
+    validate_lease,
+    validate_query,
+    validate_reward,
+    validate_spec,
+)
+from tracerl.store.sql_data import SqlDataMixin
+from tracerl.store.sql_rows import (
+    A_COLS,
+    N_R,
+    R_ALIASED,
+    R_COLS,
+    RA_COLS,
+    RUNNING,
+    Tx,
+    dumps,
+    row_attempt,
+    row_rollout,
+)
+from tracerl.types import (
+    Attempt,
+    AttemptStatus,
+    Claim,
+    Mode,
+    Page,
+    Rollout,
+    RolloutQuery,
+    RolloutSpec,
+    RolloutStatus,
+)
+
+RECHECK_S = 0.5  # a waiter re-reads at least this often (leases run out without any write)
+
+
+class SqlStore(SqlDataMixin, Store):
+    """Shared implementation; subclasses provide transactions, schema and dialect hooks."""
+
+    FOR_UPDATE = ""  # row lock suffix for SELECTs whose rows the transaction will change
+    SKIP_LOCKED = ""  # suffix for the queue-head SELECT so concurrent claimers skip each other's rows
+    poll_s = 0.025  # how often a waiting claimer re-checks the database for other processes' changes
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._gen = 0  # bumped after every commit that may wake a claimer or waiter
+        self._contexts: OrderedDict[tuple[str, int], list[int]] = OrderedDict()
+        self._contexts_lock = threading.Lock()
+
+    # -- backend hooks ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _write(self) -> AbstractContextManager[Tx]:
+        """A read-write transaction that holds the write lock (sqlite) or row locks (postgres)."""
+
+    @abc.abstractmethod
+    def _read(self) -> AbstractContextManager[Tx]:
+        """A read-only transaction with one consistent snapshot."""
+
+    @abc.abstractmethod
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
+        """``(sql, param)`` testing ``column`` against a list passed as one parameter."""
+
+    def _changed(self, tx: Tx) -> None:
+        """Inside a transaction that may wake claimers/waiters of other processes (postgres NOTIFY)."""
+
+    def _lock_attempt(self, tx: Tx, attempt_id: str) -> tuple[Attempt, Rollout]:
+        """An attempt and its rollout, both locked for change; ``NotFound`` if the attempt is unknown."""
+        row = tx.one(
+            f"SELECT {RA_COLS} FROM attempts a JOIN rollouts r ON r.rollout_id = a.rollout_id WHERE a.attempt_id = ?",
+            (attempt_id,),
+        )
+        if row is None:
+            raise NotFound(f"no attempt with id {attempt_id!r}")
+        return row_attempt(row[N_R:]), row_rollout(row[:N_R])
+
+    # -- wake-ups ---------------------------------------------------------------------------------
+    def _signal(self) -> None:
+        with self._wake:
+            self._gen += 1
+            self._wake.notify_all()
+
+    def _external_version(self) -> int | None:
+        """A number that changes when another process commits (sqlite's ``data_version``); ``None``: unknown."""
+        return None
+
+    def _wait_change(self, gen: int, timeout: float, peek: Callable[[], bool] | None) -> None:
+        """Sleep until a change is signalled after generation ``gen``, ``peek()`` sees work, or time runs out.
+
+        Without ``peek`` (``wait()``), return when another process committed, and at least every
+        ``RECHECK_S`` seconds so leases that ran out meanwhile are expired."""
+        start = time.monotonic()
+        deadline = start + timeout
+        version = self._external_version() if peek is None else None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with self._wake:
+                if self._gen != gen:
+                    return
+                self._wake.wait(min(remaining, self.poll_s))
+                if self._gen != gen:
+                    return
+            if peek is not None:
+                if peek():
+                    return
+            elif version is None or self._external_version() != version or time.monotonic() - start >= RECHECK_S:
+                return
+
+    # -- rollouts ---------------------------------------------------------------------------------
+    def enqueue(self, specs: Sequence[RolloutSpec]) -> list[Rollout]:
+        specs = [validate_spec(s) for s in specs]
+        if not specs:
+            return []
+        prepared = [(s, dumps(s.task, "rollout task"), dumps(s.metadata, "rollout metadata")) for s in specs]
+        with self._write() as tx:
+            out = self._enqueue_tx(tx, prepared)
+            self._changed(tx)
+        self._signal()
+        return out
+
+    def _enqueue_tx(self, tx: Tx, prepared: list[tuple[RolloutSpec, str, str]]) -> list[Rollout]:
+        now = time.time()
+        keys = [s.idempotency_key for s, _, _ in prepared if s.idempotency_key is not None]
+        known: dict[str, Rollout] = {}
+        if keys:
+            cond, param = self._in("idempotency_key", keys)
+            for row in tx.all(f"SELECT {R_COLS} FROM rollouts WHERE {cond}", (param,)):
+                known[row[10]] = row_rollout(row)
+        out: list[Rollout] = []
+        rows: list[tuple[Any, ...]] = []
+        for spec, task, metadata in prepared:
+            if spec.idempotency_key is not None and spec.idempotency_key in known:
+                out.append(copy.deepcopy(known[spec.idempotency_key]))
+                continue
+            rid = new_id("ro")
+            r = Rollout(
+                rollout_id=rid,
+                task=json.loads(task),
+                mode=Mode(spec.mode),
+                group_id=spec.group_id or rid,
+                status=RolloutStatus.QUEUED,
+                max_attempts=spec.max_attempts,
+                resources_version=spec.resources_version,
+                idempotency_key=spec.idempotency_key,
+                metadata=json.loads(metadata),
+                created_at=now,
+                updated_at=now,
+            )
+            if spec.idempotency_key is not None:
+                known[spec.idempotency_key] = r
+            rows.append((rid, task, r.mode.value, r.group_id, r.status.value, r.max_attempts, 0,
+                         r.resources_version, None, None, r.idempotency_key, metadata, now, now))  # fmt: skip
+            out.append(r)
+        if rows:
+            tx.many(f"INSERT INTO rollouts ({R_COLS}) VALUES ({', '.join('?' * N_R)})", rows)
+            tx.many("INSERT INTO queue (rollout_id, mode) VALUES (?, ?)", [(row[0], row[2]) for row in rows])
+        return out
+
+    def claim(
+        self,
+        worker_id: str,
+        *,
+        lease_s: float = DEFAULT_LEASE_S,
+        modes: Sequence[Mode] | None = None,
+        wait_s: float = 0.0,
+    ) -> Claim | None:
+        lease_s = validate_lease(lease_s)
+        if not isinstance(worker_id, str):
+            raise InvalidInput(f"worker_id must be a string, got {worker_id!r}")
+        try:
+            wanted = sorted({Mode(m).value for m in modes}) if modes else None
+        except ValueError:
+            raise InvalidInput(f"claim modes {modes!r} must be among {[m.value for m in Mode]}") from None
+        mode_sql = f" WHERE mode IN ({', '.join('?' * len(wanted))})" if wanted else ""
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            gen = self._gen
+            claim, expired = self._claim_once(worker_id, lease_s, mode_sql, wanted or [])
+            if expired:
+                self._signal()
+            remaining = deadline - time.monotonic()
+            if claim is not None or remaining <= 0:
+                return claim
+            self._wait_change(gen, remaining, lambda: self._claimable(mode_sql, wanted or []))
+
+    def _claimable(self, mode_sql: str, modes: list[str]) -> bool:
+        with self._read() as tx:
+            return (
+                tx.one(
+                    f"SELECT 1 WHERE EXISTS (SELECT 1 FROM queue{mode_sql}) OR EXISTS "
+                    "(SELECT 1 FROM attempts WHERE status = 'running' AND lease_expires_at < ?)",
+                    (*modes, time.time()),
+                )
+                is not None
+            )
+
+    def _claim_once(self, worker_id: str, lease_s: float, mode_sql: str, modes: list[str]) -> tuple[Claim | None, bool]:
+        with self._write() as tx:
+            now = time.time()
+            expired = self._expire_tx(tx, now)
+            if expired:
+                self._changed(tx)
+            lock = " FOR UPDATE OF q, r SKIP LOCKED" if self.SKIP_LOCKED else ""
+            head = tx.one(
+                f"SELECT q.pos, {R_ALIASED} FROM queue q JOIN rollouts r ON r.rollout_id = q.rollout_id"
+                f"{mode_sql.replace('mode', 'q.mode')} ORDER BY q.pos LIMIT 1{lock}",
+                modes,
+            )
+            if head is None:
+                return None, bool(expired)
+            tx.send("DELETE FROM queue WHERE pos = ?", (head[0],))
+            r = row_rollout(head[1:])
+            sm.check_rollout(r.status, RolloutStatus.RUNNING, r.rollout_id)
+            r.status, r.attempts, r.updated_at = RolloutStatus.RUNNING, r.attempts + 1, now
+            tx.send(
+                "UPDATE rollouts SET status = ?, attempts = ?, updated_at = ? WHERE rollout_id = ?",
+                (r.status.value, r.attempts, now, r.rollout_id),
+            )
+            a = Attempt(
+                new_id("at"), r.rollout_id, r.attempts, worker_id, AttemptStatus.RUNNING, now + lease_s, now, now
+            )
+            tx.send(
+                f"INSERT INTO attempts ({A_COLS}) VALUES ({', '.join('?' * 10)})",
+                (a.attempt_id, a.rollout_id, a.number, a.worker_id, RUNNING, a.lease_expires_at, now, now, None, None),
+            )
+            return Claim(rollout=r, attempt=a), bool(expired)
+
+    def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
+        lease_s = validate_lease(lease_s)
+        with self._write() as tx:
+            now = time.time()
+            row = tx.one(
+                "UPDATE attempts SET heartbeat_at = ?, lease_expires_at = ? "
+                f"WHERE attempt_id = ? AND status = ? AND lease_expires_at >= ? RETURNING {A_COLS}",
+                (now, now + lease_s, attempt_id, RUNNING, now),
+            )
+            if row is not None:
+                return row_attempt(row)
+            a, r = self._lock_attempt(tx, attempt_id)
+            if a.status is AttemptStatus.RUNNING:  # its lease ran out: expire it now, as claim would
+                self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
+                self._changed(tx)
+        self._signal()
+        sm.check_attempt(a.status, AttemptStatus.RUNNING, attempt_id)  # raises AttemptFinished: it has ended
+        return a
+
+    def finish(
+        self,
+        attempt_id: str,
+        status: AttemptStatus,
+        *,
+        reward: float | None = None,
+        error: str | None = None,
+    ) -> Rollout:
+        reward = validate_reward(reward)
+        try:
+            status = AttemptStatus(status)
+        except ValueError:
+            raise InvalidInput(f"attempt status {status!r} is not one of {[s.value for s in AttemptStatus]}") from None
+        if error is not None and not isinstance(error, str):
+            raise InvalidInput(f"error must be a string or None, got {type(error).__name__}")
+        with self._write() as tx:
+            a, r = self._lock_attempt(tx, attempt_id)
+            self._end_attempt_tx(tx, a, r, status, reward, error, time.time())
+            self._changed(tx)
+        self._signal()
+        return r
+
+    def _end_attempt_tx(
+        self, tx: Tx, a: Attempt, r: Rollout, status: AttemptStatus, reward: float | None, error: str | None, now: float
+    ) -> None:
+        """End ``a`` as ``status`` and move ``r`` on through the status machine (both updated in place)."""
+        sm.check_attempt(a.status, status, a.attempt_id)
+        nxt = sm.rollout_after_attempt(status, r.attempts, r.max_attempts)
+        sm.check_rollout(r.status, nxt, r.rollout_id)
+        a.status, a.ended_at, a.error = status, now, error
+        r.status, r.updated_at = nxt, now
+        if status is AttemptStatus.SUCCEEDED:
+            r.reward = reward
+        if error is not None:
+            r.error = error
+        tx.send(
+            "UPDATE attempts SET status = ?, ended_at = ?, error = ? WHERE attempt_id = ?",
+            (status.value, now, error, a.attempt_id),
+        )
+        tx.send(
+            "UPDATE rollouts SET status = ?, updated_at = ?, reward = ?, error = ? WHERE rollout_id = ?",
+            (nxt.value, now, r.reward, r.error, r.rollout_id),
+        )
+        if nxt is RolloutStatus.QUEUED:
+            tx.send("INSERT INTO queue (rollout_id, mode) VALUES (?, ?)", (r.rollout_id, r.mode.value))
+
+    def cancel(self, rollout_id: str) -> Rollout:
+        with self._write() as tx:
+            now = time.time()
+            removed = tx.run("DELETE FROM queue WHERE rollout_id = ?", (rollout_id,))  # queue row first: lock order
+            r = self._rollout_tx(tx, rollout_id, lock=True)
+            if r.status is RolloutStatus.RUNNING:
+                rows = tx.all(
+                    f"SELECT {A_COLS} FROM attempts WHERE rollout_id = ? AND status = 'running' "
+                    f"ORDER BY number{self.FOR_UPDATE}",
+                    (rollout_id,),
+                )
+                for row in rows:
+                    self._end_attempt_tx(tx, row_attempt(row), r, AttemptStatus.CANCELLED, None, None, now)
+            else:
+                sm.check_rollout(r.status, RolloutStatus.CANCELLED, rollout_id)
+                assert removed == 1, f"queued rollout {rollout_id} had no queue row"
+                r.status, r.updated_at = RolloutStatus.CANCELLED, now
+                tx.run(
+                    "UPDATE rollouts SET status = ?, updated_at = ? WHERE rollout_id = ?",
+                    (r.status.value, now, rollout_id),
+                )
+            self._changed(tx)
+        self._signal()
+        return r
+
+    def _rollout_tx(self, tx: Tx, rollout_id: str, *, lock: bool = False) -> Rollout:
+        suffix = self.FOR_UPDATE if lock else ""
+        row = tx.one(f"SELECT {R_COLS} FROM rollouts WHERE rollout_id = ?{suffix}", (rollout_id,))
+        if row is None:
+            raise NotFound(f"no rollout with id {rollout_id!r}")
+        return row_rollout(row)
+
+    def get_rollout(self, rollout_id: str) -> Rollout:
+        with self._read() as tx:
+            return self._rollout_tx(tx, rollout_id)
+
+    def get_attempts(self, rollout_id: str) -> list[Attempt]:
+        with self._read() as tx:
+            self._rollout_tx(tx, rollout_id)
+            rows = tx.all(f"SELECT {A_COLS} FROM attempts WHERE rollout_id = ? ORDER BY number", (rollout_id,))
+        return [row_attempt(row) for row in rows]
+
+    def query_rollouts(self, query: RolloutQuery) -> Page:
+        q = validate_query(query)
+        where: list[str] = []
+        params: list[Any] = []
+        if q.status:
+            cond, param = self._in("status", [RolloutStatus(s).value for s in q.status])
+            where.append(cond)
+            params.append(param)
+        for column, value in (
+            ("mode = ?", None if q.mode is None else Mode(q.mode).value),
+            ("group_id = ?", q.group_id),
+            ("resources_version = ?", q.resources_version),
+            ("created_at >= ?", q.created_after),
+            ("created_at < ?", q.created_before),
+        ):
+            if value is not None:
+                where.append(column)
+                params.append(value)
+        if q.rollout_ids is not None:
+            cond, param = self._in("rollout_id", list(q.rollout_ids))
+            where.append(cond)
+            params.append(param)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._read() as tx:
+            total_row = tx.one(f"SELECT COUNT(*) FROM rollouts{clause}", params)
+            rows = tx.all(
+                f"SELECT {R_COLS} FROM rollouts{clause} ORDER BY seq LIMIT ? OFFSET ?", [*params, q.limit, q.offset]
+            )
+        total = int(total_row[0]) if total_row else 0
+        return Page(items=[row_rollout(row) for row in rows], total=total, offset=q.offset, limit=q.limit)
+
+    def wait(self, rollout_ids: Sequence[str], *, timeout_s: float) -> list[Rollout]:
+        ids = list(rollout_ids)
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        cond, param = self._in("rollout_id", ids)
+        while True:
+            gen = self._gen
+            self._expire_if_due()
+            with self._read() as tx:
+                found = {
+                    row[0]: row_rollout(row) for row in tx.all(f"SELECT {R_COLS} FROM rollouts WHERE {cond}", (param,))
+                }
+            for rid in ids:
+                if rid not in found:
+                    raise NotFound(f"no rollout with id {rid!r}")
+            done = [found[rid] for rid in ids if found[rid].status.is_final]
+            remaining = deadline - time.monotonic()
+            if len(done) == len(ids) or remaining <= 0:
+                return done
+            self._wait_change(gen, remaining, None)
+
+    def expire_leases(self, now: float | None = None) -> list[Attempt]:
+        with self._write() as tx:
+            out = self._expire_tx(tx, time.time() if now is None else now)
+            if out:
+                self._changed(tx)
+        if out:
+            self._signal()
+        return out
+
+    def _expire_if_due(self) -> None:
+        with self._read() as tx:
+            due = tx.one(
+                "SELECT 1 FROM attempts WHERE status = 'running' AND lease_expires_at < ? LIMIT 1", (time.time(),)
+            )
+        if due is not None:
+            self.expire_leases()
+
+    def _expire_tx(self, tx: Tx, now: float) -> list[Attempt]:
+        lock = " FOR UPDATE OF a, r SKIP LOCKED" if self.SKIP_LOCKED else ""
+        rows = tx.all(
+            f"SELECT {RA_COLS} FROM attempts a JOIN rollouts r ON r.rollout_id = a.rollout_id "
+            f"WHERE a.status = 'running' AND a.lease_expires_at < ? ORDER BY a.lease_expires_at{lock}",
+            (now,),
+        )
+        out: list[Attempt] = []
+        for row in rows:
+            a, r = row_attempt(row[N_R:]), row_rollout(row[:N_R])
+            self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired without heartbeat", now)
+            out.append(a)
+        return out

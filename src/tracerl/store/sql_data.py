@@ -1,0 +1,202 @@
+"""Spans, resources and the experiment binding over SQL: the data half of :class:`~tracerl.store.sql.SqlStore`.
+
+Spans are keyed by ``(attempt_id, seq)`` and written with ``ON CONFLICT DO NOTHING`` after a check of which
+keys exist, so a retried write never duplicates or changes a span. Token ids are packed by ``codec``; an
+``llm_call`` prompt that repeats the previous call's prompt+response is stored as a reference plus the new
+suffix. The previous call's full context comes from this batch, from a small per-store cache, or is decoded
+from the attempt's stored spans.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from tracerl.errors import ExperimentConflict, InvalidInput, NotFound
+from tracerl.store import codec
+from tracerl.store.base import validate_resource_name, validate_span
+from tracerl.store.sql_rows import S_COLS, Tx, decode_spans, dumps, row_packed
+from tracerl.types import Resource, Rollout, Span, SpanKind
+
+CONTEXT_CACHE_SIZE = 256  # llm_call contexts kept per store for prefix reuse (old ones are re-read from disk)
+
+
+class SqlDataMixin(abc.ABC):
+    """``add_spans``/``get_spans``, resources and ``bind_experiment`` on top of the backend's transactions."""
+
+    url: str
+    FOR_UPDATE: str
+    _contexts: OrderedDict[tuple[str, int], list[int]]
+    _contexts_lock: threading.Lock
+
+    @abc.abstractmethod
+    def _write(self) -> AbstractContextManager[Tx]: ...
+
+    @abc.abstractmethod
+    def _read(self) -> AbstractContextManager[Tx]: ...
+
+    @abc.abstractmethod
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, Any]: ...
+
+    @abc.abstractmethod
+    def _rollout_tx(self, tx: Tx, rollout_id: str, *, lock: bool = False) -> Rollout: ...
+
+    # -- spans -------------------------------------------------------------------------------------
+    def add_spans(self, spans: Sequence[Span]) -> int:
+        spans = [validate_span(s) for s in spans]
+        if not spans:
+            return 0
+        attrs = [dumps(s.attributes, "span attributes") for s in spans]
+        attempt_ids = list(dict.fromkeys(s.attempt_id for s in spans))
+        new_contexts: dict[tuple[str, int], list[int]] = {}
+        with self._write() as tx:
+            cond, param = self._in("attempt_id", attempt_ids)
+            rollout_of = {
+                row[0]: row[1] for row in tx.all(f"SELECT attempt_id, rollout_id FROM attempts WHERE {cond}", (param,))
+            }
+            for aid in attempt_ids:
+                if aid not in rollout_of:
+                    raise NotFound(f"no attempt with id {aid!r}")
+            seq_cond, seq_param = self._in("seq", sorted({s.seq for s in spans}))
+            stored = set(tx.all(f"SELECT attempt_id, seq FROM spans WHERE {cond} AND {seq_cond}", (param, seq_param)))
+            fresh: dict[tuple[str, int], tuple[Span, str]] = {}
+            for s, a in zip(spans, attrs, strict=True):
+                key = (s.attempt_id, s.seq)
+                if key not in stored and key not in fresh:
+                    fresh[key] = (s, a)
+            rows: list[tuple[Any, ...]] = []
+            for key in sorted(fresh):  # seq order within each attempt, so earlier turns can be referenced
+                s, a = fresh[key]
+                previous = None
+                if s.kind is SpanKind.LLM_CALL and s.prompt_ids is not None:
+                    previous = self._previous_context(tx, s.attempt_id, s.seq, new_contexts)
+                packed = codec.encode_tokens(s.prompt_ids, s.response_ids, s.logprobs, previous)
+                if s.kind is SpanKind.LLM_CALL:
+                    new_contexts[key] = codec.context_of(s.prompt_ids, s.response_ids)
+                rows.append((s.attempt_id, s.seq, rollout_of[s.attempt_id], s.kind.value, s.name, s.parent_seq,
+                             s.start_time, s.end_time, a, packed.prompt, packed.prompt_ref, packed.prefix_len,
+                             packed.response, packed.logprobs))  # fmt: skip
+            added = tx.many(
+                f"INSERT INTO spans ({S_COLS}) VALUES ({', '.join('?' * 14)}) ON CONFLICT DO NOTHING", rows
+            ) if rows else 0  # fmt: skip
+        with self._contexts_lock:
+            for key, ctx in new_contexts.items():
+                self._remember_context(key, ctx)
+        return added
+
+    def _remember_context(self, key: tuple[str, int], ctx: list[int]) -> None:
+        self._contexts[key] = ctx
+        self._contexts.move_to_end(key)
+        while len(self._contexts) > CONTEXT_CACHE_SIZE:
+            self._contexts.popitem(last=False)
+
+    def _previous_context(
+        self, tx: Tx, attempt_id: str, seq: int, new: dict[tuple[str, int], list[int]]
+    ) -> tuple[int, list[int]] | None:
+        """``(seq', context)`` of the llm_call span just below ``seq`` in this attempt, stored or new."""
+        row = tx.one(
+            "SELECT MAX(seq) FROM spans WHERE attempt_id = ? AND kind = ? AND seq < ?",
+            (attempt_id, SpanKind.LLM_CALL.value, seq),
+        )
+        candidates = [k[1] for k in new if k[0] == attempt_id and k[1] < seq]
+        if row is not None and row[0] is not None:
+            candidates.append(row[0])
+        prev = codec.previous_llm_seq(candidates, seq)
+        if prev is None:
+            return None
+        key = (attempt_id, prev)
+        if key in new:
+            return prev, new[key]
+        with self._contexts_lock:
+            ctx = self._contexts.get(key)
+        if ctx is None:
+            rows = tx.all(
+                f"SELECT {S_COLS} FROM spans WHERE attempt_id = ? AND kind = ? AND seq <= ? ORDER BY seq",
+                (attempt_id, SpanKind.LLM_CALL.value, prev),
+            )
+            tracker = codec.ContextTracker()
+            for r in rows:
+                tracker.decode(r[1], row_packed(r), True)
+            ctx = tracker.contexts[prev]
+            with self._contexts_lock:
+                self._remember_context(key, ctx)
+        return prev, ctx
+
+    def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
+        if (rollout_id is None) == (attempt_id is None):
+            raise InvalidInput("get_spans needs exactly one of rollout_id or attempt_id")
+        with self._read() as tx:
+            if attempt_id is not None:
+                if tx.one("SELECT 1 FROM attempts WHERE attempt_id = ?", (attempt_id,)) is None:
+                    raise NotFound(f"no attempt with id {attempt_id!r}")
+                rows = tx.all(f"SELECT {S_COLS} FROM spans WHERE attempt_id = ? ORDER BY seq", (attempt_id,))
+            else:
+                self._rollout_tx(tx, str(rollout_id))
+                cols = ", ".join(f"s.{c.strip()}" for c in S_COLS.split(","))
+                rows = tx.all(
+                    f"SELECT {cols} FROM spans s JOIN attempts a ON a.attempt_id = s.attempt_id "
+                    "WHERE a.rollout_id = ? ORDER BY a.number, s.seq",
+                    (rollout_id,),
+                )
+        return decode_spans(rows)
+
+    # -- resources ---------------------------------------------------------------------------------
+    def _lock_resource(self, tx: Tx, name: str) -> None:  # noqa: B027 - a hook; sqlite needs nothing
+        """Serialise version numbering of ``name`` (sqlite's write lock already does)."""
+
+    def put_resource(self, name: str, value: dict[str, Any]) -> Resource:
+        validate_resource_name(name)
+        if not isinstance(value, dict):
+            raise InvalidInput(f"resource value must be a JSON object, got {type(value).__name__}")
+        text = dumps(value, "resource value")
+        with self._write() as tx:
+            self._lock_resource(tx, name)
+            row = tx.one("SELECT MAX(version) FROM resources WHERE name = ?", (name,))
+            version = (row[0] if row and row[0] is not None else 0) + 1
+            res = Resource(name=name, version=version, value=json.loads(text))
+            tx.run(
+                "INSERT INTO resources (name, version, value, created_at) VALUES (?, ?, ?, ?)",
+                (name, version, text, res.created_at),
+            )
+        return res
+
+    def get_resource(self, name: str, version: int | None = None) -> Resource:
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise InvalidInput(f"resource version must be an integer or None, got {version!r}")
+        with self._read() as tx:
+            latest = tx.one("SELECT MAX(version) FROM resources WHERE name = ?", (name,))
+            n = latest[0] if latest and latest[0] is not None else 0
+            if n == 0:
+                raise NotFound(f"no resource named {name!r}; write one with put_resource({name!r}, {{...}})")
+            if version is not None and not 1 <= version <= n:
+                raise NotFound(f"resource {name!r} has versions 1..{n}, not {version}")
+            row = tx.one(
+                "SELECT name, version, value, created_at FROM resources WHERE name = ? AND version = ?",
+                (name, n if version is None else version),
+            )
+        assert row is not None
+        return Resource(name=row[0], version=row[1], value=json.loads(row[2]), created_at=row[3])
+
+    def bind_experiment(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"experiment name must be a non-empty string, got {name!r}")
+        with self._write() as tx:
+            row = tx.one(f"SELECT value FROM meta WHERE key = ?{self.FOR_UPDATE}", ("experiment",))
+            if row is not None and row[0] != name:
+                raise ExperimentConflict(
+                    f"store {self.url} is already used by experiment {row[0]!r}; "
+                    f"use another store URL for {name!r}, or the same experiment name to resume"
+                )
+            if row is None:
+                tx.run("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", ("experiment", name))
+                stored = tx.one("SELECT value FROM meta WHERE key = ?", ("experiment",))
+                if stored is not None and stored[0] != name:
+                    raise ExperimentConflict(
+                        f"store {self.url} was just bound to experiment {stored[0]!r} by another process; "
+                        f"use another store URL for {name!r}"
+                    )
