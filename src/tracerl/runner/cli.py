@@ -1,0 +1,94 @@
+"""``tracerl runner``: run agent worker processes against a store until stopped.
+
+    tracerl runner --agent my_agents:sql_agent --store sqlite:///runs/sql.db --gateway http://127.0.0.1:8000 -n 4
+
+The agent module is imported from the current directory (or ``--app-dir``) and the Python path. SIGTERM or
+Ctrl-C stops claiming and gives running rollouts ``--grace`` seconds to finish; the rest are ended as
+failed and requeued (see :mod:`tracerl.runner.pool`). A second Ctrl-C ends them at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from tracerl.errors import ConfigError
+from tracerl.runner.pool import DEFAULT_GRACE_S, DEFAULT_LEASE_S, DEFAULT_TIMEOUT_S, Runner
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agent", required=True, metavar="MODULE:FUNCTION", help="the agent to run")
+    parser.add_argument(
+        "--store", required=True, metavar="URL", help="store URL (sqlite:///…, postgresql://…, http://…)"
+    )
+    parser.add_argument("--gateway", metavar="URL", default=None, help="gateway URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument("-n", "--workers", type=int, default=1, help="rollouts to run in parallel (default 1)")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help="per-rollout time limit in seconds"
+    )
+    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_S, metavar="S", help="lease length in seconds")
+    parser.add_argument(
+        "--grace", type=float, default=DEFAULT_GRACE_S, metavar="S", help="seconds running rollouts get on SIGTERM"
+    )
+    parser.add_argument("--mode", action="append", choices=["train", "val", "test"], help="only claim these modes")
+    parser.add_argument("--model", default="default", help="model name the agent is given (default 'default')")
+    parser.add_argument("--api-key", default="tracerl", help="API key the agent is given")
+    parser.add_argument("--temperature", type=float, default=None, help="default sampling temperature")
+    parser.add_argument("--max-tokens", type=int, default=None, help="default max_tokens")
+    parser.add_argument("--app-dir", default=".", help="directory to import the agent module from (default: .)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.store.lower().startswith("memory://"):
+        raise ConfigError(
+            "a memory:// store lives inside one process, so a separate runner cannot share it; "
+            "use sqlite:///path.db, postgresql://... or http://host:port (a running `tracerl serve`)"
+        )
+    sys.path.insert(0, str(Path(args.app_dir).resolve()))
+    sampling = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens)) if v is not None}
+    runner = Runner(
+        args.agent,
+        args.store,
+        args.gateway,
+        n_workers=args.workers,
+        timeout_s=args.timeout,
+        lease_s=args.lease,
+        modes=args.mode,
+        model=args.model,
+        api_key=args.api_key,
+        sampling=sampling,
+        grace_s=args.grace,
+    )
+    stop = threading.Event()
+    signals = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        stop.set()
+        if signals > 1:  # a second Ctrl-C/SIGTERM: do not wait for the grace period
+            runner.abort()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    runner.start()
+    print(f"tracerl runner: {args.workers} worker(s) running {args.agent} against {args.store}", file=sys.stderr)
+    while not stop.wait(0.5) and runner.alive:
+        pass
+    runner.stop_claiming()
+    print(
+        f"tracerl runner: stopping; no new claims, running rollouts get {args.grace:g}s to finish",
+        file=sys.stderr,
+        flush=True,
+    )
+    stats = runner.stop()
+    print(
+        f"tracerl runner stopped: {stats.succeeded} succeeded, {stats.failed} failed, "
+        f"{stats.timeout} timed out, {stats.lost} lost",
+        file=sys.stderr,
+    )
+    return 1 if runner.errors else 0

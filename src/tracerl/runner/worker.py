@@ -1,0 +1,321 @@
+"""One runner worker: a thread that claims rollouts and drives one agent worker process through them.
+
+For each claimed attempt the thread builds the :class:`~tracerl.agent.LLM` handle, hands the task to its
+:class:`~tracerl.runner.process.AgentProcess`, and while the agent runs it
+
+* writes the spans the agent emits to the store in batches (:class:`~tracerl.tracing.SpanWriter`),
+* heartbeats the lease every ``lease_s / 3`` seconds (a lost lease — expired, or the rollout cancelled —
+  kills the agent: its result could no longer be recorded),
+* kills the process when the agent overruns ``timeout_s`` and finishes the attempt as ``timeout``,
+
+then writes the last spans and finishes the attempt: ``succeeded`` with the agent's reward, or ``failed``
+with the error (the exception's span, with traceback, is already recorded). Retries of failed and timed-out
+attempts follow the rollout's ``max_attempts`` (the store requeues them).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tracerl.agent import LLM, AgentRef
+from tracerl.errors import AttemptFinished, NotFound, StoreUnavailable, TracerlError
+from tracerl.runner.process import AgentProcess, WorkerDied
+from tracerl.store.base import Store
+from tracerl.tracing import SpanWriter, advance_seq_past, next_seq
+from tracerl.types import AttemptStatus, Claim, Mode, Span, SpanKind
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: the longest the worker sleeps before checking for a stop request, heartbeat, timeout or flush
+TICK_S = 0.25
+
+
+@dataclass(slots=True)
+class WorkerConfig:
+    """What every worker of a runner shares (see :class:`tracerl.runner.Runner` for the meanings)."""
+
+    agent: AgentRef
+    gateway_url: str | None
+    timeout_s: float
+    lease_s: float
+    modes: Sequence[Mode] | None
+    model: str
+    api_key: str
+    sampling: dict[str, Any] = field(default_factory=dict)
+    resources_name: str = "resources"
+    claim_wait_s: float = 1.0
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counts of how this worker's attempts ended."""
+
+    succeeded: int = 0
+    failed: int = 0
+    timeout: int = 0
+    lost: int = 0  # lease lost or rollout cancelled while the agent ran
+
+    def add(self, other: WorkerStats) -> None:
+        self.succeeded += other.succeeded
+        self.failed += other.failed
+        self.timeout += other.timeout
+        self.lost += other.lost
+
+
+class Worker(threading.Thread):
+    """Claims and runs rollouts until ``stopping`` is set; aborts a running one when ``aborting`` is set."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        store: Store,
+        config: WorkerConfig,
+        process: AgentProcess,
+        *,
+        stopping: threading.Event,
+        aborting: threading.Event,
+    ) -> None:
+        super().__init__(name=f"tracerl-{worker_id}", daemon=True)
+        self.worker_id = worker_id
+        self.store = store
+        self.config = config
+        self.stats = WorkerStats()
+        self.error: BaseException | None = None
+        self._process: AgentProcess | None = process
+        self._stopping = stopping
+        self._aborting = aborting
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    claim = self.store.claim(
+                        self.worker_id,
+                        lease_s=self.config.lease_s,
+                        modes=self.config.modes,
+                        wait_s=self.config.claim_wait_s,
+                    )
+                except StoreUnavailable as e:
+                    logger.warning("%s: store unavailable (%s); retrying", self.worker_id, e)
+                    self._stopping.wait(1.0)
+                    continue
+                if claim is None:
+                    continue
+                try:
+                    self.execute(claim)
+                except Exception as e:  # a bug or a store failure past the retries: fail this attempt, go on
+                    logger.exception("%s: attempt %s failed in the runner", self.worker_id, claim.attempt.attempt_id)
+                    self._kill_process()
+                    self.stats.failed += 1
+                    try:
+                        self.store.finish(claim.attempt.attempt_id, AttemptStatus.FAILED, error=f"runner error: {e}")
+                    except Exception:
+                        logger.exception("%s: could not finish attempt %s", self.worker_id, claim.attempt.attempt_id)
+        except BaseException as e:  # reported by the runner, not lost in a thread
+            self.error = e
+            logger.exception("%s stopped on an unexpected error", self.worker_id)
+        finally:
+            if self._process is not None:
+                self._process.close()
+                self._process = None
+
+    # -- one attempt --------------------------------------------------------------------------------
+    def execute(self, claim: Claim) -> None:
+        """Run the agent on ``claim`` and finish its attempt (whatever happens)."""
+        rollout, attempt = claim.rollout, claim.attempt
+        aid = attempt.attempt_id
+        writer = SpanWriter(self.store)
+        try:
+            llm = self._llm_for(claim)
+        except TracerlError as e:
+            self._fail(writer, aid, AttemptStatus.FAILED, "resources", str(e))
+            return
+        try:
+            process = self._process_for_rollout()
+        except TracerlError as e:
+            self._fail(writer, aid, AttemptStatus.FAILED, "worker_start", str(e))
+            return
+        started = time.monotonic()
+        deadline = started + self.config.timeout_s
+        next_heartbeat = started + self.config.lease_s / 3
+        last_seq = -1
+        result: dict[str, Any] = {}
+        try:
+            process.run(llm, rollout.task)
+            while True:
+                if self._aborting.is_set():
+                    self._kill_process()
+                    self._fail(writer, aid, AttemptStatus.FAILED, "runner_stopped", _stopped_message(), last_seq)
+                    return
+                now = time.monotonic()
+                wake = min(deadline, next_heartbeat, now + TICK_S)
+                due = writer.due_in()
+                if due is not None:
+                    wake = min(wake, now + due)
+                msg = process.recv(wake - now)
+                if msg is not None:
+                    kind, payload = msg
+                    if kind == "done":
+                        result = payload
+                        break
+                    span: Span = payload
+                    last_seq = max(last_seq, span.seq)
+                    writer.add(span)
+                # the checks run after every message too, so an agent that emits without pause still times out
+                now = time.monotonic()
+                if now >= deadline:
+                    self._kill_process()
+                    message = f"the agent ran past its {self.config.timeout_s:g}s timeout and was killed"
+                    self._fail(writer, aid, AttemptStatus.TIMEOUT, "timeout", message, last_seq)
+                    return
+                if now >= next_heartbeat:
+                    try:
+                        self.store.heartbeat(aid, lease_s=self.config.lease_s)
+                        next_heartbeat = now + self.config.lease_s / 3
+                    except StoreUnavailable as e:
+                        logger.warning("%s: heartbeat of %s failed (%s); retrying in 1 s", self.worker_id, aid, e)
+                        next_heartbeat = now + 1.0
+                due = writer.due_in()
+                if due is not None and due <= 0:
+                    writer.flush()
+        except WorkerDied as e:
+            self._kill_process()
+            self._fail(writer, aid, AttemptStatus.FAILED, "worker_died", str(e), last_seq)
+            return
+        except (AttemptFinished, NotFound) as e:
+            # the lease ran out or the rollout was cancelled: nothing this attempt does can count any more
+            self._kill_process()
+            writer.flush()
+            self.stats.lost += 1
+            logger.warning("%s: attempt %s lost while running (%s); agent killed", self.worker_id, aid, e)
+            return
+        self._finish(writer, aid, result)
+
+    def _finish(self, writer: SpanWriter, attempt_id: str, result: dict[str, Any]) -> None:
+        _retrying(lambda: writer.flush(raise_unavailable=True))
+        try:
+            if result["status"] == "succeeded":
+                _retrying(lambda: self.store.finish(attempt_id, AttemptStatus.SUCCEEDED, reward=result["reward"]))
+                self.stats.succeeded += 1
+            else:
+                _retrying(lambda: self.store.finish(attempt_id, AttemptStatus.FAILED, error=result["error"]))
+                self.stats.failed += 1
+        except AttemptFinished as e:
+            self.stats.lost += 1
+            logger.warning("%s: attempt %s ended before its result was recorded (%s)", self.worker_id, attempt_id, e)
+
+    def _fail(
+        self,
+        writer: SpanWriter,
+        attempt_id: str,
+        status: AttemptStatus,
+        name: str,
+        message: str,
+        last_seq: int = -1,
+    ) -> None:
+        """Record an ``error`` span written by the runner itself and end the attempt with ``status``."""
+        if last_seq >= 0:
+            advance_seq_past(last_seq)  # the worker process allocated seqs up to here
+        writer.add(
+            Span(
+                attempt_id=attempt_id,
+                seq=next_seq(),
+                kind=SpanKind.ERROR,
+                name=name,
+                attributes={"type": name, "message": message},
+            )
+        )
+        _retrying(lambda: writer.flush(raise_unavailable=True))
+        try:
+            _retrying(lambda: self.store.finish(attempt_id, status, error=message))
+        except AttemptFinished as e:
+            logger.warning("%s: attempt %s had already ended (%s)", self.worker_id, attempt_id, e)
+        if status is AttemptStatus.TIMEOUT:
+            self.stats.timeout += 1
+        else:
+            self.stats.failed += 1
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _llm_for(self, claim: Claim) -> LLM:
+        cfg = self.config
+        rollout = claim.rollout
+        resources: dict[str, Any] = {}
+        version: int | None = None
+        try:
+            res = self.store.get_resource(cfg.resources_name, rollout.resources_version)
+            resources, version = res.value, res.version
+        except NotFound:
+            if rollout.resources_version is not None:
+                raise
+        sampling = {**cfg.sampling, **resources.get("sampling", {})}
+        if rollout.mode is not Mode.TRAIN:
+            sampling["temperature"] = 0.0
+        return LLM(
+            gateway_url=cfg.gateway_url,
+            rollout_id=rollout.rollout_id,
+            attempt_id=claim.attempt.attempt_id,
+            model=str(resources.get("model", cfg.model)),
+            api_key=cfg.api_key,
+            temperature=sampling.get("temperature"),
+            top_p=sampling.get("top_p"),
+            max_tokens=sampling.get("max_tokens"),
+            mode=rollout.mode.value,
+            resources=resources,
+            resources_version=version,
+        )
+
+    def _process_for_rollout(self) -> AgentProcess:
+        """The worker process, started (or replaced, if it died while idle) and ready."""
+        if self._process is not None and not self._process.alive:
+            logger.warning(
+                "%s: agent worker process %s exited while idle; starting another", self.worker_id, self._process.pid
+            )
+            self._process.kill()
+            self._process = None
+        if self._process is None:
+            self._process = AgentProcess(self.config.agent)
+            self._process.spawn()
+        if not self._process.ready:
+            try:
+                self._process.wait_ready()
+            except TracerlError:
+                self._process = None
+                raise
+        return self._process
+
+    def _kill_process(self) -> None:
+        """Kill the worker process and start its replacement at once, so it imports the agent while this
+        thread records the attempt and claims the next rollout."""
+        if self._process is not None:
+            self._process.kill()
+            self._process = None
+        if not self._stopping.is_set():
+            self._process = AgentProcess(self.config.agent)
+            self._process.spawn()
+
+
+def _retrying(call: Callable[[], T], attempts: int = 6) -> T:
+    """``call()``, retried with backoff (0.25 s, 0.5 s, ... ≤ 4 s) while the store is unavailable."""
+    for k in range(attempts):
+        try:
+            return call()
+        except StoreUnavailable as e:
+            if k == attempts - 1:
+                raise
+            delay = min(4.0, 0.25 * 2**k)
+            logger.warning("store unavailable (%s); retrying in %.2fs", e, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _stopped_message() -> str:
+    return (
+        "the runner was stopped and its shutdown grace period ran out; the rollout is requeued if it has attempts left"
+    )
