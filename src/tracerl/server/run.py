@@ -9,7 +9,12 @@ it does not show in ``ps``. The port is bound before the app starts, so a port i
 line naming the port, not a traceback.
 
 :func:`build_app` is the hook the gateway plugs into: it builds the app for a store URL with an optional
-gateway router (``--model`` will construct one).
+gateway router. ``--model NAME`` serves a trainable model (``tiny-random``, ``smollm2-135m`` or an HF folder)
+token-in/token-out at ``/r/{rollout}/{attempt}/v1``; ``--upstream URL`` forwards to any OpenAI-compatible
+endpoint instead (frozen: prompt optimization, judges, evaluation).
+
+    tracerl serve --model smollm2-135m              # store + gateway; agents use base_url .../r/{r}/{a}/v1
+    tracerl serve --upstream http://127.0.0.1:8000/v1 --upstream-model my-model
 """
 
 from __future__ import annotations
@@ -51,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-body-mb", type=float, default=8.0, help="largest request body accepted, in MiB (default: 8)"
     )
+    gw = parser.add_mutually_exclusive_group()
+    gw.add_argument("--model", help="serve this model through the gateway (tiny-random, smollm2-135m, or a folder)")
+    gw.add_argument("--upstream", help="serve the gateway by forwarding to this OpenAI-compatible base URL")
+    parser.add_argument("--upstream-model", help="model name to pass to --upstream (default: what clients send)")
+    parser.add_argument("--upstream-key", default=None, help="API key for --upstream (default: $OPENAI_API_KEY)")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="--model: requests batched together (default 8)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -59,7 +70,10 @@ def main(args: argparse.Namespace) -> int:
     sock = bind(args.host, args.port)
     store = open_store(args.store)
     try:
-        app = build_app(store, token=token, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+        router = gateway_router(store, args)
+        app = build_app(
+            store, token=token, max_body_bytes=int(args.max_body_mb * 1024 * 1024), gateway_router=router
+        )
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         # store.url, not args.store: backends redact passwords from it
@@ -81,6 +95,26 @@ def build_app(
     from tracerl.server.app import create_app
 
     return create_app(store, token=token, max_body_bytes=max_body_bytes, gateway_router=gateway_router)
+
+
+def gateway_router(store: Store, args: argparse.Namespace) -> APIRouter | None:
+    """The gateway's routes for ``--model`` or ``--upstream``; ``None`` when neither is given."""
+    model = getattr(args, "model", None)
+    upstream = getattr(args, "upstream", None)
+    if not model and not upstream:
+        return None
+    from tracerl.gateway.app import build_gateway_router
+
+    if model:
+        from tracerl.engines import create_engine
+
+        print(f"tracerl serve: loading {model} ...", flush=True)
+        engine = create_engine(model, max_batch_size=args.max_batch_size)
+        return build_gateway_router(store, engine, model_name=model)
+    from tracerl.engines.openai import OpenAIUpstream
+
+    key = args.upstream_key or os.environ.get("OPENAI_API_KEY")
+    return build_gateway_router(store, OpenAIUpstream(upstream, api_key=key, model=args.upstream_model))
 
 
 def check_exposure(host: str, token: str | None) -> None:
