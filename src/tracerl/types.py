@@ -23,7 +23,7 @@ from typing import Any
 JSON = dict[str, Any]
 
 
-class RolloutStatus(str, enum.Enum):
+class RolloutStatus(enum.StrEnum):
     """Where a rollout is in its life: ``queued → running → succeeded | failed | cancelled``."""
 
     QUEUED = "queued"
@@ -37,7 +37,7 @@ class RolloutStatus(str, enum.Enum):
         return self in (RolloutStatus.SUCCEEDED, RolloutStatus.FAILED, RolloutStatus.CANCELLED)
 
 
-class AttemptStatus(str, enum.Enum):
+class AttemptStatus(enum.StrEnum):
     """How an attempt ended (``running`` while it holds its lease).
 
     ``timeout``: the runner killed the agent because it overran the rollout's time limit.
@@ -52,13 +52,13 @@ class AttemptStatus(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     TRAIN = "train"
     VAL = "val"
     TEST = "test"
 
 
-class SpanKind(str, enum.Enum):
+class SpanKind(enum.StrEnum):
     LLM_CALL = "llm_call"
     REWARD = "reward"
     MESSAGE = "message"

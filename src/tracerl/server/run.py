@@ -114,7 +114,7 @@ def gateway_router(store: Store, args: argparse.Namespace) -> APIRouter | None:
     from tracerl.engines.openai import OpenAIUpstream
 
     key = args.upstream_key or os.environ.get("OPENAI_API_KEY")
-    return build_gateway_router(store, OpenAIUpstream(upstream, api_key=key, model=args.upstream_model))
+    return build_gateway_router(store, OpenAIUpstream(str(upstream), api_key=key, model=args.upstream_model))
 
 
 def check_exposure(host: str, token: str | None) -> None:
