@@ -276,3 +276,24 @@ def test_streaming_several_choices_keeps_them_apart(env: Env) -> None:
     spans = env.spans(aid)
     assert [env.text(s.response_ids or []) for s in spans] == texts
     assert [s.attributes["finish_reason"] for s in spans] == finishes
+
+
+def test_val_rollouts_decode_greedily_unless_the_agent_sets_a_temperature(env: Env) -> None:
+    [rollout] = env.store.enqueue([RolloutSpec(task={"q": "x"}, mode="val")])  # type: ignore[arg-type]
+    claim = env.store.claim("test-worker")
+    assert claim is not None and claim.rollout.rollout_id == rollout.rollout_id
+    rid, aid = rollout.rollout_id, claim.attempt.attempt_id
+    messages = [{"role": "user", "content": "Count to five."}]
+    client = env.client(rid, aid)
+    replies = [client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12) for _ in range(2)]
+    assert replies[0].choices[0].message.content == replies[1].choices[0].message.content
+    span = env.spans(aid)[0]
+    assert span.response_ids is not None and span.prompt_ids is not None
+    ids = torch.tensor([span.prompt_ids + span.response_ids])
+    with torch.no_grad():
+        logits = env.model(input_ids=ids).logits[0, len(span.prompt_ids) - 1 : -1]  # (R, V)
+    assert logits.argmax(-1).tolist() == span.response_ids  # every token was the most likely one
+    assert span.attributes["request"]["temperature"] == 0.0  # what was served is what is recorded
+    # an explicit temperature from the agent is kept
+    client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4, temperature=1.0, seed=1)
+    assert env.spans(aid)[-1].attributes["request"]["temperature"] == 1.0

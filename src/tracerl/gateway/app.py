@@ -9,6 +9,9 @@ Routes (``{r}`` = rollout id, ``{a}`` = attempt id; an agent gets ``base_url = h
     POST /v1/completions                    served, not recorded
     GET  /v1/models
 
+Evaluation is greedy without agent changes: on a tracked call of a ``val`` or ``test`` rollout, a request that
+sets no ``temperature`` is served with ``temperature=0`` (an explicit value from the agent is kept).
+
 A tracked call first checks the attempt: unknown rollout, or an attempt that is not one of its attempts →
 404; an attempt that is no longer running (finished, cancelled, expired) → 409, and nothing is generated.
 The call's spans are written before the response is sent (streamed or not), so when the agent returns and
@@ -47,6 +50,7 @@ from tracerl.gateway.service import DEFAULT_MAX_TOKENS, CallResult, TokenService
 from tracerl.gateway.spans import build_spans
 from tracerl.gateway.streaming import chat_events, completion_events, sse
 from tracerl.store.base import Store
+from tracerl.types import Mode
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +125,15 @@ def build_gateway_router(
     ``store``. ``model_name`` is the name clients must pass as ``model`` (default: the engine's)."""
     service = make_service(engine, model_name=model_name, default_max_tokens=default_max_tokens)
     router = APIRouter(tags=["gateway"])
+    modes: dict[str, Mode] = {}  # rollout id -> mode (immutable, so cached; bounded below)
+
+    def rollout_mode(rollout_id: str) -> Mode:
+        mode = modes.get(rollout_id)
+        if mode is None:
+            if len(modes) >= 100_000:
+                modes.clear()
+            mode = modes[rollout_id] = store.get_rollout(rollout_id).mode
+        return mode
 
     async def serve(endpoint: str, body: Any) -> CallResult:
         return await (service.chat(body) if endpoint == "chat/completions" else service.completion(body))
@@ -129,7 +142,11 @@ def build_gateway_router(
         async def tracked(request: Request, rollout_id: str, attempt_id: str) -> Response:
             try:
                 await asyncio.to_thread(check_attempt, store, rollout_id, attempt_id)
-                result = await serve(endpoint, await _body(request))
+                body = await _body(request)
+                if isinstance(body, dict) and "temperature" not in body:
+                    if await asyncio.to_thread(rollout_mode, rollout_id) is not Mode.TRAIN:
+                        body["temperature"] = 0.0  # evaluation rollouts decode greedily by default
+                result = await serve(endpoint, body)
                 spans = build_spans(result, rollout_id=rollout_id, attempt_id=attempt_id)
                 await asyncio.to_thread(write_spans, store, spans)
             except Exception as e:

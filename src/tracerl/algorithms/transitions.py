@@ -1,0 +1,245 @@
+"""Finished rollouts → training transitions with advantages (credit assignment applied).
+
+A :class:`Transition` is one recorded LLM call ready for the learner: the exact prompt and response token
+ids, the log-probs recorded when it was sampled, the weights version that sampled it, and its advantage.
+It does not know the store: :func:`assign_credit` works on plain :class:`RolloutRecord` values, and
+:func:`transitions_from_store` is the thin reader that builds those records from any store backend::
+
+    batch = transitions_from_store(store, rollout_ids, returns="uniform", advantage="grpo")
+    learner.update(batch.transitions)
+
+What is read from the store, for each rollout (only its last attempt: spans of failed earlier attempts are
+not part of the final result):
+
+* ``llm_call`` spans in ``seq`` order: ``prompt_ids``, ``response_ids``, ``logprobs`` and
+  ``attributes["weights_version"]``; calls without response ids are not trainable and are left out.
+* ``reward`` spans: ``attributes["value"]`` at their ``seq``. The one named ``final`` (the runner's record
+  of the agent's return value) *is* the final reward, not an intermediate one.
+* the final reward R: ``Rollout.reward``; if it is None, the last reward span's value (an agent that emits
+  its reward instead of returning it). A rollout that ``failed`` (crash, timeout, out of attempts) counts as
+  R = 0 — its calls produced a failure; a rollout that was cancelled, or has no reward at all, is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from tracerl import credit
+from tracerl.store.base import Store
+from tracerl.types import AttemptStatus, RolloutStatus, SpanKind
+
+logger = logging.getLogger(__name__)
+
+FINAL_REWARD_NAME = "final"
+
+
+@dataclass(slots=True)
+class Transition:
+    """One LLM call to train on. ``logprobs[i] = log π_old(response_ids[i] | prompt, response[:i])``."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    advantage: float
+    rollout_id: str
+    #: multiplies this call's token losses (0 keeps the call in the rollout's normalisation but untrained)
+    weight: float = 1.0
+    #: the weights version that sampled it (None: unknown, treated as stale: recorded log-probs are used)
+    weights_version: int | None = None
+    group_id: str = ""
+    call_index: int = 0
+    #: the per-call return G_t the advantage came from
+    ret: float = 0.0
+
+
+@dataclass(slots=True)
+class LLMCallRecord:
+    seq: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    weights_version: int | None = None
+
+
+@dataclass(slots=True)
+class RolloutRecord:
+    """What credit assignment needs of one finished rollout, independent of where it was stored."""
+
+    rollout_id: str
+    group_id: str
+    final_reward: float
+    calls: list[LLMCallRecord]
+    #: intermediate rewards as (seq, value); the final reward is not among them
+    rewards: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class CreditBatch:
+    """Transitions of the rollouts that carry signal, plus what was left out and why."""
+
+    transitions: list[Transition]
+    rollouts: int  # rollouts considered
+    groups: int
+    zero_variance_groups: int
+    skipped_rollouts: dict[str, int]  # reason -> count
+    reward_mean: float
+    reward_std: float
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "reward_mean": self.reward_mean,
+            "reward_std": self.reward_std,
+            "rollouts": float(self.rollouts),
+            "groups": float(self.groups),
+            "zero_variance_groups": float(self.zero_variance_groups),
+            "transitions": float(len(self.transitions)),
+            **{f"skipped_{k}": float(v) for k, v in self.skipped_rollouts.items()},
+        }
+
+
+def assign_credit(
+    records: Sequence[RolloutRecord],
+    *,
+    returns: credit.ReturnsMode = "uniform",
+    advantage: credit.AdvantageMode = "grpo",
+    scale: credit.ScaleMode = "std",
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+) -> CreditBatch:
+    """Per-call returns, group advantages and the zero-variance skip (see :mod:`tracerl.credit`).
+
+    Each rollout's score is its first call's return ``s_i = G_{i,1}``; groups are the rollouts sharing a
+    ``group_id``. Rollouts of skipped groups produce no transitions.
+    """
+    skipped: dict[str, int] = {}
+    usable = [r for r in records if r.calls]
+    if len(usable) < len(records):
+        skipped["no_calls"] = len(records) - len(usable)
+    finals = torch.tensor([r.final_reward for r in records], dtype=torch.float64)
+    reward_mean = float(finals.mean()) if finals.numel() else 0.0
+    reward_std = float(finals.std(correction=0)) if finals.numel() else 0.0
+    if not usable:
+        return CreditBatch([], len(records), 0, 0, skipped, reward_mean, reward_std)
+
+    per_rollout_returns: list[torch.Tensor] = []
+    sorted_calls: list[list[LLMCallRecord]] = []
+    for r in usable:
+        calls = sorted(r.calls, key=lambda c: c.seq)
+        sorted_calls.append(calls)
+        positions = torch.tensor([c.seq for c in calls], dtype=torch.int64)
+        rew_pos = torch.tensor([p for p, _ in r.rewards], dtype=torch.int64)
+        rew_val = torch.tensor([v for _, v in r.rewards], dtype=torch.float64)
+        step_rewards = credit.attach_rewards(positions, rew_pos, rew_val)  # (T,)
+        per_rollout_returns.append(credit.call_returns(step_rewards, r.final_reward, mode=returns, gamma=gamma))
+
+    group_names = {g: i for i, g in enumerate(dict.fromkeys(r.group_id for r in usable))}
+    group_index = torch.tensor([group_names[r.group_id] for r in usable], dtype=torch.int64)  # (N,)
+    scores = torch.stack([g[0] for g in per_rollout_returns])  # (N,)
+    stats = credit.group_baselines(scores, group_index, method=advantage, scale=scale, eps=eps)
+    all_returns = torch.cat(per_rollout_returns)  # (M,)
+    rollout_of_call = torch.cat(
+        [torch.full((len(g),), i, dtype=torch.int64) for i, g in enumerate(per_rollout_returns)]
+    )  # (M,)
+    advantages = credit.call_advantages(all_returns, rollout_of_call, stats).tolist()  # (M,)
+
+    out: list[Transition] = []
+    m = 0
+    for i, r in enumerate(usable):
+        keep = bool(stats.keep[i])
+        for t, c in enumerate(sorted_calls[i]):
+            if keep:
+                out.append(
+                    Transition(
+                        prompt_ids=c.prompt_ids,
+                        response_ids=c.response_ids,
+                        logprobs=c.logprobs,
+                        advantage=advantages[m],
+                        rollout_id=r.rollout_id,
+                        weights_version=c.weights_version,
+                        group_id=r.group_id,
+                        call_index=t,
+                        ret=float(all_returns[m]),
+                    )
+                )
+            m += 1
+    dropped = int((~stats.keep).sum())
+    if dropped:
+        skipped["zero_variance"] = dropped
+    logger.debug("credit: %d rollouts → %d transitions, %d zero-variance groups", len(records), len(out),
+                 stats.zero_variance_groups)
+    return CreditBatch(out, len(records), stats.groups, stats.zero_variance_groups, skipped, reward_mean, reward_std)
+
+
+def read_rollout(store: Store, rollout_id: str) -> RolloutRecord | str:
+    """One rollout's record from the store, or the reason it cannot be trained on."""
+    rollout = store.get_rollout(rollout_id)
+    if rollout.status is RolloutStatus.CANCELLED:
+        return "cancelled"
+    if not rollout.status.is_final:
+        return "not_finished"
+    attempts = store.get_attempts(rollout_id)
+    if not attempts:
+        return "no_calls"
+    done = [a for a in attempts if a.status is AttemptStatus.SUCCEEDED] or attempts[-1:]
+    spans = store.get_spans(attempt_id=done[-1].attempt_id)
+    calls: list[LLMCallRecord] = []
+    rewards: list[tuple[int, float]] = []
+    emitted_final: float | None = None
+    for s in spans:
+        if s.kind is SpanKind.LLM_CALL and s.response_ids:
+            version = s.attributes.get("weights_version")
+            calls.append(
+                LLMCallRecord(
+                    seq=s.seq,
+                    prompt_ids=list(s.prompt_ids or []),
+                    response_ids=list(s.response_ids),
+                    logprobs=list(s.logprobs or []),
+                    weights_version=int(version) if version is not None else None,
+                )
+            )
+        elif s.kind is SpanKind.REWARD and isinstance(s.attributes.get("value"), (int, float)):
+            value = float(s.attributes["value"])
+            if s.name == FINAL_REWARD_NAME:
+                emitted_final = value
+            else:
+                rewards.append((s.seq, value))
+    if rollout.status is RolloutStatus.FAILED:
+        final = 0.0
+    elif rollout.reward is not None:
+        final = rollout.reward
+    elif emitted_final is not None:
+        final = emitted_final
+    elif rewards:
+        final = rewards.pop()[1]  # the last emitted reward is the task's outcome
+    else:
+        return "no_reward"
+    return RolloutRecord(rollout.rollout_id, rollout.group_id, final, calls, rewards)
+
+
+def transitions_from_store(
+    store: Store,
+    rollout_ids: Sequence[str],
+    *,
+    returns: credit.ReturnsMode = "uniform",
+    advantage: credit.AdvantageMode = "grpo",
+    scale: credit.ScaleMode = "std",
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+) -> CreditBatch:
+    """Read the rollouts' llm calls and rewards from ``store`` and assign credit (module docstring)."""
+    records: list[RolloutRecord] = []
+    skipped: dict[str, int] = {}
+    for rid in rollout_ids:
+        rec = read_rollout(store, rid)
+        if isinstance(rec, str):
+            skipped[rec] = skipped.get(rec, 0) + 1
+        else:
+            records.append(rec)
+    batch = assign_credit(records, returns=returns, advantage=advantage, scale=scale, gamma=gamma, eps=eps)
+    for reason, n in skipped.items():
+        batch.skipped_rollouts[reason] = batch.skipped_rollouts.get(reason, 0) + n
+    return batch

@@ -1,0 +1,173 @@
+"""``tracerl.evaluate``: run an agent once on each task against a model (greedy) and return what happened.
+
+    results = tracerl.evaluate(sql_agent, test_tasks, model="smollm2-135m", store="sqlite:///runs/eval.db")
+    results.mean_reward                      # failed rollouts count as 0
+    results[0].reward, results[0].status, results[0].error
+    results[0].calls[0].text                 # each recorded LLM call: messages, text, prompt_ids,
+                                             # response_ids, logprobs, finish_reason
+
+It uses the same pieces as training (engine, gateway, runner processes, the store), so an agent that
+evaluates correctly trains correctly. Rollouts run in mode ``test``: the runners hand the agent
+``temperature=0`` through ``llm.sampling``. ``model`` is a short name (``smollm2-135m``, ``tiny-random``) or
+a model folder, for example the ``final/`` folder a training run wrote. The default store is in memory
+(nothing is written to disk); pass a sqlite/postgres URL to keep the recorded calls.
+
+Importing this module is light (torch loads when :func:`evaluate` runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+from tracerl.config import EngineConfig, RunnerConfig, StoreConfig
+from tracerl.store import connect
+from tracerl.store.base import Store
+from tracerl.trainer_stack import check_tasks, rollout_reward, run_rollouts, serving
+from tracerl.types import Mode, Rollout, Span, SpanKind
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Call:
+    """One recorded LLM call: the request's messages (chat) or prompt (completions), the reply text, and
+    the exact token ids with the log-probs of the sampled tokens."""
+
+    messages: list[dict[str, Any]] | None
+    prompt: Any
+    text: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None
+    weights_version: int | None
+
+    @classmethod
+    def from_span(cls, span: Span) -> Call:
+        attrs = span.attributes
+        request = attrs.get("request") or {}
+        choices = (attrs.get("response") or {}).get("choices") or [{}]
+        choice = choices[0]
+        text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
+        return cls(
+            messages=request.get("messages"),
+            prompt=request.get("prompt"),
+            text=text or "",
+            prompt_ids=list(span.prompt_ids or []),
+            response_ids=list(span.response_ids or []),
+            logprobs=list(span.logprobs or []),
+            finish_reason=attrs.get("finish_reason"),
+            weights_version=attrs.get("weights_version"),
+        )
+
+
+@dataclass
+class EvalResult:
+    """One task's outcome. ``reward`` is None when the rollout failed (``status == "failed"``, see ``error``)."""
+
+    task: dict[str, Any]
+    rollout_id: str
+    status: str
+    reward: float | None
+    error: str | None
+    calls: list[Call] = field(default_factory=list)
+
+
+class EvalResults(Sequence[EvalResult]):
+    """The results in task order, with ``mean_reward`` (failed rollouts count 0) and the store URL."""
+
+    def __init__(self, results: list[EvalResult], store_url: str, seconds: float) -> None:
+        self._results = results
+        self.store_url = store_url
+        self.seconds = seconds
+
+    @property
+    def mean_reward(self) -> float:
+        rewards = [r.reward if r.reward is not None else 0.0 for r in self._results]
+        return sum(rewards) / len(rewards) if rewards else math.nan
+
+    @property
+    def failed(self) -> int:
+        return sum(r.status != "succeeded" for r in self._results)
+
+    @overload
+    def __getitem__(self, i: int) -> EvalResult: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[EvalResult]: ...
+    def __getitem__(self, i: int | slice) -> EvalResult | list[EvalResult]:
+        return self._results[i]
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __iter__(self) -> Iterator[EvalResult]:
+        return iter(self._results)
+
+    def __repr__(self) -> str:
+        return f"EvalResults(n={len(self)}, mean_reward={self.mean_reward:.4f}, failed={self.failed})"
+
+
+def evaluate(
+    agent: Any,
+    tasks: Sequence[dict[str, Any]],
+    *,
+    model: str = "smollm2-135m",
+    store: str | None = None,
+    runners: int | RunnerConfig = 4,
+    engine: EngineConfig | None = None,
+    max_tokens: int = 256,
+    timeout_s: float = 3600.0,
+) -> EvalResults:
+    """Run ``agent`` once on each of ``tasks`` with ``model`` (greedy) and return the :class:`EvalResults`.
+
+    ``store``: where rollouts and calls are recorded (default ``memory://``); ``runners``: agent worker
+    processes; ``max_tokens``: the completion length for calls that do not set one; ``timeout_s``: the
+    limit for the whole evaluation.
+    """
+    from tracerl.agent import agent_ref
+    from tracerl.engines.models import load_model
+
+    checked = check_tasks(tasks, "tasks")
+    ref = agent_ref(agent)
+    runner_cfg = runners if isinstance(runners, RunnerConfig) else RunnerConfig(n=runners, max_attempts=1)
+    url = StoreConfig(store).url or "memory://"
+    t0 = time.monotonic()
+    with contextlib.ExitStack() as es:
+        st: Store = connect(url)
+        es.callback(st.close)
+        hf_model, tokenizer = load_model(model)
+        stack = es.enter_context(
+            serving(
+                st, url, ref, model=hf_model, tokenizer=tokenizer, model_name=model, runners=runner_cfg,
+                engine=engine or EngineConfig(), max_tokens=max_tokens, sampling={"max_tokens": max_tokens},
+            )
+        )
+        groups = run_rollouts(
+            stack.store, checked, group_size=1, mode=Mode.TEST, resources_version=None,
+            max_attempts=runner_cfg.max_attempts, timeout_s=timeout_s, tag=f"eval-{time.time_ns()}",
+        )
+        results = [_result(st, task, g[0]) for task, g in zip(checked, groups, strict=True)]
+    out = EvalResults(results, url, time.monotonic() - t0)
+    logger.info("evaluated %d tasks with %s: mean reward %.4f", len(out), model, out.mean_reward)
+    return out
+
+
+def _result(store: Store, task: dict[str, Any], rollout: Rollout) -> EvalResult:
+    attempts = store.get_attempts(rollout.rollout_id)
+    spans = store.get_spans(attempt_id=attempts[-1].attempt_id) if attempts else []
+    calls = [Call.from_span(s) for s in spans if s.kind is SpanKind.LLM_CALL]
+    succeeded = rollout.status.value == "succeeded"
+    return EvalResult(
+        task=task,
+        rollout_id=rollout.rollout_id,
+        status=rollout.status.value,
+        reward=rollout_reward(rollout) if succeeded and rollout.reward is not None else None,
+        error=rollout.error,
+        calls=calls,
+    )

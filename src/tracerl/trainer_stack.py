@@ -1,0 +1,201 @@
+"""The running pieces a training or evaluation run needs, started together and stopped together.
+
+:func:`serving` loads the model into an in-process :class:`~tracerl.engines.hf.HFEngine`, starts the
+OpenAI-compatible gateway on loopback in front of it (recording into the store), and starts the runner
+worker processes that claim rollouts from the store and run the agent against the gateway::
+
+    with serving(store, store_url, agent, model_name="tiny-random", runners=RunnerConfig(n=4)) as stack:
+        rollouts = run_rollouts(stack.store, tasks, group_size=8, mode=Mode.TRAIN, resources_version=v)
+        ...
+        stack.engine.load_weights(new_state_dict, version=v + 1)
+
+Everything is shut down in reverse order when the ``with`` block ends, by an exception or Ctrl-C too:
+runners first (no new LLM calls), then the gateway, then the engine's worker thread.
+
+:func:`run_rollouts` is the one place that enqueues tasks (``group_size`` rollouts per task sharing a group
+id, tagged with the resources version) and waits for all of them to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tracerl.config import EngineConfig, RunnerConfig
+from tracerl.errors import InvalidInput, Timeout
+from tracerl.store.base import Store
+from tracerl.types import Mode, Rollout, RolloutSpec, RolloutStatus
+
+logger = logging.getLogger(__name__)
+
+#: seconds the runners get to finish rollouts in flight when the run stops
+STOP_GRACE_S = 5.0
+#: the store resource the runners read for each rollout (model name, sampling defaults, weights version)
+RESOURCES_NAME = "resources"
+
+
+@dataclass
+class Stack:
+    """The running services of a run."""
+
+    store: Store
+    engine: Any  # tracerl.engines.hf.HFEngine
+    gateway: Any  # the running gateway (``.url``)
+    runners: Any  # the running runner pool
+    model_name: str
+
+    @property
+    def gateway_url(self) -> str:
+        return str(self.gateway.url)
+
+
+def check_tasks(tasks: Sequence[Any], what: str) -> list[dict[str, Any]]:
+    """``tasks`` as a list of JSON objects, or :class:`InvalidInput` naming the first bad one."""
+    if isinstance(tasks, (str, bytes, dict)) or not isinstance(tasks, Sequence):
+        raise InvalidInput(f"{what} must be a list of task dicts, got {type(tasks).__name__}")
+    out = list(tasks)
+    if not out:
+        raise InvalidInput(f"{what} is empty; pass at least one task (a dict)")
+    for i, task in enumerate(out):
+        if not isinstance(task, dict):
+            raise InvalidInput(f"{what}[{i}] must be a dict (a JSON object), got {type(task).__name__}: {task!r}")
+    return out
+
+
+def agent_reference(agent: Any) -> Any:
+    """The import reference runner processes load the agent from (see :func:`tracerl.agent.agent_ref`)."""
+    from tracerl.agent import agent_ref
+
+    return agent_ref(agent)
+
+
+@contextlib.contextmanager
+def serving(
+    store: Store,
+    store_url: str,
+    agent: Any,
+    *,
+    model: Any,
+    tokenizer: Any,
+    model_name: str,
+    runners: RunnerConfig,
+    engine: EngineConfig,
+    max_tokens: int,
+    sampling: dict[str, Any] | None = None,
+) -> Iterator[Stack]:
+    """Start engine, gateway and runners for ``agent`` on ``store``; stop them all on exit.
+
+    ``max_tokens`` is the gateway's completion length for requests that do not set one; ``sampling`` the
+    defaults the runners put on the agent's ``llm`` handle (``**llm.sampling``).
+    """
+    from tracerl.engines.hf import HFEngine
+    from tracerl.gateway.app import start_gateway
+    from tracerl.runner import start_runners
+
+    ref = agent_reference(agent)
+    with contextlib.ExitStack() as stack:
+        hf = HFEngine(model, tokenizer, model_name, max_batch_size=engine.max_batch_size)
+        stack.callback(_close_engine, hf)
+        gateway = start_gateway(
+            store, hf, model_name=model_name, host=engine.host, port=engine.port, default_max_tokens=max_tokens
+        )
+        stack.callback(_stop, gateway, "gateway")
+        # a memory:// store lives in this process: the runner threads share the object; any other store is
+        # reached by URL, one connection per worker
+        pool = start_runners(
+            ref,
+            store if store_url.startswith("memory://") else store_url,
+            gateway.url,
+            n_workers=runners.n,
+            timeout_s=runners.timeout_s,
+            model=model_name,
+            sampling=dict(sampling or {}),
+            resources_name=RESOURCES_NAME,
+            grace_s=STOP_GRACE_S,
+        )
+        stack.callback(_stop, pool, "runners")
+        yield Stack(store=store, engine=hf, gateway=gateway, runners=pool, model_name=model_name)
+
+
+def _stop(service: Any, what: str) -> None:
+    try:
+        service.stop()
+    except Exception:
+        logger.exception("stopping the %s failed", what)
+
+
+def _close_engine(engine: Any) -> None:
+    import asyncio
+
+    try:
+        asyncio.run(engine.aclose())
+    except Exception:
+        logger.exception("stopping the engine failed")
+
+
+def run_rollouts(
+    store: Store,
+    tasks: Sequence[dict[str, Any]],
+    *,
+    group_size: int,
+    mode: Mode,
+    resources_version: int | None,
+    max_attempts: int,
+    timeout_s: float,
+    tag: str = "",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[list[Rollout]]:
+    """Enqueue ``group_size`` rollouts of each task (one group per task) and wait until all have ended.
+
+    Returns the final rollouts grouped per task, in task order. Raises :class:`~tracerl.errors.Timeout` if
+    they are not all final after ``timeout_s`` (the unfinished ones are cancelled first, so no runner keeps
+    working on them). ``on_progress(done, total)`` is called as rollouts finish.
+    """
+    run_tag = tag or uuid.uuid4().hex[:8]
+    specs: list[RolloutSpec] = []
+    for i, task in enumerate(tasks):
+        group_id = f"{run_tag}-g{i}"
+        for _ in range(group_size):
+            specs.append(
+                RolloutSpec(
+                    task=task,
+                    mode=mode,
+                    group_id=group_id,
+                    max_attempts=max_attempts,
+                    resources_version=resources_version,
+                )
+            )
+    rollouts = store.enqueue(specs)
+    ids = [r.rollout_id for r in rollouts]
+    deadline = time.monotonic() + timeout_s
+    done: dict[str, Rollout] = {}
+    while len(done) < len(ids):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pending = [rid for rid in ids if rid not in done]
+            for rid in pending:
+                with contextlib.suppress(Exception):
+                    store.cancel(rid)
+            raise Timeout(
+                f"{len(pending)} of {len(ids)} rollouts did not finish within {timeout_s:.0f} s; are the runners "
+                "alive and the agent's calls reaching the gateway? (raise trainer.rollout_timeout_s if they are slow)"
+            )
+        waiting = [rid for rid in ids if rid not in done]
+        for r in store.wait(waiting, timeout_s=min(remaining, 0.5)):
+            done[r.rollout_id] = r
+        if on_progress is not None:
+            on_progress(len(done), len(ids))
+    ordered = [done[rid] for rid in ids]
+    return [ordered[i * group_size : (i + 1) * group_size] for i in range(len(tasks))]
+
+
+def rollout_reward(rollout: Rollout) -> float:
+    """The reward a rollout counts for in metrics: its final reward, 0 if it failed or returned none."""
+    if rollout.status is RolloutStatus.SUCCEEDED and rollout.reward is not None:
+        return float(rollout.reward)
+    return 0.0
