@@ -1,0 +1,122 @@
+"""A research agent written with the OpenAI Agents SDK: it searches an encyclopedia and answers questions.
+
+This is the user's agent, written the way the SDK's own docs write one (an ``Agent`` with instructions and a
+``@function_tool``, run by ``Runner.run``). The model is reached through the Chat Completions API
+(``OpenAIChatCompletionsModel`` over an ``AsyncOpenAI`` client), so any OpenAI-compatible server can serve
+it; the only tracerl-specific lines take ``base_url``, ``api_key``, ``model`` and the sampling defaults from
+the ``llm`` handle. Tracing to OpenAI's servers is switched off: this runs offline, and tracerl's gateway
+records every call anyway.
+
+The tool ``search(query)`` returns the 3 best BM25 matches (:mod:`rag_agents.retrieval`) as text. A 2-hop
+question takes two searches (the person, then their city), then the answer. Before the question, the
+conversation holds one worked example (a question, two searches with their results, the answer), given as
+the SDK's own input items, so each model sees it in its own tool-call format. The reward is the answer F1
+against the gold answers (:mod:`rag_agents.reward`); a run that ends without an answer (too many turns, or
+a tool call the SDK cannot execute) scores 0.
+
+What the SDK sends here, per turn: ``model``, ``messages`` (system instructions first, the tool results as
+``tool`` messages), ``tools`` (the function's strict JSON schema) and the sampling settings; no ``stream``
+(``Runner.run`` is not streamed), no ``parallel_tool_calls`` or ``tool_choice`` unless ``ModelSettings``
+sets them, no ``store`` (it is only sent to api.openai.com).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from agents import (
+    Agent,
+    MaxTurnsExceeded,
+    ModelBehaviorError,
+    ModelSettings,
+    OpenAIChatCompletionsModel,
+    Runner,
+    TResponseInputItem,
+    function_tool,
+    set_tracing_disabled,
+)
+from openai import AsyncOpenAI
+
+import tracerl
+from rag_agents.retrieval import default_index
+from rag_agents.reward import score
+
+set_tracing_disabled(True)  # offline: do not export the SDK's traces to OpenAI
+
+MAX_TURNS = 4
+TOP_K = 3
+
+INSTRUCTIONS = """\
+You answer questions about a fictional world. You know nothing about it yourself: find the facts with the \
+search tool, which returns articles of the world's encyclopedia. A question may need two searches: first \
+search the person or company the question names, then search the city or company that article mentions.
+When you know the answer, reply with one last line "Answer: <the name or year>"."""
+
+
+def _example_call(call_id: str, query: str, article: str) -> list[TResponseInputItem]:
+    call: TResponseInputItem = {
+        "type": "function_call",
+        "call_id": call_id,
+        "name": "search",
+        "arguments": json.dumps({"query": query}),
+    }
+    output: TResponseInputItem = {"type": "function_call_output", "call_id": call_id, "output": article}
+    return [call, output]
+
+
+#: one worked exchange shown before the question (small models rarely call a tool without one); its world
+#: is not the corpus's, so it gives the strategy away but no answer
+EXAMPLE: list[TResponseInputItem] = [
+    {"role": "user", "content": "In which country was Ana Berg born?"},
+    *_example_call("example_1", "Ana Berg", "[1] Ana Berg\nAna Berg is a pilot born in 1971 in Tolva."),
+    *_example_call("example_2", "Tolva", "[1] Tolva\nTolva is a city in Marsland, on the river Ebro."),
+    {"role": "assistant", "content": "Answer: Marsland"},
+]
+
+
+@function_tool
+def search(query: str) -> str:
+    """Search the encyclopedia and return the best matching articles.
+
+    Args:
+        query: A few keywords, for example the name of a person, a company or a city.
+    """
+    hits = default_index().search(query, k=TOP_K)
+    if not hits:
+        return f"No article matches {query!r}. Search for a name that appears in the question."
+    return "\n\n".join(f"[{i}] {doc.title}\n{doc.text}" for i, doc in enumerate(hits, 1))
+
+
+def build_agent(client: AsyncOpenAI, model: str, settings: ModelSettings) -> Agent[Any]:
+    """The research agent, talking to ``model`` through ``client``'s Chat Completions endpoint."""
+    return Agent(
+        name="Researcher",
+        instructions=INSTRUCTIONS,
+        tools=[search],
+        model=OpenAIChatCompletionsModel(model=model, openai_client=client),
+        model_settings=settings,
+    )
+
+
+def conversation(question: str) -> list[TResponseInputItem]:
+    """The run's input: the worked example, then ``question``."""
+    return [*EXAMPLE, {"role": "user", "content": question}]
+
+
+async def answer(question: str, client: AsyncOpenAI, model: str, settings: ModelSettings) -> str:
+    """Run the agent on ``question``; its final reply ("" when the run ended without one)."""
+    agent = build_agent(client, model, settings)
+    try:
+        result = await Runner.run(agent, conversation(question), max_turns=MAX_TURNS)
+    except (MaxTurnsExceeded, ModelBehaviorError):
+        return ""
+    return str(result.final_output or "")
+
+
+@tracerl.agent
+async def rag_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
+    """Answer ``task["question"]`` and return the answer's F1 against ``task["answers"]``."""
+    async with AsyncOpenAI(base_url=llm.base_url, api_key=llm.api_key) as client:
+        reply = await answer(task["question"], client, llm.model, ModelSettings(**llm.sampling))
+    return score(reply, task["answers"])
