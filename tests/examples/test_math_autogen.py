@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from fixtures_models import teach
+
 pytest.importorskip("autogen_agentchat")
 pytest.importorskip("autogen_ext.models.openai")
 pytest.importorskip("reasoning_gym")
@@ -165,32 +167,6 @@ def test_bad_split_or_source_is_refused() -> None:
 # -- the agent end to end --------------------------------------------------------------------------------
 
 
-def teach(model: Any, examples: list[tuple[list[int], list[int]]], margin: float = 20.0) -> None:
-    """Make greedy decoding after each ``prompt`` produce its ``target``, by editing only the output layer.
-
-    With the output layer untied from the embeddings, the final hidden states :math:`H` (T, D) that predict
-    the T target tokens of all examples (teacher forcing) do not depend on it. With :math:`Z_0 = H W_0^\\top`
-    and :math:`B` (T, V) zero except :math:`B_{t,y_t} = \\max_v Z_{0,tv} - Z_{0,ty_t} + \\text{margin}`, the
-    minimum-norm :math:`\\Delta = H^+ B` gives :math:`H (W_0 + \\Delta^\\top)^\\top = Z_0 + B` (H has full row
-    rank, T < D): every target token wins by ``margin`` logits.
-    """
-    import torch
-
-    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    model.config.tie_word_embeddings = False
-    with torch.no_grad():
-        states, labels = [], []
-        for prompt, target in examples:
-            hidden = model.model(input_ids=torch.tensor([prompt + target])).last_hidden_state[0]  # (P+T, D)
-            states.append(hidden[len(prompt) - 1 : -1].double())  # (T, D)
-            labels += target
-        h = torch.cat(states)  # (T, D)
-        w0 = model.lm_head.weight.double()  # (V, D)
-        z0 = h @ w0.T  # (T, V)
-        rows, cols = torch.arange(len(labels)), torch.tensor(labels)
-        bump = torch.zeros_like(z0)
-        bump[rows, cols] = z0.max(-1).values - z0[rows, cols] + margin
-        model.lm_head.weight.copy_((w0 + (torch.linalg.pinv(h) @ bump).T).float())
 
 
 class Setup:

@@ -32,7 +32,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 if str(EXAMPLES) not in sys.path:  # runner worker processes inherit this sys.path
     sys.path.insert(0, str(EXAMPLES))
 
-import torch  # noqa: E402
 from agents import ModelSettings, Runner  # noqa: E402
 from openai import AsyncOpenAI  # noqa: E402
 from rag_agents import data  # noqa: E402
@@ -42,6 +41,7 @@ from rag_agents.retrieval import Index, default_index  # noqa: E402
 from rag_agents.reward import exact_match, extract_answer, f1, normalize_answer, score  # noqa: E402
 
 import tracerl  # noqa: E402
+from fixtures_models import teach  # noqa: E402
 from tracerl.store.base import Store  # noqa: E402
 from tracerl.types import RolloutSpec, RolloutStatus, Span, SpanKind  # noqa: E402
 
@@ -199,27 +199,6 @@ def test_exact_match_and_extraction() -> None:
 # -- the agent against the gateway ------------------------------------------------------------------------
 
 
-def teach(model: Any, prompt: list[int], target: list[int], margin: float = 20.0) -> None:
-    """Make greedy decoding after ``prompt`` produce ``target``, editing only the (untied) output layer.
-
-    With :math:`H` (T, D) the final hidden states that predict the T target tokens under teacher forcing,
-    :math:`Z_0 = H W_0^\\top`, and :math:`B` (T, V) zero except
-    :math:`B_{t, y_t} = \\max_v Z_{0,tv} - Z_{0,t y_t} + \\text{margin}`, the edit :math:`\\Delta = H^{+} B`
-    gives :math:`H (W_0 + \\Delta^\\top)^\\top = Z_0 + B` (H has full row rank, T < D): each target token
-    wins by ``margin`` logits. The derivation is in ``tests/integration/test_gateway_tools.py``.
-    """
-    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    model.config.tie_word_embeddings = False
-    with torch.no_grad():
-        hidden = model.model(input_ids=torch.tensor([prompt + target])).last_hidden_state[0]  # (P+T, D)
-        states = hidden[len(prompt) - 1 : -1].double()  # (T, D)
-        w0 = model.lm_head.weight.double()  # (V, D)
-        z0 = states @ w0.T  # (T, V)
-        rows, labels = torch.arange(len(target)), torch.tensor(target)
-        bump = torch.zeros_like(z0)
-        bump[rows, labels] = z0.max(-1).values - z0[rows, labels] + margin
-        delta = torch.linalg.pinv(states) @ bump  # (D, V)
-        model.lm_head.weight.copy_((w0 + delta.T).float())
 
 
 @dataclass
@@ -278,7 +257,7 @@ def env(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         [first] = side_store.get_spans(attempt_id=aid)
         call = json.dumps({"name": "search", "arguments": {"query": query}})
         target = tokenizer(f"<tool_call>\n{call}\n</tool_call><|im_end|>", add_special_tokens=False)["input_ids"]
-        teach(model, list(first.prompt_ids or []), target)
+        teach(model, [(list(first.prompt_ids or []), target)])
         yield environment
     finally:
         gateway.stop()

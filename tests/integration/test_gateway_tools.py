@@ -17,8 +17,8 @@ from typing import Any
 
 import openai
 import pytest
-import torch
 
+from fixtures_models import teach
 from tracerl.engines.hf import HFEngine
 from tracerl.engines.models import load_model
 from tracerl.gateway import RunningGateway, start_gateway
@@ -41,28 +41,6 @@ QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]
 CALL_TEXT = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
 
 
-def teach(model: Any, prompt: list[int], target: list[int], margin: float = 20.0) -> None:
-    r"""Make greedy decoding after ``prompt`` produce ``target`` by editing only the output layer.
-
-    Under teacher forcing the final hidden states :math:`H` (T, D) that predict the T target tokens depend
-    only on the input tokens, so once the output layer :math:`W_0` (V, D) is untied from the input
-    embeddings they stay fixed. With :math:`Z_0 = H W_0^\top` and a bump :math:`B` (T, V) that is zero
-    except :math:`B_{t, y_t} = \max_v Z_{0,tv} - Z_{0,t y_t} + \text{margin}`, the minimum-norm edit
-    :math:`\Delta = H^{+} B` gives :math:`H (W_0 + \Delta^\top)^\top = Z_0 + B` exactly (H has full row rank
-    T < D), so each target token wins by ``margin`` logits and greedy decoding reproduces ``target``.
-    """
-    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    model.config.tie_word_embeddings = False
-    with torch.no_grad():
-        hidden = model.model(input_ids=torch.tensor([prompt + target])).last_hidden_state[0]  # (P+T, D)
-        states = hidden[len(prompt) - 1 : -1].double()  # (T, D)
-        w0 = model.lm_head.weight.double()  # (V, D)
-        z0 = states @ w0.T  # (T, V)
-        rows, labels = torch.arange(len(target)), torch.tensor(target)
-        bump = torch.zeros_like(z0)
-        bump[rows, labels] = z0.max(-1).values - z0[rows, labels] + margin
-        delta = torch.linalg.pinv(states) @ bump  # (D, V)
-        model.lm_head.weight.copy_((w0 + delta.T).float())
 
 
 class Env:
@@ -85,7 +63,7 @@ def env() -> Iterator[Env]:
     model, tokenizer = load_model(MODEL)
     prompt = render_chat(tokenizer, normalize_messages(QUESTION), normalize_tools(TOOLS)).ids
     target = tokenizer(CALL_TEXT + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    teach(model, prompt, target)
+    teach(model, [(prompt, target)])
     engine = HFEngine(model, tokenizer, MODEL)
     store = MemoryStore()
     gateway = start_gateway(store, engine)
