@@ -143,9 +143,9 @@ def build_gateway_router(
             try:
                 await asyncio.to_thread(check_attempt, store, rollout_id, attempt_id)
                 body = await _body(request)
-                if isinstance(body, dict) and "temperature" not in body:
-                    if await asyncio.to_thread(rollout_mode, rollout_id) is not Mode.TRAIN:
-                        body["temperature"] = 0.0  # evaluation rollouts decode greedily by default
+                greedy_default = isinstance(body, dict) and "temperature" not in body
+                if greedy_default and await asyncio.to_thread(rollout_mode, rollout_id) is not Mode.TRAIN:
+                    body["temperature"] = 0.0  # evaluation rollouts decode greedily by default
                 result = await serve(endpoint, body)
                 spans = build_spans(result, rollout_id=rollout_id, attempt_id=attempt_id)
                 await asyncio.to_thread(write_spans, store, spans)
