@@ -40,3 +40,26 @@ def test_export_keeps_only_the_finishing_attempt(tmp_path: Path) -> None:
     assert rows[0]["rewards"] == [{"name": "valid", "value": 0.1, "seq": 2}]
     assert rows[0]["weights_version"] == 3
     assert {row["rollout_id"] for row in rows} == {r.rollout_id}
+
+
+def test_export_cli_writes_jsonl_and_parquet_from_a_sqlite_store(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from tracerl.cli import main
+    from tracerl.store import connect
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    with connect(url) as store:
+        store.enqueue([RolloutSpec(task={"q": "2+2"})])
+        claim = store.claim("w")
+        assert claim is not None
+        aid = claim.attempt.attempt_id
+        store.add_spans([Span(aid, 5, SpanKind.LLM_CALL, prompt_ids=[1, 2], response_ids=[3], logprobs=[-0.25])])
+        store.finish(aid, AttemptStatus.SUCCEEDED, reward=0.5)
+    assert main(["export", "--store", url, "--out", str(tmp_path / "t.jsonl")]) == 0
+    [row] = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert row["response_ids"] == [3] and row["logprobs"] == [-0.25] and row["final_reward"] == 0.5
+    assert main(["export", "--store", url, "--out", str(tmp_path / "t.parquet")]) == 0
+    table = pq.read_table(tmp_path / "t.parquet").to_pylist()
+    assert table[0]["prompt_ids"] == [1, 2] and table[0]["final_reward"] == 0.5
+    assert main(["export", "--store", url, "--out", str(tmp_path / "t.csv")]) == 1  # clear error, exit 1
