@@ -1,0 +1,160 @@
+"""A text-to-SQL agent written with LangChain and LangGraph: write a query, run it, fix it on error, answer.
+
+This is the user's agent, written the way LangChain's SQL tutorials write one: a LangGraph ``StateGraph``
+whose nodes call a ``ChatOpenAI`` model with ``ChatPromptTemplate`` prompts. The only tracerl-specific lines
+are in :func:`sql_agent`: ``base_url``, ``api_key``, ``model`` and the sampling defaults come from the
+``llm`` handle, and ``tracerl.emit_reward(0.1, name="valid_sql")`` marks the call whose query ran.
+
+    write_query ──▶ execute_query ──(ran)──▶ generate_answer ──▶ END
+         ▲                │
+         └──(error, fewer than MAX_ATTEMPTS tries)──┘       (error after MAX_ATTEMPTS tries ──▶ END)
+
+* ``write_query``: the system prompt gives the schema (one line per table, :func:`data.describe_schema`)
+  and asks for one SQLite query in a ```sql block; one worked example exchange follows (a small model
+  needs it to produce the format at all), then the question. On a retry the conversation goes on: the
+  model's previous reply and a user turn with the SQLite error.
+* ``execute_query``: runs the query read-only with a time and row limit (:func:`reward.run_query`).
+* ``generate_answer``: a second prompt turns question, query and rows into a one-sentence answer.
+
+Reward (the agent's return value): 1.0 if the last query that ran returns the same result set as the gold
+query (:func:`reward.score`), else 0.0. ``valid_sql`` (0.1) is an intermediate reward recorded right after
+the call whose query ran; ``GRPO(returns="step")`` credits it to that call.
+
+What LangChain sends the gateway per call: ``model``, ``messages``, ``stream: false`` and the sampling
+settings given to ``ChatOpenAI`` (``temperature``, ``top_p``, ``max_completion_tokens``); no tools.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, TypedDict
+
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_openai import ChatOpenAI
+from langgraph.graph import END, START, StateGraph
+
+import tracerl
+
+from .data import chinook_db, describe_schema
+from .reward import QueryError, run_query, score
+
+MAX_ATTEMPTS = 3  # queries written per question (the first one and at most two corrections)
+MAX_RESULT_ROWS_SHOWN = 20  # rows of the result put into the answer prompt
+
+SYSTEM_PROMPT = """You are an expert in SQLite. Write one SQLite query that answers the user's question \
+about this music store database:
+
+{schema}
+
+Reply with the query only, in a ```sql block."""
+
+# one worked exchange (not one of the dataset's questions)
+EXAMPLE_QUESTION = "How many tracks are on the album 'Facelift'?"
+EXAMPLE_REPLY = """```sql
+SELECT COUNT(*) FROM Track JOIN Album ON Track.AlbumId = Album.AlbumId WHERE Album.Title = 'Facelift';
+```"""
+
+RETRY_PROMPT = "The query failed with this error: {error}\nWrite a corrected query, in a ```sql block."
+
+ANSWER_PROMPT = ChatPromptTemplate.from_messages([
+    ("system", "Answer the user's question in one short sentence, using the SQL query and its result."),
+    ("human", "Question: {question}\nSQL query: {query}\nSQL result: {result}"),
+])
+
+QUERY_PROMPT = ChatPromptTemplate.from_messages([
+    ("system", SYSTEM_PROMPT),
+    ("human", EXAMPLE_QUESTION),
+    ("ai", EXAMPLE_REPLY),
+    ("human", "{question}"),
+])
+
+_FENCED = re.compile(r"```(?:sql|sqlite)?\s*\n?(.*?)(?:```|$)", re.DOTALL | re.IGNORECASE)
+_STATEMENT = re.compile(r"\b(SELECT|WITH)\b.*", re.DOTALL | re.IGNORECASE)
+
+
+class SQLState(TypedDict):
+    """The graph's state: the question, the conversation with the query writer, and what came of it
+    (``query``: the last query written; ``rows`` or ``error``: what running it gave; ``answer``: the reply)."""
+
+    question: str
+    messages: list[BaseMessage]
+    query: str | None
+    attempts: int
+    rows: list[tuple[Any, ...]] | None
+    error: str | None
+    answer: str | None
+
+
+def extract_sql(text: str) -> str:
+    """The query in a model reply: the first ```sql block, else the text from the first SELECT/WITH, else the
+    whole reply; without a trailing semicolon."""
+    fenced = _FENCED.search(text)
+    body = fenced.group(1) if fenced else text
+    statement = _STATEMENT.search(body)
+    query = statement.group(0) if statement else body
+    return query.strip().rstrip(";").strip()
+
+
+def build_graph(model: BaseChatModel, db_path: Path) -> Any:
+    """The compiled LangGraph of the agent (see the module docstring), for ``model`` and the database file."""
+
+    def write_query(state: SQLState) -> dict[str, Any]:
+        reply = model.invoke(state["messages"])
+        query = extract_sql(str(reply.content))
+        return {"messages": [*state["messages"], reply], "query": query, "attempts": state["attempts"] + 1}
+
+    def execute_query(state: SQLState) -> dict[str, Any]:
+        try:
+            rows = run_query(db_path, state["query"] or "")
+        except QueryError as e:
+            retry = HumanMessage(RETRY_PROMPT.format(error=e))
+            return {"rows": None, "error": str(e), "messages": [*state["messages"], retry]}
+        tracerl.emit_reward(0.1, name="valid_sql")
+        return {"rows": rows, "error": None}
+
+    def after_execution(state: SQLState) -> str:
+        if state["error"] is None:
+            return "generate_answer"
+        return "write_query" if state["attempts"] < MAX_ATTEMPTS else END
+
+    def generate_answer(state: SQLState) -> dict[str, Any]:
+        rows = state["rows"] or []
+        result = repr(rows[:MAX_RESULT_ROWS_SHOWN])
+        if len(rows) > MAX_RESULT_ROWS_SHOWN:
+            result += f" ... ({len(rows)} rows in all)"
+        chain = ANSWER_PROMPT | model
+        reply = chain.invoke({"question": state["question"], "query": state["query"], "result": result})
+        return {"answer": str(reply.content)}
+
+    graph = StateGraph(SQLState)
+    graph.add_node("write_query", write_query)
+    graph.add_node("execute_query", execute_query)
+    graph.add_node("generate_answer", generate_answer)
+    graph.add_edge(START, "write_query")
+    graph.add_edge("write_query", "execute_query")
+    graph.add_conditional_edges("execute_query", after_execution, ["write_query", "generate_answer", END])
+    graph.add_edge("generate_answer", END)
+    return graph.compile()
+
+
+def ask(model: BaseChatModel, question: str, db_path: Path | None = None) -> SQLState:
+    """Run the agent on one question; returns the final state (``query``, ``rows``, ``error``, ``answer``)."""
+    db = db_path or chinook_db()
+    messages = QUERY_PROMPT.format_messages(schema=describe_schema(), question=question)
+    start = SQLState(question=question, messages=messages, query=None, attempts=0, rows=None, error=None, answer=None)
+    return build_graph(model, db).invoke(start)
+
+
+@tracerl.agent
+def sql_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
+    """Answer ``task["question"]`` and score the last query that ran against ``task["gold_sql"]``."""
+    model = ChatOpenAI(base_url=llm.base_url, api_key=llm.api_key, model=llm.model, **llm.sampling)  # type: ignore[arg-type]
+    db = chinook_db()
+    state = ask(model, task["question"], db)
+    if state["error"] is not None:
+        return 0.0
+    return score(db, state["query"], task)
+

@@ -1,0 +1,117 @@
+"""Running SQL safely on the Chinook database, and the execution-match reward.
+
+    rows = run_query(db_path, "SELECT COUNT(*) FROM Artist")        # [(275,)], or raises QueryError
+    execution_match(rows, gold_rows, ordered=False)                  # True / False
+    score(db_path, predicted_sql, task)                              # 1.0 if the result sets match, else 0.0
+
+The reward compares what the queries *return*, not how they are written (execution accuracy, as in the
+Spider and BIRD benchmarks):
+
+    r = 1  if  normalize(rows(predicted)) == normalize(rows(gold))  else 0
+
+where ``normalize`` maps every number to ``round(float(v), 2)`` (so ``2`` equals ``2.0`` and
+``ROUND(AVG(Total), 2)`` equals ``AVG(Total)``), sorts the values inside each row (so ``SELECT Name, Title``
+matches ``SELECT Title, Name``; the number of columns must still be the same), and compares the rows as a
+multiset — unless the task is ``ordered`` (the question asks for an order: "longest first", "in alphabetical
+order"), when the row lists must be equal in order. Duplicate rows count: ``SELECT Country`` does not match
+``SELECT DISTINCT Country``.
+
+Queries run read-only (the file is opened with ``mode=ro``, and only one statement is accepted), with a
+work limit and a row limit, so a model that writes a cross join of ``PlaylistTrack`` with itself gets an
+error back instead of stalling the rollout. The work limit counts SQLite virtual-machine steps (through its
+progress handler), not seconds, so the same query gets the same verdict on an idle and on a loaded machine:
+``MAX_STEPS`` = 10⁸ is about 500 times what the slowest gold query takes (≈ 2·10⁵), a few seconds of CPU.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Row = tuple[Any, ...]
+
+MAX_ROWS = 10_000
+MAX_STEPS = 100_000_000
+_PROGRESS_EVERY = 10_000  # SQLite VM steps between two calls of the progress handler
+
+
+class QueryError(Exception):
+    """The query could not run: a syntax error, an unknown table or column, a write, too slow, too many rows.
+    The message is SQLite's (or ours), meant to be shown to the model so it can fix its query."""
+
+
+def run_query(db_path: str | Path, sql: str, *, max_steps: int = MAX_STEPS, max_rows: int = MAX_ROWS) -> list[Row]:
+    """Execute one read-only statement ``sql`` on the SQLite file ``db_path`` and return all its rows.
+
+    Raises :class:`QueryError` for an empty query, any SQLite error, a run of more than about ``max_steps``
+    SQLite VM steps, or more than ``max_rows`` rows.
+    """
+    if not sql.strip():
+        raise QueryError("the query is empty")
+    conn = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True)
+    calls = 0
+
+    def over_budget() -> int:
+        nonlocal calls
+        calls += 1
+        return int(calls * _PROGRESS_EVERY > max_steps)
+
+    conn.set_progress_handler(over_budget, _PROGRESS_EVERY)
+    try:
+        cursor = conn.execute(sql)
+        rows = cursor.fetchmany(max_rows + 1)
+    except sqlite3.OperationalError as e:
+        if str(e) == "interrupted":
+            raise QueryError("the query was stopped: it does far too much work (a missing join condition?)") from None
+        raise QueryError(str(e)) from None
+    except (sqlite3.Error, sqlite3.Warning, ValueError) as e:  # Warning: "You can only execute one statement"
+        raise QueryError(str(e)) from None
+    finally:
+        conn.close()
+    if len(rows) > max_rows:
+        raise QueryError(f"the query returned more than {max_rows} rows; add a WHERE clause, GROUP BY or LIMIT")
+    return [tuple(r) for r in rows]
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, int | float):
+        return round(float(v), 2)
+    if isinstance(v, bytes):
+        return v.hex()
+    return v
+
+
+def _row(row: Row) -> Row:
+    values = [_value(v) for v in row]
+    return tuple(sorted(values, key=lambda v: (type(v).__name__, v if v is not None else 0)))
+
+
+def normalize(rows: Sequence[Row]) -> list[Row]:
+    """The rows with numbers rounded to 2 decimals and each row's values in a canonical order."""
+    return [_row(r) for r in rows]
+
+
+def execution_match(predicted: Sequence[Row], gold: Sequence[Row], *, ordered: bool = False) -> bool:
+    """Whether two result sets are the same (see the module docstring for what "the same" means)."""
+    p, g = normalize(predicted), normalize(gold)
+    if ordered:
+        return p == g
+    return Counter(p) == Counter(g)
+
+
+def score(db_path: str | Path, predicted_sql: str | None, task: dict[str, Any]) -> float:
+    """1.0 if ``predicted_sql`` returns the same result as ``task["gold_sql"]`` on ``db_path``, else 0.0
+    (also 0.0 when there is no predicted query, or it fails to run)."""
+    if not predicted_sql:
+        return 0.0
+    try:
+        predicted = run_query(db_path, predicted_sql)
+    except QueryError:
+        return 0.0
+    gold = run_query(db_path, task["gold_sql"])  # a failing gold query is a bug in the data: let it raise
+    return float(execution_match(predicted, gold, ordered=bool(task.get("ordered", False))))

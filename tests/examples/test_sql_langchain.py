@@ -1,0 +1,262 @@
+"""The text-to-SQL example (``examples/sql_langchain``): its data, its reward, its LangGraph agent, and the agent
+run end to end by tracerl (runner process → LangChain ``ChatOpenAI`` → gateway → tiny random model), including a
+short GRPO training run.
+
+The tiny random model writes garbage, so end to end the reward is 0 and every question uses all its query
+attempts; what is checked there is that LangChain's calls were made through the gateway and recorded with token
+ids, and that nothing crashes. The agent's logic (retry on error, answer, reward) is checked with LangChain's own
+scripted chat model, which replays fixed replies.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))  # worker processes get the parent's sys.path, so they find it too
+
+from sql_langchain import data  # noqa: E402
+from sql_langchain.reward import QueryError, execution_match, run_query, score  # noqa: E402
+
+import tracerl  # noqa: E402
+from tracerl.types import SpanKind  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def db() -> Path:
+    return data.chinook_db()
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_the_database_holds_the_whole_chinook_data(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = data.chinook_db(tmp_path)
+    assert path.parent == tmp_path and data.chinook_db(tmp_path) == path  # built once, then reused
+    conn = sqlite3.connect(path)
+    counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in data.TABLES}
+    assert counts == {
+        "Artist": 275, "Album": 347, "Track": 3503, "Genre": 25, "MediaType": 5, "Playlist": 18,
+        "PlaylistTrack": 8715, "Employee": 8, "Customer": 59, "Invoice": 412, "InvoiceLine": 2240,
+    }
+    assert conn.execute("SELECT Name FROM Artist WHERE ArtistId = 1").fetchone() == ("AC/DC",)
+    assert conn.execute("SELECT COUNT(*) FROM Track t JOIN Album a ON a.AlbumId = t.AlbumId").fetchone() == (3503,)
+    conn.close()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left behind
+
+
+def test_questions_are_many_split_and_graded() -> None:
+    questions = data.load_questions()
+    assert len(questions) >= 150
+    assert len({q["id"] for q in questions}) == len(questions)
+    assert len({q["question"] for q in questions}) == len(questions)
+    by_split = Counter(q["split"] for q in questions)
+    assert by_split["train"] >= 100 and by_split["val"] >= 25 and by_split["test"] >= 25
+    assert set(by_split) == set(data.SPLITS)
+    for split in data.SPLITS:
+        assert {q["difficulty"] for q in questions if q["split"] == split} == set(data.DIFFICULTIES)
+    task = data.load_tasks("test", 3)[2]
+    assert set(task) == {"id", "question", "gold_sql", "difficulty", "ordered"}
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        data.load_tasks("dev")
+
+
+def test_every_gold_query_runs_and_returns_rows(db: Path) -> None:
+    for q in data.load_questions():
+        rows = run_query(db, q["gold_sql"])
+        assert rows, f"{q['id']}: gold query returns no rows: {q['gold_sql']}"
+        if q["ordered"]:
+            assert "ORDER BY" in q["gold_sql"], q["id"]
+
+
+# ---------------------------------------------------------------- reward
+
+COUNT_TASK: dict[str, Any] = {"gold_sql": "SELECT COUNT(*) FROM Artist", "ordered": False}
+NAMES_TASK: dict[str, Any] = {
+    "gold_sql": "SELECT FirstName, LastName FROM Employee WHERE City = 'Calgary'", "ordered": False,
+}
+ORDERED_TASK: dict[str, Any] = {
+    "gold_sql": "SELECT FirstName FROM Customer WHERE Country = 'Canada' ORDER BY FirstName", "ordered": True,
+}
+AVG_TASK: dict[str, Any] = {"gold_sql": "SELECT AVG(Total) FROM Invoice", "ordered": False}
+
+
+@pytest.mark.parametrize(
+    ("predicted", "task", "expected"),
+    [
+        ("SELECT COUNT(*) FROM Artist", COUNT_TASK, 1.0),
+        ("select count(ArtistId) from artist;", COUNT_TASK, 1.0),  # other text, same result
+        ("SELECT 275", COUNT_TASK, 1.0),  # execution match judges the result only
+        ("SELECT COUNT(*) FROM Album", COUNT_TASK, 0.0),
+        ("SELECT COUNT(*) FROM Artists", COUNT_TASK, 0.0),  # does not run
+        ("", COUNT_TASK, 0.0),
+        (None, COUNT_TASK, 0.0),
+        ("SELECT LastName, FirstName FROM Employee WHERE City = 'Calgary'", NAMES_TASK, 1.0),  # columns swapped
+        ("SELECT FirstName, LastName FROM Employee WHERE City = 'Calgary' ORDER BY LastName", NAMES_TASK, 1.0),
+        ("SELECT FirstName FROM Employee WHERE City = 'Calgary'", NAMES_TASK, 0.0),  # a column missing
+        ("SELECT FirstName, LastName, Title FROM Employee WHERE City = 'Calgary'", NAMES_TASK, 0.0),  # one too many
+        ("SELECT FirstName, LastName FROM Employee", NAMES_TASK, 0.0),  # too many rows
+        ("SELECT FirstName FROM Customer WHERE Country = 'Canada' ORDER BY FirstName", ORDERED_TASK, 1.0),
+        ("SELECT FirstName FROM Customer WHERE Country = 'Canada' ORDER BY FirstName DESC", ORDERED_TASK, 0.0),
+        ("SELECT ROUND(AVG(Total), 2) FROM Invoice", AVG_TASK, 1.0),  # numbers compare to 2 decimals
+        ("SELECT SUM(Total) / COUNT(*) FROM Invoice", AVG_TASK, 1.0),
+        ("SELECT ROUND(AVG(Total), 1) FROM Invoice", AVG_TASK, 0.0),
+    ],
+)
+def test_score_is_execution_match(db: Path, predicted: str | None, task: dict[str, Any], expected: float) -> None:
+    assert score(db, predicted, task) == expected
+
+
+def test_rows_compare_as_multisets_unless_ordered() -> None:
+    assert execution_match([(1, "a"), (2, "b")], [("b", 2), ("a", 1)])
+    assert not execution_match([(1, "a"), (2, "b")], [(2, "b"), (1, "a")], ordered=True)
+    assert not execution_match([("x",), ("x",)], [("x",)])  # duplicates count (DISTINCT matters)
+    assert execution_match([(2,)], [(2.0,)]) and execution_match([(None,)], [(None,)])
+    assert not execution_match([("1",)], [(1,)])  # text is not a number
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("DELETE FROM Artist", "readonly"),
+        ("SELECT 1; SELECT 2", "one statement"),
+        ("SELEC Name FROM Artist", "syntax error"),
+        ("SELECT Nope FROM Artist", "no such column: Nope"),
+        ("   ", "empty"),
+        ("SELECT * FROM PlaylistTrack", "more than 10 rows"),
+    ],
+)
+def test_bad_queries_raise_the_error_the_model_is_shown(db: Path, sql: str, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        run_query(db, sql, max_rows=10)
+    assert run_query(db, "SELECT COUNT(*) FROM Artist") == [(275,)]  # the data is untouched
+
+
+def test_a_runaway_query_is_stopped(db: Path) -> None:
+    with pytest.raises(QueryError, match="far too much work"):
+        run_query(db, "SELECT COUNT(*) FROM PlaylistTrack a, PlaylistTrack b", max_steps=1_000_000)
+    # the verdict counts SQLite's steps, not seconds: the same on a loaded machine
+    assert run_query(db, "SELECT COUNT(*) FROM Track", max_steps=1_000_000) == [(3503,)]
+
+
+# ---------------------------------------------------------------- the agent, with scripted replies
+
+needs_langchain = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("langchain_openai", "langgraph")),
+    reason="needs the example's framework: pip install langchain-openai langgraph",
+)
+
+
+@needs_langchain
+@pytest.mark.parametrize(
+    ("reply", "query"),
+    [
+        ("```sql\nSELECT Name FROM Artist;\n```", "SELECT Name FROM Artist"),
+        ("Here it is:\n```\nSELECT 1\n```\nDone.", "SELECT 1"),
+        ("The query is SELECT COUNT(*) FROM Track;", "SELECT COUNT(*) FROM Track"),
+        ("```sql\nWITH x AS (SELECT 1) SELECT * FROM x", "WITH x AS (SELECT 1) SELECT * FROM x"),  # unclosed block
+        ("no sql here", "no sql here"),
+    ],
+)
+def test_extract_sql(reply: str, query: str) -> None:
+    from sql_langchain.agent import extract_sql
+
+    assert extract_sql(reply) == query
+
+
+def scripted(*replies: str) -> Any:
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+
+    return GenericFakeChatModel(messages=iter(replies))
+
+
+@needs_langchain
+def test_the_agent_retries_with_the_error_then_answers(db: Path) -> None:
+    from sql_langchain.agent import ask
+
+    model = scripted(
+        "```sql\nSELECT COUNT(*) FROM Artists\n```",
+        "```sql\nSELECT COUNT(*) FROM Artist\n```",
+        "There are 275 artists.",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # emit_reward outside a tracerl run only warns
+        state = ask(model, "How many artists are in the database?", db)
+    assert state["attempts"] == 2 and state["error"] is None
+    assert state["query"] == "SELECT COUNT(*) FROM Artist" and state["rows"] == [(275,)]
+    assert state["answer"] == "There are 275 artists."
+    retry = state["messages"][-2].content  # the user turn that showed the model its error
+    assert "no such table: Artists" in retry
+
+
+@needs_langchain
+def test_the_agent_gives_up_after_max_attempts(db: Path) -> None:
+    from sql_langchain.agent import MAX_ATTEMPTS, ask
+
+    model = scripted(*["SELECT nonsense"] * MAX_ATTEMPTS)
+    state = ask(model, "How many artists are in the database?", db)
+    assert state["attempts"] == MAX_ATTEMPTS and state["error"] and state.get("answer") is None
+
+
+# ---------------------------------------------------------------- end to end with tracerl and the tiny model
+
+
+@needs_langchain
+def test_langchain_calls_are_recorded_through_the_gateway(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sql_langchain.agent import MAX_ATTEMPTS
+
+    tasks = data.load_tasks("val", 1)
+    url = f"sqlite:///{tmp_path}/eval.db"
+    results = tracerl.evaluate(
+        "sql_langchain.agent:sql_agent", tasks, model=str(tiny_model_dir), store=url, runners=1, max_tokens=12,
+    )
+    assert [r.status for r in results] == ["succeeded"], [r.error for r in results]
+    assert results.mean_reward == 0.0  # a random model writes no valid SQL
+    store = tracerl.connect(url)
+    try:
+        for task, result in zip(tasks, results, strict=True):
+            # each garbage query fails, the error goes back to the model: MAX_ATTEMPTS query-writing calls
+            assert len(result.calls) == MAX_ATTEMPTS
+            first, *retries = result.calls
+            assert first.messages is not None and task["question"] == first.messages[-1]["content"]
+            assert "InvoiceLine(InvoiceLineId" in first.messages[0]["content"]  # the schema is in the prompt
+            for call in retries:
+                assert call.messages is not None and "The query failed" in call.messages[-1]["content"]
+            for call in result.calls:
+                assert call.prompt_ids and len(call.response_ids) == len(call.logprobs) > 0
+            spans = store.get_spans(rollout_id=result.rollout_id)
+            rewards = [(s.name, s.attributes["value"]) for s in spans if s.kind is SpanKind.REWARD]
+            assert rewards == [("final", 0.0)]  # no query ran, so no valid_sql reward
+    finally:
+        store.close()
+
+
+@needs_langchain
+def test_a_short_grpo_run_completes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    trainer = tracerl.Trainer(
+        agent="sql_langchain.agent:sql_agent",
+        algorithm=tracerl.GRPO(model=str(tiny_model_dir), group_size=2, lr=1e-4, returns="step", seed=0),
+        runners=2,
+        run_dir=str(run_dir),
+        batch_size=1,
+        max_steps=2,
+        val_every=2,
+        max_tokens=8,
+        progress=False,
+    )
+    result = trainer.fit(data.load_tasks("train", 3), val_tasks=data.load_tasks("val", 1))
+    assert result.steps == 2 and result.stopped_by == "max_steps"
+    assert [h["reward_mean"] for h in result.history] == [0.0, 0.0]
+    assert result.val_before == 0.0 and result.val_after == 0.0
+    assert result.final_model is not None and (result.final_model / "config.json").exists()
