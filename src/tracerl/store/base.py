@@ -214,6 +214,20 @@ def validate_reward(reward: float | None) -> float | None:
     return float(reward)
 
 
+def validate_finish(
+    status: AttemptStatus | str, reward: float | None, error: str | None
+) -> tuple[AttemptStatus, float | None, str | None]:
+    """Check the arguments of :meth:`Store.finish`; returns them with ``status`` as :class:`AttemptStatus`."""
+    reward = validate_reward(reward)
+    try:
+        status = AttemptStatus(status)
+    except ValueError:
+        raise InvalidInput(f"attempt status {status!r} is not one of {[s.value for s in AttemptStatus]}") from None
+    if error is not None and not isinstance(error, str):
+        raise InvalidInput(f"error must be a string or None, got {type(error).__name__}")
+    return status, reward, error
+
+
 def validate_lease(lease_s: float) -> float:
     if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s <= 86_400:
         raise InvalidInput(f"lease_s must be a number of seconds in (0, 86400], got {lease_s!r}")

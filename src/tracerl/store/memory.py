@@ -20,10 +20,10 @@ from tracerl.store.base import (
     DEFAULT_LEASE_S,
     Store,
     new_id,
+    validate_finish,
     validate_lease,
     validate_query,
     validate_resource_name,
-    validate_reward,
     validate_span,
     validate_spec,
 )
@@ -159,13 +159,7 @@ class MemoryStore(Store):
         reward: float | None = None,
         error: str | None = None,
     ) -> Rollout:
-        reward = validate_reward(reward)
-        try:
-            status = AttemptStatus(status)
-        except ValueError:
-            raise InvalidInput(f"attempt status {status!r} is not one of {[s.value for s in AttemptStatus]}") from None
-        if error is not None and not isinstance(error, str):
-            raise InvalidInput(f"error must be a string or None, got {type(error).__name__}")
+        status, reward, error = validate_finish(status, reward, error)
         with self._lock:
             a = self._attempt(attempt_id)
             r = self._end_attempt_locked(a, status, reward, error, time.time())

@@ -34,9 +34,9 @@ from tracerl.store.base import (
     DEFAULT_LEASE_S,
     Store,
     new_id,
+    validate_finish,
     validate_lease,
     validate_query,
-    validate_reward,
     validate_spec,
 )
 from tracerl.store.sql_data import SqlDataMixin
@@ -286,13 +286,7 @@ class SqlStore(SqlDataMixin, Store):
         reward: float | None = None,
         error: str | None = None,
     ) -> Rollout:
-        reward = validate_reward(reward)
-        try:
-            status = AttemptStatus(status)
-        except ValueError:
-            raise InvalidInput(f"attempt status {status!r} is not one of {[s.value for s in AttemptStatus]}") from None
-        if error is not None and not isinstance(error, str):
-            raise InvalidInput(f"error must be a string or None, got {type(error).__name__}")
+        status, reward, error = validate_finish(status, reward, error)
         with self._write() as tx:
             a, r = self._lock_attempt(tx, attempt_id)
             self._end_attempt_tx(tx, a, r, status, reward, error, time.time())
