@@ -186,6 +186,9 @@ def test_text_completions_record_the_tokenized_prompt(env: Env) -> None:
     assert first.prompt_ids == env.tokenizer(prompt)["input_ids"] == second.prompt_ids
     assert env.text(first.response_ids or []) == reply.choices[0].text == streamed
     assert reply.choices[0].logprobs.token_logprobs == pytest.approx(first.logprobs)
+    tokens = reply.choices[0].logprobs.tokens or []
+    offsets = [sum(len(t) for t in tokens[:k]) for k in range(len(tokens))]  # where each token starts
+    assert reply.choices[0].logprobs.text_offset == offsets and len(offsets) == len(first.response_ids or [])
     assert first.name == "completions"
     ids_reply = client.completions.create(model=MODEL, prompt=first.prompt_ids or [], max_tokens=10, temperature=0)
     assert ids_reply.choices[0].text == reply.choices[0].text  # token ids in, same tokens out

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -210,7 +211,7 @@ class TokenService:
                 logprobs = None
                 if req.logprobs:
                     toks = [self.tokenizer.decode([t]) for t in c.token_ids]
-                    offsets = [sum(len(t) for t in toks[:k]) for k in range(len(toks))]
+                    offsets = list(itertools.accumulate((len(t) for t in toks[:-1]), initial=0))[: len(toks)]
                     logprobs = {"tokens": toks, "token_logprobs": c.logprobs, "top_logprobs": None,
                                 "text_offset": offsets}
                 choice = {"index": i, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason}

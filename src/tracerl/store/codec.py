@@ -22,6 +22,7 @@ import sys
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tracerl.errors import InvalidInput
 
@@ -44,13 +45,18 @@ def pack_ids(ids: Sequence[int]) -> bytes:
     return arr.tobytes()
 
 
-def unpack_ids(data: bytes) -> list[int]:
-    """Inverse of :func:`pack_ids`."""
-    arr = array("i")
+def _unpack(typecode: str, data: bytes) -> list[Any]:
+    """Little-endian packed ``array(typecode)`` bytes → a Python list."""
+    arr = array(typecode)
     arr.frombytes(data)
     if _SWAP:
         arr.byteswap()
     return arr.tolist()
+
+
+def unpack_ids(data: bytes) -> list[int]:
+    """Inverse of :func:`pack_ids`."""
+    return _unpack("i", data)
 
 
 def pack_floats(values: Sequence[float]) -> bytes:
@@ -63,11 +69,7 @@ def pack_floats(values: Sequence[float]) -> bytes:
 
 def unpack_floats(data: bytes) -> list[float]:
     """Inverse of :func:`pack_floats` (returns Python floats holding float32 values)."""
-    arr = array("f")
-    arr.frombytes(data)
-    if _SWAP:
-        arr.byteswap()
-    return arr.tolist()
+    return _unpack("f", data)
 
 
 def round_f32(values: Sequence[float]) -> list[float]:
