@@ -29,8 +29,9 @@ from tracerl.store import Store, connect
 
 if TYPE_CHECKING:
     from tracerl.algorithms.grpo import GRPO
+    from tracerl.algorithms.sft import SFT
     from tracerl.tracing import emit_error, emit_message, emit_reward, emit_span
-    from tracerl.trainer import Trainer
+    from tracerl.train.trainer import Stage, Trainer
 
 __version__ = "0.1.0"
 
@@ -40,14 +41,18 @@ _LAZY: dict[str, str] = {
     "emit_message": "tracerl.tracing",
     "emit_error": "tracerl.tracing",
     "emit_span": "tracerl.tracing",
-    "Trainer": "tracerl.trainer",
+    "Trainer": "tracerl.train.trainer",
+    "Stage": "tracerl.train.trainer",
     "GRPO": "tracerl.algorithms.grpo",
+    "SFT": "tracerl.algorithms.sft",
 }
 
 __all__ = [
     "GRPO",
     "LLM",
+    "SFT",
     "EvalResults",
+    "Stage",
     "Store",
     "TracerlError",
     "Trainer",

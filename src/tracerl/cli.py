@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tracerl.demo", "train a small agent on this CPU and show its held-out reward rise"),
     "serve": ("tracerl.server.run", "run the store server, gateway and dashboard"),
     "runner": ("tracerl.runner.cli", "run agent worker processes against a store"),
-    "train": ("tracerl.trainer", "run a training job from a TOML config"),
+    "train": ("tracerl.train.cli", "run a training job (one or several stages) from a TOML config"),
     "export": ("tracerl.export", "export recorded transitions to JSONL or Parquet"),
     "bench": ("tracerl.bench", "run tracerl's own benchmarks"),
 }
@@ -45,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(logging.WARNING - 10 * min(args.verbose, 2))
     if getattr(args, "_missing", None):
         print(args._missing, file=sys.stderr)
         return 2
@@ -60,6 +59,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _setup_logging(level: int) -> None:
+    """Log records on stderr; on a terminal through the console progress bars use, so they print above a
+    running bar instead of breaking it."""
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        from tracerl.train.progress import console
+
+        logging.basicConfig(level=level, format="%(name)s: %(message)s", datefmt="%X",
+                            handlers=[RichHandler(console=console(), show_path=False)])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

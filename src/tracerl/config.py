@@ -16,7 +16,7 @@ A whole run can be written as a TOML file and started with ``tracerl train run.t
     n = 4
 
     [algorithm]                                # the keyword arguments of tracerl.GRPO
-    model = "smollm2-135m"
+    model = "smollm2-135m"                     # (name = "sft" picks tracerl.SFT instead)
     group_size = 4
     lr = 1e-5
 
@@ -24,6 +24,26 @@ A whole run can be written as a TOML file and started with ``tracerl train run.t
     run_dir = "runs/sql"
     epochs = 1
     batch_size = 2
+
+Several stages on one model (SFT, then GRPO) replace ``[algorithm]`` by an array of stages, each with the
+algorithm's name, its keyword arguments, and the ``[trainer]`` values it sets for itself (epochs,
+max_steps, time_budget_s, batch_size, val_every, temperature, max_tokens)::
+
+    [[stages]]
+    algorithm = "sft"
+    [stages.options]
+    model = "smollm2-135m"
+    demonstrations = "demos.jsonl"
+    lr = 5e-5
+    [stages.trainer]
+    epochs = 2
+
+    [[stages]]
+    algorithm = "grpo"
+    [stages.options]
+    group_size = 8
+    [stages.trainer]
+    time_budget_s = 900
 
 This module depends on nothing else of tracerl but :mod:`tracerl.errors` (the algorithm section is kept as a
 plain dict and validated by ``GRPOConfig`` when the trainer builds the algorithm).
@@ -103,12 +123,18 @@ class EngineConfig:
     """The in-process inference engine (serving the algorithm's model) and the gateway in front of it.
 
     ``host``/``port``: where the gateway listens (port 0 picks a free one; runners on other machines need
-    a reachable host); ``max_batch_size``: concurrent requests the engine samples together.
+    a reachable host); ``max_batch_size``: concurrent requests the engine samples together (it needs as
+    many runner processes to fill it); ``device``: where the engine runs (None: where the algorithm trains,
+    so new weights never cross devices); ``dtype``: ``bfloat16`` or ``float32`` (None: bf16 where the device
+    runs it natively — a CPU with AMX/AVX512-BF16, a CUDA GPU with bf16 — else fp32; the gap between the
+    engine's log-probs and the learner's is measured every step).
     """
 
     host: str = "127.0.0.1"
     port: int = 0
-    max_batch_size: int = 16
+    max_batch_size: int = 32
+    device: str | None = None
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -116,6 +142,11 @@ class EngineConfig:
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"engine.port must be in [0, 65535] (0 picks a free port), got {self.port!r}")
         _positive_int("engine", "max_batch_size", self.max_batch_size)
+        if self.device is not None and (not isinstance(self.device, str) or self.device.split(":")[0] not in
+                                        ("cpu", "cuda")):
+            raise ConfigError(f"engine.device must be 'cpu', 'cuda' or 'cuda:N' (or unset), got {self.device!r}")
+        if self.dtype is not None and self.dtype not in ("bfloat16", "float32", "float16"):
+            raise ConfigError(f"engine.dtype must be 'bfloat16', 'float32' or 'float16' (or unset), got {self.dtype!r}")
 
 
 @dataclass
@@ -133,7 +164,12 @@ class TrainerConfig:
     * ``run_dir``: metrics (``metrics.jsonl``), plot (``rewards.png``), checkpoints and the default store.
     * ``resume``: continue from the last checkpoint in ``run_dir`` if there is one; ``False`` starts over
       (the earlier run's checkpoints and metrics in ``run_dir`` are replaced).
-    * ``checkpoint_every``: save every k steps (and always at the end); 0 saves only at the end.
+    * ``checkpoint_every``: save a checkpoint (weights, optimizer and RNG states: ≈ 12 bytes per parameter)
+      every k steps; 0: only at the end (``checkpoint_at_end``) and when a run is interrupted.
+      ``keep_checkpoints``: how many of the newest checkpoints stay on disk.
+    * ``dynamic_sampling``: a step keeps sampling groups of new tasks until it holds ``batch_size`` groups
+      with reward variance (the ones that carry a learning signal), up to ``max_sampled_groups ×
+      batch_size`` groups in all (DAPO's dynamic sampling); metrics show sampled vs used groups.
     """
 
     epochs: int = 1
@@ -148,6 +184,10 @@ class TrainerConfig:
     seed: int = 0
     resume: bool = True
     checkpoint_every: int = 0
+    checkpoint_at_end: bool = True
+    keep_checkpoints: int = 1
+    dynamic_sampling: bool = False
+    max_sampled_groups: float = 3.0
     rollout_timeout_s: float = 900.0
     tensorboard: bool = False
     wandb: bool = False
@@ -162,6 +202,13 @@ class TrainerConfig:
             _positive_float("trainer", "time_budget_s", self.time_budget_s)
         _positive_int("trainer", "val_every", self.val_every, minimum=0)
         _positive_int("trainer", "checkpoint_every", self.checkpoint_every, minimum=0)
+        _positive_int("trainer", "keep_checkpoints", self.keep_checkpoints)
+        _positive_float("trainer", "max_sampled_groups", self.max_sampled_groups)
+        if self.max_sampled_groups < 1:
+            raise ConfigError(
+                f"trainer.max_sampled_groups = {self.max_sampled_groups} must be ≥ 1 (it caps the groups sampled "
+                "per step at that multiple of batch_size)"
+            )
         _positive_int("trainer", "max_tokens", self.max_tokens)
         _positive_float("trainer", "rollout_timeout_s", self.rollout_timeout_s)
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
@@ -183,13 +230,40 @@ class TrainerConfig:
         return Path(self.run_dir)
 
 
+#: TrainerConfig fields a stage of a run may set for itself
+STAGE_FIELDS = ("epochs", "max_steps", "time_budget_s", "batch_size", "val_every", "temperature", "max_tokens")
+
+#: algorithm names a run config may use
+ALGORITHMS = ("grpo", "sft")
+
+
+@dataclass
+class StageSpec:
+    """One stage of a run config: the algorithm's name, its keyword arguments and the stage's own values of
+    :data:`STAGE_FIELDS`."""
+
+    algorithm: str
+    options: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm {self.algorithm!r} is not one of {list(ALGORITHMS)}")
+        unknown = sorted(set(self.trainer) - set(STAGE_FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"a stage may only set {list(STAGE_FIELDS)} of [trainer] for itself, not {unknown}"
+            )
+
+
 @dataclass
 class RunConfig:
     """A whole run as ``tracerl train CONFIG`` reads it (see the module docstring for the TOML layout).
 
     ``agent`` is ``module:function``; ``train_tasks``/``val_tasks`` are JSONL paths or built-in dataset
-    names (``demo-arithmetic:train``, ``demo-arithmetic:val``); ``algorithm`` holds the keyword arguments of
-    :class:`tracerl.GRPO`, ``model`` included (the engine serves that same model).
+    names (``demo-arithmetic:train``, ``demo-arithmetic:val``); ``stages`` the algorithms run one after the
+    other (one ``[algorithm]`` table is a single stage); the first stage names the ``model`` (the engine
+    serves that same model, later stages continue training it).
     """
 
     agent: str
@@ -198,7 +272,7 @@ class RunConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     runners: RunnerConfig = field(default_factory=RunnerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    algorithm: dict[str, Any] = field(default_factory=dict)
+    stages: list[StageSpec] = field(default_factory=list)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
@@ -211,10 +285,28 @@ class RunConfig:
             raise ConfigError(
                 "train_tasks must name a JSONL file or a built-in dataset such as 'demo-arithmetic:train'"
             )
-        if not isinstance(self.algorithm.get("model"), str) or not self.algorithm["model"]:
+        if not self.stages:
+            raise ConfigError("the config names no algorithm: add an [algorithm] table or [[stages]]")
+        model = self.stages[0].options.get("model")
+        if not isinstance(model, str) or not model:
             raise ConfigError(
-                "[algorithm] needs model = \"...\": a short name (smollm2-135m, tiny-random) or a model folder"
+                "the first stage needs model = \"...\" (in [algorithm] or the first [stages.options]): a short "
+                "name (smollm2-135m, tiny-random) or a model folder"
             )
+        for stage in self.stages[1:]:
+            stage.options.setdefault("model", model)
+
+
+def _stage_from_table(raw: object, where: str) -> StageSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - {"algorithm", "options", "trainer"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; a stage has algorithm, [options] and [trainer]")
+    options, trainer = raw.get("options", {}), raw.get("trainer", {})
+    if not isinstance(options, dict) or not isinstance(trainer, dict):
+        raise ConfigError(f"{where}: options and trainer must be tables")
+    return StageSpec(algorithm=str(raw.get("algorithm", "grpo")), options=dict(options), trainer=dict(trainer))
 
 
 _SECTIONS: dict[str, type] = {
@@ -239,7 +331,7 @@ def _build_section(name: str, cls: type, raw: object, source: str) -> Any:
 
 def run_config_from_dict(data: dict[str, Any], *, source: str = "config") -> RunConfig:
     """Build a :class:`RunConfig` from parsed TOML, refusing unknown keys with the list of known ones."""
-    top_level = {"agent", "train_tasks", "val_tasks", "algorithm", *_SECTIONS}
+    top_level = {"agent", "train_tasks", "val_tasks", "algorithm", "stages", *_SECTIONS}
     unknown = sorted(set(data) - top_level)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {source}; the known keys are {sorted(top_level)}")
@@ -247,14 +339,24 @@ def run_config_from_dict(data: dict[str, Any], *, source: str = "config") -> Run
         if required not in data:
             raise ConfigError(f"{source} has no '{required}'; add {required} = \"...\" at the top of the file")
     sections = {name: _build_section(name, cls, data.get(name, {}), source) for name, cls in _SECTIONS.items()}
-    algorithm = data.get("algorithm", {})
-    if not isinstance(algorithm, dict):
-        raise ConfigError(f"[algorithm] in {source} must be a table, got {type(algorithm).__name__}")
+    if "algorithm" in data and "stages" in data:
+        raise ConfigError(f"{source} has both [algorithm] and [[stages]]; use [[stages]] for several stages")
+    if "stages" in data:
+        raw_stages = data["stages"]
+        if not isinstance(raw_stages, list):
+            raise ConfigError(f"stages in {source} must be an array of tables ([[stages]])")
+        stages = [_stage_from_table(t, f"[[stages]] #{i + 1} of {source}") for i, t in enumerate(raw_stages)]
+    else:
+        algorithm = data.get("algorithm", {})
+        if not isinstance(algorithm, dict):
+            raise ConfigError(f"[algorithm] in {source} must be a table, got {type(algorithm).__name__}")
+        options = dict(algorithm)
+        stages = [StageSpec(algorithm=str(options.pop("name", "grpo")), options=options)]
     return RunConfig(
         agent=data["agent"],
         train_tasks=data["train_tasks"],
         val_tasks=data.get("val_tasks"),
-        algorithm=dict(algorithm),
+        stages=stages,
         **sections,
     )
 

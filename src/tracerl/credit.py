@@ -249,3 +249,38 @@ def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """
     delta = ref_logp - logp
     return torch.exp(delta) - delta - 1.0
+
+
+def truncated_is_weights(learner_logp: Tensor, sampler_logp: Tensor, cap: float) -> Tensor:
+    """Truncated importance weights for tokens drawn by a sampler that is not exactly the learner.
+
+    The engine that sampled a response (another precision, other kernels) gives token x probability
+    ``π_s(x)``, the learner's forward ``π_l(x)``. The policy gradient assumes samples from ``π_l``; the
+    weight ``w = min(π_l(x) / π_s(x), C) = min(exp(logπ_l − logπ_s), C)`` corrects for the gap, truncated at
+    ``C`` so one token the sampler found unlikely cannot dominate the update (Ionides, 2008; as TRL applies
+    it to vLLM samples). ``learner_logp``/``sampler_logp``: (B, L). Returns (B, L), detached.
+    """
+    return torch.exp(learner_logp.detach() - sampler_logp).clamp(max=cap)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """How far the sampler's log-probs are from the learner's on the same tokens (``Δ = logπ_l − logπ_s``)."""
+
+    mean_abs: float  # mean |Δ| over the tokens
+    max_abs: float  # max |Δ|
+    kl: float  # k3 estimate of KL(π_s ‖ π_l) on the sampled tokens: mean(exp(Δ) − Δ − 1)
+    tokens: int
+
+
+def sampler_mismatch(learner_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> Mismatch:
+    """:class:`Mismatch` over the tokens where ``mask`` (B, L) is True (all zeros when there are none).
+
+    The tokens were drawn from the sampler π_s, so ``E_s[exp(Δ) − Δ − 1]`` with ``Δ = logπ_l − logπ_s`` is
+    the k3 estimator of ``KL(π_s ‖ π_l)`` (see :func:`k3_kl`, with the roles of the two policies set so).
+    """
+    delta = (learner_logp.detach() - sampler_logp)[mask].to(torch.float64)  # (n,)
+    if delta.numel() == 0:
+        return Mismatch(0.0, 0.0, 0.0, 0)
+    k3 = torch.exp(delta) - delta - 1.0
+    return Mismatch(float(delta.abs().mean()), float(delta.abs().max()), float(k3.mean()), int(delta.numel()))

@@ -28,7 +28,7 @@ from typing import Any, overload
 from tracerl.config import EngineConfig, RunnerConfig, StoreConfig
 from tracerl.store import connect
 from tracerl.store.base import Store
-from tracerl.trainer_stack import check_tasks, rollout_reward, run_rollouts, serving
+from tracerl.train.launcher import check_tasks, rollout_reward, run_rollouts, serving
 from tracerl.types import Mode, Rollout, Span, SpanKind
 
 logger = logging.getLogger(__name__)

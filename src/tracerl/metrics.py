@@ -5,7 +5,7 @@ since this ``fit`` started; a resumed run counts from 0 again) and the values of
 
     {"kind": "train", "step": 3, "time": 41.2, "reward_mean": 0.42, "reward_std": 0.31, "loss": 0.013,
      "kl": 0.0004, "clip_fraction": 0.0, "tokens_per_s": 118.0, "rollout_s": 9.1, "update_s": 3.3,
-     "skipped_groups": 1}
+     "zero_variance_groups": 1, "sampled_groups": 2, "used_groups": 1}
     {"kind": "val", "step": 3, "time": 47.0, "val_reward": 0.5, "n": 16}
 
 A resumed run appends to the file (``append=True``), so it continues the same curve; a fresh run replaces

@@ -51,7 +51,7 @@ def test_train_runs_a_toml_config_stops_on_sigterm_and_resumes(tmp_path: Path) -
     run_dir = tmp_path / "run"
     (tmp_path / "run.toml").write_text(
         f"""
-agent = "tracerl.demo.toy:digits_agent"
+agent = "tracerl.tasks.toy:digits_agent"
 train_tasks = "tasks.jsonl"
 val_tasks = "demo-toy:val:4"
 

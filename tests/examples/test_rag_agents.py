@@ -363,7 +363,7 @@ def test_short_grpo_run_on_the_agent(tiny_model_dir: Path, tmp_path: Path) -> No
     for h in result.history:
         assert h["failed_rollouts"] == 0 and h["groups"] == 2 and 0.0 <= h["reward_mean"] < 1.0
     # a group whose 4 rewards all happen to be 0 is skipped; the others update the served weights
-    updates = sum(h["skipped_groups"] < h["groups"] for h in result.history)
+    updates = sum(h["zero_variance_groups"] < h["groups"] for h in result.history)
     assert updates >= 1 and result.history[-1]["weights_version"] == updates, result.history
-    assert all(h["transitions"] >= 4 for h in result.history if h["skipped_groups"] < h["groups"])
+    assert all(h["transitions"] >= 4 for h in result.history if h["zero_variance_groups"] < h["groups"])
     assert result.final_model is not None and (result.final_model / "config.json").exists()

@@ -30,7 +30,7 @@ def p_even_first_token(model: torch.nn.Module, prompts: list[list[int]], even: t
 def test_probability_of_rewarded_response_rises_after_a_few_updates() -> None:
     model, tokenizer = load_model("tiny-random")
     algo = GRPO(model="tiny-random", group_size=GROUP, lr=5e-3, bf16=False, device="cpu", seed=0)
-    learner = algo.setup(model, pad_id=0)
+    learner = algo.setup(model, tokenizer)
     prompts: list[list[int]] = [
         list(tokenizer.apply_chat_template(
             [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True, return_dict=True
@@ -62,13 +62,14 @@ def test_probability_of_rewarded_response_rises_after_a_few_updates() -> None:
             store.add_spans([Span(a, 0, SpanKind.LLM_CALL, prompt_ids=prompt, response_ids=response, logprobs=logprobs,
                                   attributes={"weights_version": learner.weights_version})])
             store.finish(a, AttemptStatus.SUCCEEDED, reward=sum(t % 2 == 0 for t in response) / NEW_TOKENS)
-        batch = algo.transitions(store, ids)
+        batch = algo.make_batch(store, [], ids)
         zero_variance += batch.zero_variance_groups
-        result = algo.update(batch.transitions)
+        result = algo.update(batch)
         if batch.transitions:
-            assert result.epochs[0]["ratio_mean"] == 1.0  # sampled by the weights being trained
+            assert result.metrics["ratio_mean"] == 1.0  # sampled by the weights being trained
+            assert result.metrics["mismatch_max_abs"] < 1e-4  # the sampler is the learner's own fp32 forward
         else:
-            assert result.state_dict is None  # every group converged: nothing to learn, no new weights
+            assert result.weights is None  # every group converged: nothing to learn, no new weights
             skipped_steps += 1
 
     after = p_even_first_token(model, prompts, even)

@@ -1,6 +1,6 @@
 """The whole learning loop on CPU: store → runner processes → gateway → credit → GRPO → new weights served.
 
-The tiny random model learns the toy task of :mod:`tracerl.demo.toy` (reply with digits only; reward = the
+The tiny random model learns the toy task of :mod:`tracerl.tasks.toy` (reply with digits only; reward = the
 digit share of the reply) through ``tracerl.Trainer`` exactly as a user would run it: an agent written with
 the plain ``openai`` client in 4 runner processes, a sqlite store in the run folder, the gateway and the hf
 engine in-process. The sampled reward starts near 0 (≈ 10 digit tokens out of 1,024) and ends near 1.
@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import tracerl
-from tracerl.demo import toy
 from tracerl.store import connect
+from tracerl.tasks import toy
 from tracerl.types import Mode, RolloutQuery, SpanKind
 
 

@@ -16,8 +16,8 @@ import pytest
 
 import tracerl
 from tracerl.config import TrainerConfig
-from tracerl.demo import toy
 from tracerl.errors import ConfigError, Timeout
+from tracerl.tasks import toy
 
 AGENTS = '''
 import time

@@ -195,3 +195,38 @@ def test_malformed_tools_name_the_field(tools: Any, param: str) -> None:
     with pytest.raises(GatewayError) as info:
         normalize_tools(tools)
     assert info.value.param == param
+
+
+def test_render_turns_gives_each_assistant_turn_the_gateways_prompt_and_its_own_tokens(tokenizer: Any) -> None:
+    from tracerl.gateway.chat import render_turns
+
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+    messages = normalize_messages([
+        {"role": "system", "content": "You add numbers."},
+        {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "5"},
+        {"role": "assistant", "content": "Answer: 5"},
+    ])
+    tools = normalize_tools([ADD_TOOL])
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    turns = render_turns(tokenizer, messages, tools, [end])
+    assert len(turns) == 2
+    (p0, r0), (p1, r1) = turns
+    # the prompt of each turn is exactly what the gateway renders for the history before it
+    assert p0 == render_chat(tokenizer, messages[:2], tools).ids
+    assert p1 == render_chat(tokenizer, messages[:4], tools).ids
+    # responses end with the end-of-turn token the engine records, and the next prompt repeats them
+    assert r0[-1] == end and r1[-1] == end and end not in r0[:-1]
+    assert p1[: len(p0) + len(r0)] == p0 + r0
+    [tool_call] = parse_hermes(tokenizer.decode(r0, skip_special_tokens=True)).tool_calls
+    assert json.loads(tool_call.arguments) == {"a": 2, "b": 3}
+    assert tokenizer.decode(r1, skip_special_tokens=True) == "Answer: 5"
+
+
+def test_render_turns_refuses_a_transcript_that_starts_with_the_assistant(tokenizer: Any) -> None:
+    from tracerl.gateway.chat import render_turns
+
+    messages = normalize_messages([{"role": "assistant", "content": "hi"}])
+    with pytest.raises(GatewayError, match="start with an assistant"):
+        render_turns(tokenizer, messages, [], [2])

@@ -10,6 +10,7 @@ from tracerl.config import (
     EngineConfig,
     RunConfig,
     RunnerConfig,
+    StageSpec,
     StoreConfig,
     TrainerConfig,
     load_run_config,
@@ -29,8 +30,14 @@ from tracerl.errors import ConfigError
         (lambda: RunnerConfig(timeout_s=-5), ["runners.timeout_s"]),
         (lambda: EngineConfig(port=70000), ["engine.port", "70000"]),
         (lambda: StoreConfig(url="runs/x.db"), ["runs/x.db", "sqlite:///"]),
-        (lambda: RunConfig(agent="my_agent", train_tasks="t.jsonl", algorithm={"model": "m"}), ["module:function"]),
-        (lambda: RunConfig(agent="m:f", train_tasks="t.jsonl"), ["[algorithm]", "model"]),
+        (lambda: RunConfig(agent="my_agent", train_tasks="t.jsonl", stages=[StageSpec("grpo", {"model": "m"})]),
+         ["module:function"]),
+        (lambda: RunConfig(agent="m:f", train_tasks="t.jsonl"), ["[algorithm]", "[[stages]]"]),
+        (lambda: RunConfig(agent="m:f", train_tasks="t.jsonl", stages=[StageSpec("grpo", {})]), ["model"]),
+        (lambda: StageSpec("ppo2"), ["'ppo2'", "grpo", "sft"]),
+        (lambda: StageSpec("sft", trainer={"run_dir": "x"}), ["run_dir", "time_budget_s"]),
+        (lambda: TrainerConfig(max_sampled_groups=0.5), ["max_sampled_groups", "≥ 1"]),
+        (lambda: EngineConfig(dtype="int8"), ["engine.dtype", "bfloat16"]),
     ],
 )
 def test_invalid_values_are_refused_with_the_value_and_the_fix(build, words) -> None:
@@ -43,7 +50,7 @@ def test_invalid_values_are_refused_with_the_value_and_the_fix(build, words) -> 
 def test_a_whole_run_loads_from_toml(tmp_path: Path) -> None:
     (tmp_path / "run.toml").write_text(
         """
-agent = "tracerl.demo.toy:digits_agent"
+agent = "tracerl.tasks.toy:digits_agent"
 train_tasks = "data/train.jsonl"
 val_tasks = "demo-toy:val"
 
@@ -65,12 +72,14 @@ run_dir = "runs/x"
 """
     )
     run = load_run_config(tmp_path / "run.toml")
-    assert run.agent == "tracerl.demo.toy:digits_agent"
+    assert run.agent == "tracerl.tasks.toy:digits_agent"
     assert run.train_tasks == str(tmp_path / "data" / "train.jsonl")  # relative to the config file
     assert run.val_tasks == "demo-toy:val"  # a built-in dataset name stays a name
     assert run.store.url == "sqlite:///runs/x/store.db"
     assert run.runners.n == 2
-    assert run.algorithm == {"model": "tiny-random", "group_size": 8, "lr": 1e-3}
+    assert [(st.algorithm, st.options) for st in run.stages] == [
+        ("grpo", {"model": "tiny-random", "group_size": 8, "lr": 1e-3})
+    ]
     assert (run.trainer.batch_size, run.trainer.val_every, run.trainer.epochs) == (4, 3, 1)
 
 
@@ -92,3 +101,35 @@ def test_missing_or_broken_files_are_reported_by_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train_tasks"):
         load_run_config(tmp_path / "short.toml")
 
+
+
+def test_stages_load_from_toml_and_later_stages_inherit_the_model(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        """
+agent = "tracerl.tasks.toy:digits_agent"
+train_tasks = "demo-toy:train"
+
+[[stages]]
+algorithm = "sft"
+[stages.options]
+model = "tiny-random"
+demonstrations = "demos.jsonl"
+[stages.trainer]
+epochs = 2
+
+[[stages]]
+algorithm = "grpo"
+[stages.options]
+group_size = 4
+[stages.trainer]
+time_budget_s = 60
+"""
+    )
+    run = load_run_config(path)
+    assert [s.algorithm for s in run.stages] == ["sft", "grpo"]
+    assert run.stages[1].options == {"group_size": 4, "model": "tiny-random"}
+    assert run.stages[0].trainer == {"epochs": 2} and run.stages[1].trainer == {"time_budget_s": 60}
+    path.write_text(path.read_text() + '\n[algorithm]\nmodel = "x"\n')
+    with pytest.raises(ConfigError, match="both"):
+        load_run_config(path)

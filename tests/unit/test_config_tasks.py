@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tracerl.demo.arithmetic import messages_for, score
-from tracerl.demo.toy import digit_fraction
 from tracerl.errors import ConfigError
+from tracerl.tasks.arithmetic import messages_for, score
+from tracerl.tasks.toy import digit_fraction
 
 
 def test_tasks_load_from_jsonl_or_a_builtin_name(tmp_path: Path) -> None:
-    from tracerl.trainer_tasks import load_tasks
+    from tracerl.train.data import load_tasks
 
     path = tmp_path / "t.jsonl"
     path.write_text('{"q": 1}\n\n{"q": 2}\n')

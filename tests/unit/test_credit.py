@@ -156,3 +156,30 @@ def test_k3_kl() -> None:
     # δ = ln π_ref − ln πθ = ln 2 → e^δ − δ − 1 = 2 − ln 2 − 1 = 1 − ln 2; δ = 0 → 0
     kl = k3_kl(torch.tensor([0.0, -1.0]), torch.tensor([math.log(2.0), -1.0]))
     assert kl.tolist() == pytest.approx([1 - math.log(2.0), 0.0], abs=1e-6)
+
+
+def test_truncated_is_weights_are_the_probability_ratio_capped() -> None:
+    from tracerl.credit import truncated_is_weights
+
+    # ln π_l − ln π_s = 0 → 1; ln 1.5 → 1.5; ln 3 → capped at 2; ln 0.25 → 0.25 (never raised)
+    learner = torch.tensor([[0.0, math.log(1.5), math.log(3.0), math.log(0.25)]])
+    sampler = torch.zeros(1, 4)
+    w = truncated_is_weights(learner, sampler, cap=2.0)
+    assert w.tolist()[0] == pytest.approx([1.0, 1.5, 2.0, 0.25])
+    assert not w.requires_grad
+
+
+def test_sampler_mismatch_is_zero_when_they_agree_and_the_hand_numbers_when_not() -> None:
+    from tracerl.credit import sampler_mismatch
+
+    mask = torch.tensor([[True, True, False]])
+    same = torch.tensor([[-1.0, -2.0, -3.0]])
+    m = sampler_mismatch(same, same.clone(), mask)
+    assert (m.mean_abs, m.max_abs, m.kl, m.tokens) == (0.0, 0.0, 0.0, 2)
+    # Δ = learner − sampler = (0.5, −0.1) on the two masked tokens (the third, Δ = 9, is masked out)
+    learner = torch.tensor([[-0.5, -2.1, 6.0]])
+    m = sampler_mismatch(learner, same, mask)
+    assert m.mean_abs == pytest.approx(0.3) and m.max_abs == pytest.approx(0.5)
+    # k3 = mean(e^Δ − Δ − 1) = ((e^0.5 − 1.5) + (e^−0.1 − 0.9)) / 2
+    assert m.kl == pytest.approx(((math.exp(0.5) - 1.5) + (math.exp(-0.1) - 0.9)) / 2)
+    assert sampler_mismatch(learner, same, torch.zeros(1, 3, dtype=torch.bool)).tokens == 0

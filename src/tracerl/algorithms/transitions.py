@@ -88,6 +88,13 @@ class CreditBatch:
     skipped_rollouts: dict[str, int]  # reason -> count
     reward_mean: float
     reward_std: float
+    #: response tokens of every llm call of the rollouts read (trainable or not: generation throughput)
+    response_tokens: int = 0
+
+    @property
+    def informative_groups(self) -> int:
+        """Groups whose rollouts carry signal (not skipped for zero reward variance)."""
+        return self.groups - self.zero_variance_groups
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -240,6 +247,7 @@ def transitions_from_store(
         else:
             records.append(rec)
     batch = assign_credit(records, returns=returns, advantage=advantage, scale=scale, gamma=gamma, eps=eps)
+    batch.response_tokens = sum(len(c.response_ids) for r in records for c in r.calls)
     for reason, n in skipped.items():
         batch.skipped_rollouts[reason] = batch.skipped_rollouts.get(reason, 0) + n
     return batch

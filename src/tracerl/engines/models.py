@@ -71,6 +71,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("TRACERL_CACHE", Path.home() / ".cache" / "tracerl")) / "models"
 
 
+def check_model_name(name_or_path: str | os.PathLike[str]) -> None:
+    """Refuse a model name that :func:`load_model` could not load, without loading anything (cheap)."""
+    name = str(name_or_path)
+    if name == SMOLLM2_NAME:
+        smollm2_gguf_path()
+    elif name != TINY_NAME and not (Path(name).expanduser() / "config.json").exists():
+        raise ConfigError(
+            f"model {name!r} is neither a known name ({SMOLLM2_NAME}, {TINY_NAME}) nor a folder with a "
+            "config.json: pass one of the names or the path of a Hugging Face model folder"
+        )
+
+
 def load_model(name_or_path: str | os.PathLike[str], *, dtype: str = "float32") -> tuple[Any, Any]:
     """Return ``(model, tokenizer)`` for a short name (``smollm2-135m``, ``tiny-random``) or a local folder.
 
@@ -90,12 +102,8 @@ def load_model(name_or_path: str | os.PathLike[str], *, dtype: str = "float32") 
                 if not (path / "config.json").exists():
                     raise
     else:
+        check_model_name(name)
         path = Path(name).expanduser()
-        if not (path / "config.json").exists():
-            raise ConfigError(
-                f"model {name!r} is neither a known name ({SMOLLM2_NAME}, {TINY_NAME}) nor a folder with a "
-                "config.json: pass one of the names or the path of a Hugging Face model folder"
-            )
     return _load_folder(path, dtype)
 
 

@@ -34,6 +34,7 @@ same convention back:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,8 +259,11 @@ def _ids(encoded: Any) -> list[int]:
     return [int(i) for i in ids]
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> RenderedPrompt:
-    """Prompt ids for canonical ``messages`` and ``tools``, ending with the assistant generation prompt."""
+def render_chat(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]], *, generation_prompt: bool = True
+) -> RenderedPrompt:
+    """Prompt ids for canonical ``messages`` and ``tools``, ending with the assistant generation prompt
+    (``generation_prompt=False``: the conversation as it stands, e.g. ending with an assistant turn)."""
     native = bool(tools) and template_supports_tools(tokenizer)
     if native:
         convo, kwargs = messages, {"tools": tools}
@@ -273,7 +277,47 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict
             "use /v1/completions with a raw prompt, or give the tokenizer a chat_template"
         )
     try:
-        encoded = tokenizer.apply_chat_template(convo, add_generation_prompt=True, tokenize=True, **kwargs)
+        encoded = tokenizer.apply_chat_template(
+            convo, add_generation_prompt=generation_prompt, tokenize=True, **kwargs
+        )
     except Exception as e:  # a template may raise on conversations it does not accept
         raise GatewayError(f"the model's chat template cannot render these messages: {e}", param="messages") from e
     return RenderedPrompt(ids=_ids(encoded), tools_in_template=native)
+
+
+def render_turns(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]], end_of_turn: Sequence[int]
+) -> list[tuple[list[int], list[int]]]:
+    """``(prompt_ids, response_ids)`` for every assistant turn of a transcript, as the gateway renders them.
+
+    ``prompt_ids`` of turn k are exactly what the gateway sends the engine when a client's history is the
+    messages before it (:func:`render_chat`); ``response_ids`` are the tokens the model would have to write
+    for that turn — its text and tool calls as the template renders them, through the first end-of-turn
+    token (``end_of_turn``: e.g. ``<|im_end|>``), which the engine records too. So the next turn's prompt
+    starts with ``prompt_ids + response_ids`` and training on these pairs trains the tokens the served model
+    sees. ``messages`` are canonical (:func:`normalize_messages`).
+    """
+    stops = set(end_of_turn)
+    out: list[tuple[list[int], list[int]]] = []
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        if k == 0:
+            raise GatewayError("a transcript cannot start with an assistant turn (no prompt before it)",
+                               param="messages[0]")
+        prompt = render_chat(tokenizer, messages[:k], tools).ids
+        full = render_chat(tokenizer, messages[: k + 1], tools, generation_prompt=False).ids
+        if full[: len(prompt)] != prompt:
+            raise GatewayError(
+                f"the chat template renders messages[{k}] (assistant) so that the conversation before it is not a "
+                "prefix of the conversation with it; this template cannot be trained turn by turn",
+                param=f"messages[{k}]",
+            )
+        rest = full[len(prompt) :]
+        end = next((i for i, t in enumerate(rest) if t in stops), None)
+        if end is None:
+            raise GatewayError(
+                f"the rendered assistant turn messages[{k}] has no end-of-turn token {sorted(stops)}", param="messages"
+            )
+        out.append((prompt, rest[: end + 1]))
+    return out

@@ -19,7 +19,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import tracerl
 from tracerl.agent import LLM, AgentRef
 from tracerl.errors import ConfigError
 
@@ -54,7 +53,7 @@ class AgentProcess:
         """Start the interpreter and send the agent to import, without waiting (see :meth:`wait_ready`)."""
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        src = str(Path(tracerl.__file__).resolve().parent.parent)
+        src = str(Path(__file__).resolve().parents[2])  # the folder holding the tracerl package
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         try:
             self._proc = subprocess.Popen(

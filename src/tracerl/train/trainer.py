@@ -1,0 +1,591 @@
+"""``tracerl.Trainer``: the training loop that ties store, runners, gateway and an algorithm together.
+
+    trainer = tracerl.Trainer(
+        agent=sql_agent,                                   # @tracerl.agent function, or "module:function"
+        algorithm=tracerl.GRPO(model="smollm2-135m", group_size=4, lr=1e-5),
+        store="sqlite:///runs/sql/store.db",               # default: sqlite file in the run folder
+        runners=8,
+        run_dir="runs/sql", batch_size=2, val_every=5,     # any TrainerConfig field
+    )
+    result = trainer.fit(train_tasks, val_tasks=val_tasks)
+    result.val_before, result.val_after                    # held-out reward (greedy) before/after
+
+``algorithm`` may also be a list of stages run one after the other on the same model, each an algorithm or
+a :class:`Stage` (an algorithm plus its own stopping rules): ``[Stage(SFT(...), epochs=2), GRPO(...)]``.
+The Trainer knows only the :class:`~tracerl.algorithms.base.Algorithm` protocol. One step of a stage:
+
+1. take the next ``batch_size`` items of the stage (a fresh seeded shuffle each epoch) and, when the
+   algorithm wants rollouts, enqueue ``group_size`` rollouts of each (one group per item), tagged with the
+   current resources version; the runner processes run the unchanged agent, whose LLM calls go through the
+   in-process gateway to the engine and are recorded; wait until every rollout ended;
+2. ``algorithm.make_batch`` turns them into a batch (credit assignment). With ``dynamic_sampling`` a step
+   that holds fewer informative groups (reward variance > 0) than ``batch_size`` samples more groups, up to
+   ``max_sampled_groups × batch_size`` in all, and trains on the informative ones it got;
+3. ``algorithm.update``; new weights go into the engine and a new version of the ``resources`` bundle
+   (model, stage, weights version, checkpoint, sampling) is published, so every later rollout and LLM call
+   is tagged with the weights that produced it.
+
+Validation (every ``val_every`` steps, before the first step and after each stage) runs each held-out task
+once with greedy decoding. Metrics go to ``metrics.jsonl`` (see :mod:`tracerl.metrics`), the plot to
+``rewards.png`` (stage boundaries marked), checkpoints to ``checkpoints/`` (with ``resume=True`` a run
+continues from the latest one, in the stage where it stopped), the final weights to ``final/``. Engine,
+gateway and runners are stopped whatever ends the run (an error, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tracerl.algorithms.base import Algorithm, check_algorithm
+from tracerl.config import STAGE_FIELDS, EngineConfig, RunnerConfig, StoreConfig, TrainerConfig
+from tracerl.errors import ConfigError, TracerlError
+from tracerl.metrics import METRICS_FILE, PLOT_FILE, MetricsLogger, plot_rewards
+from tracerl.train import checkpoints as ckpt
+from tracerl.train.launcher import RESOURCES_NAME, Stack, check_tasks, rollout_reward, run_rollouts, serving
+from tracerl.train.progress import StepProgress
+
+if TYPE_CHECKING:
+    from tracerl.store.base import Store
+    from tracerl.types import Rollout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    """One stage of a run: an algorithm and, optionally, its own values of the :data:`STAGE_FIELDS` of
+    :class:`~tracerl.config.TrainerConfig` (``epochs``, ``max_steps``, ``time_budget_s``, ...)."""
+
+    algorithm: Any
+    epochs: int | None = None
+    max_steps: int | None = None
+    time_budget_s: float | None = None
+    batch_size: int | None = None
+    val_every: int | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        check_algorithm(self.algorithm)
+
+    def config(self, base: TrainerConfig) -> TrainerConfig:
+        """``base`` with this stage's own values (validated again)."""
+        own = {k: getattr(self, k) for k in STAGE_FIELDS if getattr(self, k) is not None}
+        return dataclasses.replace(base, **own)
+
+
+@dataclass
+class StageResult:
+    name: str
+    steps: int
+    val_after: float | None
+    seconds: float
+    stopped_by: str  # "epochs", "max_steps" or "time_budget"
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` did: steps, held-out reward before/after (and after each stage), outputs."""
+
+    steps: int
+    val_before: float | None
+    val_after: float | None
+    history: list[dict[str, Any]]
+    run_dir: Path
+    metrics_path: Path
+    plot_path: Path
+    checkpoint: Path | None
+    final_model: Path | None
+    stopped_by: str
+    stages: list[StageResult] = field(default_factory=list)
+
+
+def as_stages(algorithm: Any) -> list[Stage]:
+    """One algorithm, a :class:`Stage`, or a list of either → the list of stages."""
+    items = list(algorithm) if isinstance(algorithm, (list, tuple)) else [algorithm]
+    if not items:
+        raise ConfigError("algorithm is an empty list; give an algorithm such as tracerl.GRPO(...) or a list of stages")
+    stages = [s if isinstance(s, Stage) else Stage(s) for s in items]
+    models = {s.algorithm.model for s in stages}
+    if len(models) > 1:
+        raise ConfigError(f"the stages of one run train one model, got {sorted(models)}; use one model name")
+    return stages
+
+
+class Trainer:
+    """Train ``agent`` with ``algorithm`` (one or several stages); see the module docstring.
+
+    ``store``: URL (default ``sqlite:///{run_dir}/store.db``); ``runners``: worker processes (or a
+    :class:`RunnerConfig`); ``engine``: gateway/engine settings; ``config`` or keyword ``options``: the
+    fields of :class:`TrainerConfig` (not both); ``token``: the bearer token of a ``tracerl serve`` store
+    (default: the ``TRACERL_TOKEN`` environment variable).
+    """
+
+    def __init__(
+        self,
+        agent: Any,
+        algorithm: Any,
+        store: str | None = None,
+        runners: int | RunnerConfig = 8,
+        *,
+        engine: EngineConfig | None = None,
+        config: TrainerConfig | None = None,
+        **options: Any,
+    ) -> None:
+        from tracerl.agent import agent_ref
+
+        if config is not None and options:
+            raise ConfigError(
+                f"pass trainer settings either as config=TrainerConfig(...) or as keywords, not both "
+                f"(got config and {sorted(options)})"
+            )
+        if config is None:
+            known = {f.name for f in dataclasses.fields(TrainerConfig)}
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise ConfigError(f"unknown Trainer option(s) {unknown}; the known options are {sorted(known)}")
+            config = TrainerConfig(**options)
+        from tracerl.engines.models import check_model_name
+
+        self.stages = as_stages(algorithm)
+        check_model_name(self.stages[0].algorithm.model)
+        for stage in self.stages:
+            stage.config(config)  # a stage's own values are checked now, not after loading the model
+        self.agent_ref = agent_ref(agent)  # fails here, not later in a runner process, if it cannot be imported
+        self.config = config
+        self.runners = runners if isinstance(runners, RunnerConfig) else RunnerConfig(n=runners)
+        self.engine = engine or EngineConfig()
+        self.store_url = StoreConfig(store).url or f"sqlite:///{(config.run_path / 'store.db').resolve()}"
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The algorithm of the last stage (the only one for a single-stage run)."""
+        return self.stages[-1].algorithm
+
+    @property
+    def model(self) -> str:
+        return str(self.stages[0].algorithm.model)
+
+    def fit(
+        self,
+        train_tasks: Sequence[dict[str, Any]],
+        val_tasks: Sequence[dict[str, Any]] | None = None,
+        epochs: int | None = None,
+    ) -> FitResult:
+        """Train on ``train_tasks``, validating on ``val_tasks`` if given; ``epochs`` overrides the
+        config's. Returns a :class:`FitResult`."""
+        cfg = self.config if epochs is None else dataclasses.replace(self.config, epochs=epochs)
+        train = check_tasks(train_tasks, "train_tasks")
+        val = check_tasks(val_tasks, "val_tasks") if val_tasks is not None else None
+        cfg.run_path.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as es:
+            store = _open_store(self.store_url)
+            es.callback(store.close)
+            store.bind_experiment(cfg.experiment)
+            base, tokenizer = self._load_model(cfg.seed)
+            if cfg.resume:
+                pos, folder = ckpt.read_position(cfg.run_path, model=self.model)
+            else:
+                pos, folder = ckpt.Position(), None
+                ckpt.clear_run(cfg.run_path)
+            metrics = MetricsLogger(
+                cfg.run_path, tensorboard=cfg.tensorboard, wandb=cfg.wandb, experiment=cfg.experiment,
+                append=pos.step > 0,
+                config={"trainer": dataclasses.asdict(cfg), "stages": [s.algorithm.to_json() for s in self.stages]},
+            )
+            es.callback(metrics.close)
+            run = _Run(self, cfg, store, base, tokenizer, pos, metrics, train, val)
+            run.start_stage(folder)
+            stack = es.enter_context(
+                serving(
+                    store, self.store_url, self.agent_ref, model=run.engine_model, tokenizer=tokenizer,
+                    model_name=self.model, runners=self.runners, engine=self.engine, max_tokens=cfg.max_tokens,
+                    sampling={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
+                    device=run.algorithm.device,
+                )
+            )
+            run.attach(stack)
+            run.run_stages()
+            final_model = run.save_final()
+            run.report_disk(final_model)
+        title = f"{cfg.experiment}: {self.model}"
+        plot_path = plot_rewards(cfg.run_path / METRICS_FILE, cfg.run_path / PLOT_FILE, title=title)
+        return FitResult(
+            steps=run.pos.step, val_before=run.pos.val_before, val_after=run.val_reward if val is not None else None,
+            history=run.history, run_dir=cfg.run_path, metrics_path=cfg.run_path / METRICS_FILE, plot_path=plot_path,
+            checkpoint=run.checkpoint, final_model=final_model, stopped_by=run.stopped_by, stages=run.stage_results,
+        )
+
+    def _load_model(self, seed: int) -> tuple[Any, Any]:
+        """The model every stage starts from (kept unchanged) and its tokenizer."""
+        import torch
+
+        from tracerl.engines.models import load_model
+
+        torch.manual_seed(seed)
+        return load_model(self.model)
+
+
+class _Run:
+    """The state of one :meth:`Trainer.fit` while it runs (store, services, stages, position, metrics)."""
+
+    def __init__(
+        self, trainer: Trainer, cfg: TrainerConfig, store: Store, base: Any, tokenizer: Any, pos: ckpt.Position,
+        metrics: MetricsLogger, train: list[dict[str, Any]], val: list[dict[str, Any]] | None,
+    ) -> None:
+        self.trainer, self.base_cfg, self.store, self.base, self.tokenizer = trainer, cfg, store, base, tokenizer
+        self.pos, self.metrics, self.train, self.val = pos, metrics, train, val
+        self.stack: Stack | None = None
+        self.history: list[dict[str, Any]] = []
+        self.val_reward: float | None = pos.val_before
+        self.stopped_by = "epochs"
+        self.checkpoint: Path | None = ckpt.latest_checkpoint(cfg.run_path) if pos.step else None
+        self.saved_step = pos.step
+        self.stage_results: list[StageResult] = []
+        self.version = 0
+        self.informative_rate = 1.0  # running estimate of the informative fraction of sampled groups
+        self.stage_weights: dict[str, Any] | None = None  # the weights the current stage started from
+
+    # -- stages -----------------------------------------------------------------------------------
+    @property
+    def stage(self) -> Stage:
+        return self.trainer.stages[self.pos.stage]
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return self.stage.algorithm
+
+    @property
+    def cfg(self) -> TrainerConfig:
+        return self.stage.config(self.base_cfg)
+
+    def start_stage(self, folder: Path | None = None) -> None:
+        """Set up the current stage's algorithm on the weights the previous stage ended with (or the base
+        model), restoring its checkpoint when resuming mid-stage."""
+        i, run_dir = self.pos.stage, self.base_cfg.run_path
+        if i > 0 and self.stage_weights is None:  # resuming a later stage: the earlier stage's saved weights
+            prev = self.trainer.stages[i - 1].algorithm
+            self.stage_weights = ckpt.load_stage_weights(ckpt.stage_weights_path(run_dir, i - 1, prev.name))
+        model = self.model_with(self.stage_weights)
+        if self.stack is None:  # the engine's own copy, taken before the algorithm changes the model (LoRA)
+            self.engine_model = copy.deepcopy(model)
+        self.algorithm.setup(model, self.tokenizer)
+        if folder is not None and self.pos.stage_step > 0:
+            self.algorithm.load(folder)
+
+    def model_with(self, weights: dict[str, Any] | None) -> Any:
+        """A fresh copy of the base model holding ``weights`` (None: the base weights)."""
+        model = copy.deepcopy(self.base)
+        if weights is not None:
+            model.load_state_dict(weights, strict=False)
+        return model
+
+    def attach(self, stack: Stack) -> None:
+        self.stack = stack
+        self.serve_current()
+
+    def serve_current(self) -> None:
+        """Serve the algorithm's current weights (a later stage, or a resumed one) and publish them."""
+        assert self.stack is not None
+        if self.pos.stage > 0 or self.algorithm.weights_version != 0:
+            weights = self.algorithm.engine_weights()
+            if weights is not None:
+                self.stack.engine.load_weights(weights, self.algorithm.weights_version)
+        self.version = self.publish(self.algorithm.weights_version)
+
+    def run_stages(self) -> None:
+        stages = self.trainer.stages
+        if self.val is not None and self.pos.step == 0:
+            self.pos.val_before = self.val_reward = self.validate()
+        while True:
+            t0 = time.monotonic()
+            label = f"stage {self.pos.stage + 1}/{len(stages)} {self.algorithm.name}" if len(stages) > 1 else ""
+            self.loop(label)
+            self.stage_results.append(StageResult(
+                self.algorithm.name, self.pos.stage_step, self.val_reward if self.val is not None else None,
+                time.monotonic() - t0, self.stopped_by,
+            ))  # fmt: skip
+            if self.pos.stage + 1 >= len(stages):
+                break
+            self.next_stage()
+
+    def next_stage(self) -> None:
+        """Hand the finished stage's weights to the next stage and set it up."""
+        done = self.algorithm
+        weights = done.engine_weights()
+        if weights is not None:
+            weights = {k: v.detach().clone() for k, v in weights.items()}
+            ckpt.save_stage_weights(weights, ckpt.stage_weights_path(self.base_cfg.run_path, self.pos.stage, done.name))
+            self.stage_weights = weights
+        self.pos.stage += 1
+        self.pos.stage_step = self.pos.epoch = self.pos.batch = 0
+        self.start_stage()
+        self.serve_current()
+
+    # -- the loop of one stage --------------------------------------------------------------------
+    def loop(self, label: str) -> None:
+        cfg, pos = self.cfg, self.pos
+        items = self.algorithm.items(self.train)
+        if not items:
+            raise ConfigError(f"stage {pos.stage + 1} ({self.algorithm.name}) has nothing to train on")
+        steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
+        total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
+        self.t_start = time.monotonic()
+        self.step_times: list[float] = []
+        in_update = [False]
+        with StepProgress(int(total), time_budget_s=cfg.time_budget_s, start=pos.stage_step, enabled=cfg.progress,
+                          stage=label) as progress:  # fmt: skip
+            self.progress = progress
+            try:
+                while (chunk := self.next_items(items)) is not None:
+                    self.train_step(chunk, items, in_update)
+                    if self.val is not None and cfg.val_every and pos.stage_step % cfg.val_every == 0:
+                        self.val_reward = self.validate()
+                    if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+                        self.save()
+            except KeyboardInterrupt:
+                if not in_update[0] and pos.step > self.saved_step:
+                    logger.warning("interrupted: saving a checkpoint of step %d; run again with resume (tracerl "
+                                   "train: the same command; tracerl demo: --resume) to continue it", pos.step)
+                    self.save()
+                raise
+            ended_on_val = self.history and cfg.val_every and pos.stage_step % cfg.val_every == 0
+            if self.val is not None and not ended_on_val:
+                self.val_reward = self.validate()
+            last_stage = pos.stage + 1 >= len(self.trainer.stages)
+            if last_stage and cfg.checkpoint_at_end and (pos.step > self.saved_step or self.checkpoint is None):
+                self.save()
+
+    def next_items(self, items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """The items of the next step, or None when the epochs, ``max_steps`` or the time budget are used up."""
+        cfg, pos = self.cfg, self.pos
+        if pos.batch >= len(items):
+            pos.epoch, pos.batch = pos.epoch + 1, 0
+        if pos.epoch >= cfg.epochs:
+            self.stopped_by = "epochs"
+            return None
+        if cfg.max_steps is not None and pos.stage_step >= cfg.max_steps:
+            self.stopped_by = "max_steps"
+            return None
+        recent = self.step_times[-5:]
+        expected = sum(recent) / len(recent) if recent else 0.0
+        if cfg.time_budget_s is not None and time.monotonic() - self.t_start + expected > cfg.time_budget_s:
+            self.stopped_by = "time_budget"
+            return None
+        return self.take(items, cfg.batch_size)
+
+    def take(self, items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+        """The next ``n`` items of this epoch's seeded order (``pos.batch`` counts items taken); wraps into a
+        fresh shuffle of the next epoch when this one runs out (dynamic sampling may take more)."""
+        out: list[dict[str, Any]] = []
+        pos = self.pos
+        while len(out) < n:
+            if pos.batch >= len(items):
+                if out:  # only dynamic sampling reaches past an epoch's end
+                    pos.epoch, pos.batch = pos.epoch + 1, 0
+                else:
+                    break
+            order = list(range(len(items)))
+            random.Random(self.base_cfg.seed * 1_000_003 + pos.stage * 7919 + pos.epoch).shuffle(order)
+            chunk = order[pos.batch : pos.batch + n - len(out)]
+            out.extend(items[i] for i in chunk)
+            pos.batch += len(chunk)
+        return out
+
+    def train_step(self, chunk: list[dict[str, Any]], items: list[dict[str, Any]], in_update: list[bool]) -> None:
+        """Rollouts (with dynamic sampling) → batch → update → new weights served and published."""
+        pos, algorithm = self.pos, self.algorithm
+        assert self.stack is not None
+        t0 = time.monotonic()
+        label = f"step {pos.stage_step + 1}"
+        rollouts, used_items, batch = self.sample(chunk, items, label)
+        rollout_s = time.monotonic() - t0
+        self.progress.status(f"{label}: update")
+        t1 = time.monotonic()
+        in_update[0] = True
+        result = algorithm.update(batch)
+        if result.weights is not None:
+            self.stack.engine.load_weights(result.weights, result.weights_version)
+        pos.step += 1
+        pos.stage_step += 1
+        in_update[0] = False
+        update_s = time.monotonic() - t1
+        if result.weights is not None or result.resources:
+            for name, value in result.resources.items():
+                self.store.put_resource(name, value)
+            self.version = self.publish(result.weights_version)
+        rewards = [rollout_reward(r) for r in rollouts]
+        record = self.metrics.log("train", pos.step, {
+            "stage": pos.stage + 1,
+            "stage_name": algorithm.name,
+            "epoch": pos.epoch,
+            "reward_mean": _mean(rewards) if rewards else None,
+            "reward_std": _std(rewards) if rewards else None,
+            **{k: v for k, v in batch.metrics().items() if k not in ("reward_mean", "reward_std")},
+            **result.metrics,
+            "sampled_groups": len(used_items) if algorithm.group_size else None,
+            "used_groups": batch.informative_groups if algorithm.group_size else None,
+            "generated_rollouts": len(rollouts),
+            "failed_rollouts": sum(r.status.value == "failed" for r in rollouts),
+            "tokens_per_s": round(batch.response_tokens / rollout_s, 1) if rollout_s > 0 and rollouts else None,
+            "rollout_s": round(rollout_s, 3),
+            "update_s": round(update_s, 3),
+            "step_s": round(time.monotonic() - t0, 3),
+            "weights_version": result.weights_version,
+        })
+        self.history.append(record)
+        self.step_times.append(time.monotonic() - t0)
+        self.progress.step_done(pos.stage_step, record)
+
+    def sample(
+        self, chunk: list[dict[str, Any]], items: list[dict[str, Any]], label: str
+    ) -> tuple[list[Rollout], list[dict[str, Any]], Any]:
+        """Run the step's rollouts and make the batch; with dynamic sampling, keep sampling groups of new
+        items until ``batch_size`` informative groups are in or ``max_sampled_groups × batch_size`` groups
+        were sampled. Returns (every rollout sampled, the items rolled out, the batch)."""
+        cfg, algorithm = self.cfg, self.algorithm
+        if not algorithm.group_size:
+            return [], chunk, algorithm.make_batch(self.store, chunk, [])
+        wanted, cap = cfg.batch_size, math.ceil(cfg.max_sampled_groups * cfg.batch_size)
+        used: list[dict[str, Any]] = []
+        rollouts: list[Rollout] = []
+        todo = chunk
+        while True:
+            self.progress.status(f"{label}: rollouts")
+            groups = run_rollouts(
+                self.store, todo, group_size=algorithm.group_size, mode=_mode("train"),
+                resources_version=self.version, max_attempts=self.trainer.runners.max_attempts,
+                timeout_s=cfg.rollout_timeout_s, tag=_tag(self.base_cfg, f"s{self.pos.step + 1}-{len(used)}"),
+                on_progress=self.progress.rollouts,
+            )
+            used.extend(todo)
+            rollouts.extend(r for g in groups for r in g)
+            batch = algorithm.make_batch(self.store, used, [r.rollout_id for r in rollouts])
+            if not cfg.dynamic_sampling:
+                return rollouts, used, batch
+            found = batch.informative_groups
+            self.informative_rate = 0.5 * self.informative_rate + 0.5 * max(found / len(used), 0.05)
+            if found >= wanted or len(used) >= cap:
+                return rollouts, used, batch
+            more = min(cap - len(used), math.ceil((wanted - found) / self.informative_rate))
+            todo = self.take(items, more)
+            if not todo:
+                return rollouts, used, batch
+
+    def validate(self) -> float:
+        """Run every held-out task once (greedy) and log the mean reward (failed rollouts count 0)."""
+        assert self.val is not None and self.stack is not None
+        cfg, step = self.base_cfg, self.pos.step
+        progress = getattr(self, "progress", None)
+        if progress is not None:
+            progress.status(f"validating on {len(self.val)} tasks")
+        t0 = time.monotonic()
+        groups = run_rollouts(
+            self.store, self.val, group_size=1, mode=_mode("val"), resources_version=self.version,
+            max_attempts=self.trainer.runners.max_attempts, timeout_s=cfg.rollout_timeout_s,
+            tag=_tag(cfg, f"v{step}"), on_progress=progress.rollouts if progress is not None else None,
+        )
+        rewards = [rollout_reward(g[0]) for g in groups]
+        value = _mean(rewards)
+        self.metrics.log("val", step, {
+            "stage": self.pos.stage + 1,
+            "val_reward": value,
+            "n": len(rewards),
+            "failed_rollouts": sum(g[0].status.value == "failed" for g in groups),
+            "val_s": round(time.monotonic() - t0, 3),
+        })
+        if progress is not None:
+            progress.validated(step, value)
+        logger.info("step %d: held-out reward %.3f on %d tasks", step, value, len(rewards))
+        return value
+
+    def publish(self, weights_version: int) -> int:
+        """A new version of the resources bundle the runners hand to the agent; returns its version."""
+        cfg = self.cfg
+        value = {
+            "model": self.trainer.model,
+            "stage": self.pos.stage + 1,
+            "algorithm": self.algorithm.name,
+            "weights_version": weights_version,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "sampling": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
+        }
+        return self.store.put_resource(RESOURCES_NAME, value).version
+
+    def save(self) -> None:
+        self.checkpoint = ckpt.save_checkpoint(
+            self.algorithm, self.base_cfg.run_path, self.pos, model=self.trainer.model,
+            keep=self.base_cfg.keep_checkpoints,
+        )
+        self.saved_step = self.pos.step
+
+    def save_final(self) -> Path | None:
+        """The trained weights (full precision, from the algorithm, not the engine's serving copy) as a
+        Hugging Face folder that ``from_pretrained`` and ``tracerl.evaluate(model=...)`` load; None when the
+        algorithm trains no weights."""
+        weights = self.algorithm.engine_weights()
+        if weights is None:
+            return None
+        path = self.base_cfg.run_path / "final"
+        try:
+            self.model_with(weights).save_pretrained(path)
+            self.tokenizer.save_pretrained(path)
+        except Exception as e:
+            raise TracerlError(f"training finished but saving the final model to {path} failed: {e}; the last "
+                               "checkpoint (if any) is in the run folder's checkpoints/") from e
+        return path
+
+    def report_disk(self, final_model: Path | None) -> None:
+        """Say what the run wrote to disk and how big it is."""
+        run_dir = self.base_cfg.run_path
+        parts = [(p, ckpt.folder_size(p)) for p in (run_dir / ckpt.CHECKPOINTS, run_dir / ckpt.STAGES, final_model)
+                 if p is not None and p.exists()]  # fmt: skip
+        if parts:
+            text = ", ".join(f"{p} ({ckpt.human_size(n)})" for p, n in parts)
+            logger.info("the run wrote %s", text)
+            self.written = parts
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+
+def _mode(name: str) -> Any:
+    from tracerl.types import Mode
+
+    return Mode(name)
+
+
+def _open_store(url: str) -> Store:
+    from tracerl.store import connect
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return connect(url)
+
+
+def _tag(cfg: TrainerConfig, what: str) -> str:
+    """A group-id prefix unique to this step of this run (so reruns on one store never share groups)."""
+    return f"{cfg.experiment}-{what}-{os.getpid()}-{time.time_ns() // 1_000_000}"
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _std(xs: Sequence[float]) -> float:
+    """Population standard deviation ``sqrt(mean((x − mean x)²))``."""
+    if not xs:
+        return float("nan")
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
