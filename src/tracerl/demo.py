@@ -40,31 +40,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
 
 
+#: the full demo: task, model, sizes, algorithm and trainer settings (``tracerl bench learn`` runs the same)
+DEMO: dict[str, Any] = {
+    "task": "arithmetic",
+    "model": "smollm2-135m",
+    "minutes": 15.0,
+    "run_dir": "runs/demo",
+    "n_train": 2000,
+    "n_val": 48,
+    "algorithm": {"group_size": 4, "lr": 1e-5},
+    "runners": 8,
+    "trainer": {"batch_size": 2, "val_every": 20, "max_tokens": 40},
+}
+
+#: the CI smoke run (``--quick``): the tiny random model on the toy task
+QUICK: dict[str, Any] = {
+    "task": "toy",
+    "model": "tiny-random",
+    "minutes": 1.0,
+    "run_dir": "runs/demo-quick",
+    "n_train": 64,
+    "n_val": 16,
+    "algorithm": {"group_size": 8, "lr": 1e-3},
+    "runners": 4,
+    "trainer": {"batch_size": 2, "val_every": 10, "max_tokens": 8, "max_steps": 40},
+}
+
+
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """What the demo runs: task module, model, sizes and algorithm settings for the two modes."""
-    if args.quick:
-        return {
-            "task": "toy",
-            "model": args.model or "tiny-random",
-            "minutes": 1.0 if args.minutes is None else args.minutes,
-            "run_dir": args.run_dir or "runs/demo-quick",
-            "n_train": 64,
-            "n_val": 16,
-            "algorithm": {"group_size": 8, "lr": 1e-3},
-            "runners": 4,
-            "trainer": {"batch_size": 2, "val_every": 10, "max_tokens": 8, "max_steps": 40},
-        }
-    return {
-        "task": "arithmetic",
-        "model": args.model or "smollm2-135m",
-        "minutes": 15.0 if args.minutes is None else args.minutes,
-        "run_dir": args.run_dir or "runs/demo",
-        "n_train": 2000,
-        "n_val": 48,
-        "algorithm": {"group_size": 4, "lr": 1e-5},
-        "runners": 8,
-        "trainer": {"batch_size": 2, "val_every": 20, "max_tokens": 40},
-    }
+    """What this demo run runs: :data:`DEMO` (or :data:`QUICK`) with the flags applied."""
+    base = QUICK if args.quick else DEMO
+    out = {**base, "model": args.model or base["model"], "run_dir": args.run_dir or base["run_dir"]}
+    if args.minutes is not None:
+        out["minutes"] = args.minutes
+    return out
 
 
 def check_args(args: argparse.Namespace) -> None:

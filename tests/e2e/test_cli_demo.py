@@ -33,6 +33,36 @@ def test_quick_demo_prints_before_and_after_and_writes_the_plot(tmp_path: Path) 
     vals = [r for r in records if r["kind"] == "val"]
     assert vals[0]["step"] == 0 and vals[0]["val_reward"] == before and vals[-1]["val_reward"] == after
     assert sum(r["kind"] == "train" for r in records) == steps
+    assert f"trained model: {run_dir / 'final'}" in out and "MB)" in out  # says what it wrote, and how big
+
+
+def test_demo_in_a_log_prints_a_line_per_step_and_the_validations(tmp_path: Path) -> None:
+    """Without a terminal (a log file, CI) the progress display prints plain lines instead of a bar."""
+    run_dir = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tracerl", "demo", "--quick", "--run-dir", str(run_dir), "--minutes", "0.3",
+         "--runners", "2"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = proc.stderr
+    steps = re.findall(r"step (\d+)/\d+ · train reward (\d\.\d{3})", err)
+    assert steps and [int(s) for s, _ in steps] == list(range(1, len(steps) + 1)), err[-2000:]
+    assert "held-out reward at step 0:" in err
+    assert "\x1b[" not in err and "━" not in err  # no terminal control codes or bar characters in a log
+
+
+def test_demo_names_the_flag_it_refuses_before_creating_anything(tmp_path: Path) -> None:
+    for flags, words in ((["--minutes", "-1"], "--minutes must be a positive number"),
+                         (["--model", "does-not-exist"], "--model: model 'does-not-exist'"),
+                         (["--resume"], "--resume:")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tracerl", "demo", "--run-dir", str(tmp_path / "run"), *flags],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 1 and words in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and "trainer.time_budget_s" not in proc.stderr
+        assert not (tmp_path / "run").exists()  # nothing was created
 
 
 def test_demo_refuses_a_bad_store_url(tmp_path: Path) -> None:

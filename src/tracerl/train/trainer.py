@@ -42,7 +42,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,8 +128,8 @@ class Trainer:
 
     ``store``: URL (default ``sqlite:///{run_dir}/store.db``); ``runners``: worker processes (or a
     :class:`RunnerConfig`); ``engine``: gateway/engine settings; ``config`` or keyword ``options``: the
-    fields of :class:`TrainerConfig` (not both); ``token``: the bearer token of a ``tracerl serve`` store
-    (default: the ``TRACERL_TOKEN`` environment variable).
+    fields of :class:`TrainerConfig` (not both); ``callbacks``: functions called after every training step
+    with the step's metrics record and the algorithm (e.g. to snapshot weights or stop early by raising).
     """
 
     def __init__(
@@ -141,6 +141,7 @@ class Trainer:
         *,
         engine: EngineConfig | None = None,
         config: TrainerConfig | None = None,
+        callbacks: Sequence[Callable[[dict[str, Any], Any], None]] = (),
         **options: Any,
     ) -> None:
         from tracerl.agent import agent_ref
@@ -167,6 +168,7 @@ class Trainer:
         self.runners = runners if isinstance(runners, RunnerConfig) else RunnerConfig(n=runners)
         self.engine = engine or EngineConfig()
         self.store_url = StoreConfig(store).url or f"sqlite:///{(config.run_path / 'store.db').resolve()}"
+        self.callbacks = list(callbacks)
 
     @property
     def algorithm(self) -> Algorithm:
@@ -447,6 +449,8 @@ class _Run:
         self.history.append(record)
         self.step_times.append(time.monotonic() - t0)
         self.progress.step_done(pos.stage_step, record)
+        for callback in self.trainer.callbacks:
+            callback(record, algorithm)
 
     def sample(
         self, chunk: list[dict[str, Any]], items: list[dict[str, Any]], label: str
@@ -505,8 +509,8 @@ class _Run:
             "failed_rollouts": sum(g[0].status.value == "failed" for g in groups),
             "val_s": round(time.monotonic() - t0, 3),
         })
-        if progress is not None:
-            progress.validated(step, value)
+        # before the first stage's loop there is no progress display yet: the line is printed all the same
+        (progress or StepProgress(None, enabled=cfg.progress)).validated(step, value)
         logger.info("step %d: held-out reward %.3f on %d tasks", step, value, len(rewards))
         return value
 
@@ -520,8 +524,16 @@ class _Run:
             "weights_version": weights_version,
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
             "sampling": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
+            "engine": self.engine_info(),
         }
         return self.store.put_resource(RESOURCES_NAME, value).version
+
+    def engine_info(self) -> dict[str, str]:
+        """Where and in which precision the engine serves (the learner's device unless configured)."""
+        if self.stack is None:
+            return {}
+        engine = self.stack.engine
+        return {"device": str(engine.device), "dtype": str(engine.model.dtype).removeprefix("torch.")}
 
     def save(self) -> None:
         self.checkpoint = ckpt.save_checkpoint(
