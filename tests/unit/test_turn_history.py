@@ -12,7 +12,7 @@ import pytest
 
 from tracerl.engines.models import load_model
 from tracerl.gateway.chat import normalize_messages, normalize_tools, render_chat
-from tracerl.gateway.history import Call, TurnMemory, reply_key, splice
+from tracerl.gateway.history import Call, TurnMemory, fingerprint, reply_key, splice
 from tracerl.gateway.toolcalls import parse_hermes
 
 ADD_TOOL = {
@@ -49,7 +49,7 @@ def served(tokenizer: Any, messages: list[dict[str, Any]], text: str, *, eot: bo
     message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
     if parsed.tool_calls:
         message["tool_calls"] = [t.to_openai() for t in parsed.tool_calls]
-    call = Call(canonical, TOOLS, array("i", prompt), [(array("i", response), reply_key(message))])
+    call = Call(canonical, TOOLS, array("i", prompt), fingerprint(prompt), [(array("i", response), reply_key(message))])
     return call, message
 
 
@@ -68,7 +68,7 @@ def next_request(tokenizer: Any, memory: TurnMemory, messages: list[dict[str, An
     match, changed = memory.match(KEY, canonical, TOOLS)
     assert match is not None and not changed
     end_of_turn = {tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    spliced = splice(tokenizer, canonical, TOOLS, full, match, end_of_turn)
+    spliced = splice(full, match, end_of_turn)
     assert spliced is not None
     return spliced, full
 
@@ -166,21 +166,42 @@ def test_reply_key_ignores_ids_and_json_formatting_but_not_values() -> None:
     assert reply_key(normalize_messages([msg('{"a":1}')])[0]) == reply_key(msg('{"a": 1}'))
 
 
-def test_a_template_that_rewrites_earlier_turns_is_not_spliced(tokenizer: Any) -> None:
+def chatml_variant(tokenizer: Any, assistant: str, system: str = "{{ m.content }}") -> Any:
+    """The tiny tokenizer with a ChatML template that renders earlier assistant turns / system turns its way."""
     tok = copy.deepcopy(tokenizer)
     tok.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m.role }}\n"
-        "{% if m.role == 'assistant' and not loop.last %}(earlier answer){% else %}{{ m.content }}{% endif %}"
-        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        "{% if m.role == 'assistant' and not loop.last %}" + assistant + "{% elif m.role == 'system' %}" + system
+        + "{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
+    return tok
+
+
+def test_a_template_that_hides_earlier_turns_still_shows_the_model_what_it_wrote(tokenizer: Any) -> None:
+    tok = chatml_variant(tokenizer, assistant="(earlier answer)")
     memory = TurnMemory()
     call, message = served(tok, QUESTION, "It is 42.")
     memory.remember(KEY, call)
-    messages = normalize_messages([*QUESTION, message, {"role": "user", "content": "Sure?"}])
+    prompt, canonical = next_request(tok, memory, [*QUESTION, message, {"role": "user", "content": "Sure?"}])
+    assert "(earlier answer)" in tok.decode(canonical)
+    tail = "It is 42.<|im_end|>\n<|im_start|>user\nSure?<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(prompt).endswith(tail)
+
+
+def test_a_template_that_renders_the_earlier_prompt_differently_is_not_spliced(tokenizer: Any) -> None:
+    """E.g. a system prompt that depends on the number of turns: the remembered prompt is no longer this
+    conversation's beginning, so the request is rendered as a whole."""
+    tok = chatml_variant(tokenizer, assistant="{{ m.content }}", system="turns: {{ messages | length }}")
+    memory = TurnMemory()
+    system = [{"role": "system", "content": "You add."}]
+    call, message = served(tok, [*system, *QUESTION], "It is 42.")
+    memory.remember(KEY, call)
+    messages = normalize_messages([*system, *QUESTION, message, {"role": "user", "content": "Sure?"}])
     full = render_chat(tok, messages, TOOLS).ids
     match, _ = memory.match(KEY, messages, TOOLS)
     assert match is not None
-    assert splice(tok, messages, TOOLS, full, match, {tok.convert_tokens_to_ids("<|im_end|>")}) is None
+    assert splice(full, match, {tok.convert_tokens_to_ids("<|im_end|>")}) is None
 
 
 def test_memory_is_bounded_by_calls_tokens_attempts_and_time(tokenizer: Any) -> None:

@@ -7,26 +7,28 @@ model that wrote compact JSON in a tool call (``{"a":17}``) gets its call back p
 prompt of call k+1 would not extend the prompt and response of call k.
 
 So :class:`TokenService <tracerl.gateway.service.TokenService>` remembers, per attempt, the calls it served
-(:class:`TurnMemory`): the canonical messages and tools of the request, the prompt ids the engine saw, and
-per choice the response ids and the assistant message returned to the client. A new request of the same
-attempt whose messages are a remembered call's messages followed by the assistant message that call
-returned is rendered as (:func:`splice`)::
+(:class:`TurnMemory`): the canonical messages and tools of the request, the prompt ids the engine saw, a
+fingerprint of the template's own render of that prompt, and per choice the response ids and the assistant
+message returned to the client. A new request of the same attempt whose messages are a remembered call's
+messages followed by the assistant message that call returned gets, from the template's render of the whole
+request (:func:`splice`)::
 
-    remembered prompt ids + remembered response ids (+ the template's end-of-turn token when the response
-    stopped without one) + the template's rendering of the messages after that turn
+    template's render:  [call k's messages rendered] [call k's turn re-rendered, to end-of-turn] [the rest]
+    prompt sent:        [prompt ids call k sent    ] [response ids call k sampled (+ end-of-turn)] [the rest]
 
 The assistant message is compared as a client may echo it (:func:`reply_key`): the same content and the
-same tool names and arguments as JSON values; call ids and JSON formatting are ignored. The last part is
-cut from the canonical render of the whole request right after that turn's end-of-turn token, so turn
-separators (the ``\\n`` after ``<|im_end|>``) and the generation prompt are the template's own. The longest
-match wins, and since a remembered prompt was itself spliced, a conversation of any length extends its first
-prompt token for token.
+same tool names and arguments as JSON values; call ids and JSON formatting are ignored. The rest (turn
+separators such as the ``\\n`` after ``<|im_end|>``, later messages, the generation prompt) is the
+template's own, and costs no extra render. The longest match wins, and since a remembered prompt was itself
+spliced, a conversation of any length extends its first prompt token for token. A template that renders
+earlier assistant turns differently once later turns follow (one that drops reasoning, say) is overridden
+for the gateway's own turns: the model is shown what it wrote.
 
 When the history continues a remembered call but the client changed the assistant turn (edited its text,
-changed an argument), or the template renders an earlier turn differently once later turns follow, the
-request is rendered normally. Each call's span says which happened (``prefix_reused``: true / false, absent
-when the request continues no remembered call; ``reused_prompt_tokens``), and :attr:`TurnMemory.stats`
-counts the calls of each kind in this process.
+changed an argument), or the template renders the messages before that turn differently once it follows,
+the request is rendered normally. Each call's span says which happened (``prefix_reused``: true / false,
+absent when the request continues no remembered call; ``reused_prompt_tokens``), and
+:attr:`TurnMemory.stats` counts the calls of each kind in this process.
 
 Memory is bounded: attempts are kept in least-recently-used order, at most ``max_attempts`` of them holding
 ``max_tokens`` token ids in all, each for ``ttl_s`` seconds after its last call, and at most ``max_calls``
@@ -45,12 +47,18 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracerl.gateway.chat import normalize_messages, render_chat
+from tracerl.gateway.chat import normalize_messages
 
 log = logging.getLogger(__name__)
 
 AttemptKey = tuple[str, str]  # (rollout id, attempt id)
 ReplyKey = tuple[str, tuple[tuple[str, str], ...]]  # (content, ((tool name, canonical JSON arguments), ...))
+Fingerprint = tuple[int, int]  # (length, hash) of a token id sequence
+
+
+def fingerprint(ids: Sequence[int]) -> Fingerprint:
+    """A token id sequence in two integers, to recognise it later without keeping it."""
+    return len(ids), hash(array("i", ids).tobytes())
 
 
 def reply_key(message: dict[str, Any]) -> ReplyKey:
@@ -76,7 +84,8 @@ class Call:
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]]
-    prompt_ids: array[int]
+    prompt_ids: array[int]  # as the engine saw them (maybe spliced)
+    rendered: Fingerprint  # of the template's render of ``messages`` with the generation prompt
     choices: list[tuple[array[int], ReplyKey]]  # (response ids, key of the returned assistant message)
 
     @property
@@ -180,31 +189,21 @@ class TurnMemory:
             self.forget(key)
 
 
-def splice(
-    tokenizer: Any,
-    messages: list[dict[str, Any]],
-    tools: list[dict[str, Any]],
-    full_ids: Sequence[int],
-    match: Match,
-    end_of_turn: Collection[int],
-) -> list[int] | None:
-    """Prompt ids for ``messages`` that reuse the tokens of the remembered turn ``match`` (module docstring).
+def splice(full_ids: Sequence[int], match: Match, end_of_turn: Collection[int]) -> list[int] | None:
+    """Prompt ids for a request that reuse the tokens of the remembered turn ``match`` (module docstring).
 
-    ``full_ids`` is the canonical render of ``messages`` with the generation prompt. Returns ``None`` when
-    the template does not render that assistant turn as a self-contained block ending in an end-of-turn
-    token that the full render keeps unchanged (then the canonical render is used).
+    ``full_ids`` is the template's render of the request with the generation prompt. Returns ``None`` when it
+    does not start with the render of the remembered call's messages, or the turn after them has no
+    end-of-turn token (then the request is rendered normally).
     """
-    k = len(match.call.messages)
-    before = render_chat(tokenizer, messages[:k], tools).ids
-    with_turn = render_chat(tokenizer, messages[: k + 1], tools, generation_prompt=False).ids
-    if with_turn[: len(before)] != before:
-        log.debug("template renders the history before messages[%d] differently once it follows; not spliced", k)
+    start, digest = match.call.rendered
+    if len(full_ids) <= start or fingerprint(full_ids[:start]) != (start, digest):
+        log.debug("the template renders the history before the reused turn differently now; not spliced")
         return None
-    end = next((i for i in range(len(before), len(with_turn)) if with_turn[i] in end_of_turn), None)
-    if end is None or list(full_ids[: end + 1]) != with_turn[: end + 1]:
-        log.debug("template renders messages[%d] differently once later turns follow; not spliced", k)
+    end = next((i for i in range(start, len(full_ids)) if full_ids[i] in end_of_turn), None)
+    if end is None:
         return None
     response = list(match.response_ids)
     if not response or response[-1] not in end_of_turn:
-        response.append(with_turn[end])  # stopped by length or a stop string: close the turn as the template does
+        response.append(full_ids[end])  # stopped by length or a stop string: close the turn as the template does
     return [*match.call.prompt_ids, *response, *full_ids[end + 1 :]]

@@ -19,7 +19,7 @@ from typing import Any
 from tracerl.engines.base import Completion, TokenEngine
 from tracerl.gateway.chat import normalize_messages, normalize_tools, render_chat
 from tracerl.gateway.errors import GatewayError
-from tracerl.gateway.history import AttemptKey, Call, TurnMemory, reply_key, splice
+from tracerl.gateway.history import AttemptKey, Call, TurnMemory, fingerprint, reply_key, splice
 from tracerl.gateway.protocol import (
     CommonRequest,
     check_completion_only,
@@ -138,7 +138,7 @@ class TokenService:
         match, changed = self.turns.match(attempt, messages, tools)
         if match is None and not changed:
             return full, None, 0
-        ids = splice(self.tokenizer, messages, tools, full, match, self.stop_token_ids) if match else None
+        ids = splice(full, match, self.stop_token_ids) if match else None
         if ids is None:
             changed = True  # no match, or the template cannot be spliced there: rendered as a whole
             log.info("attempt %s: the history changes an assistant turn this gateway produced; prompt re-rendered",
@@ -196,7 +196,8 @@ class TokenService:
         if attempt is not None:
             pairs = zip(completions, choices, strict=True)
             replies = [(array("i", c.token_ids), reply_key(choice["message"])) for c, choice in pairs]
-            self.turns.remember(attempt, Call(messages, tools, array("i", prompt_ids), replies))
+            remembered = Call(messages, tools, array("i", prompt_ids), fingerprint(rendered.ids), replies)
+            self.turns.remember(attempt, remembered)
         return CallResult(
             endpoint="chat.completions",
             request=body,
