@@ -12,7 +12,7 @@ import pytest
 
 from tracerl.engines.models import load_model
 from tracerl.gateway.chat import normalize_messages, normalize_tools, render_chat
-from tracerl.gateway.history import Call, TurnMemory, fingerprint, reply_key, splice
+from tracerl.gateway.history import Call, TurnMemory, reply_key, splice
 from tracerl.gateway.toolcalls import parse_hermes
 
 ADD_TOOL = {
@@ -49,7 +49,7 @@ def served(tokenizer: Any, messages: list[dict[str, Any]], text: str, *, eot: bo
     message: dict[str, Any] = {"role": "assistant", "content": parsed.content}
     if parsed.tool_calls:
         message["tool_calls"] = [t.to_openai() for t in parsed.tool_calls]
-    call = Call(canonical, TOOLS, array("i", prompt), fingerprint(prompt), [(array("i", response), reply_key(message))])
+    call = Call.of(canonical, TOOLS, prompt, prompt, [(response, message)])
     return call, message
 
 

@@ -7,11 +7,11 @@ model that wrote compact JSON in a tool call (``{"a":17}``) gets its call back p
 prompt of call k+1 would not extend the prompt and response of call k.
 
 So :class:`TokenService <tracerl.gateway.service.TokenService>` remembers, per attempt, the calls it served
-(:class:`TurnMemory`): the canonical messages and tools of the request, the prompt ids the engine saw, a
-fingerprint of the template's own render of that prompt, and per choice the response ids and the assistant
-message returned to the client. A new request of the same attempt whose messages are a remembered call's
-messages followed by the assistant message that call returned gets, from the template's render of the whole
-request (:func:`splice`)::
+(:class:`TurnMemory`): hashes of the request's canonical messages and tools, the prompt ids the engine
+saw, a fingerprint of the template's own render of that prompt, and per choice the response ids and the
+assistant message returned to the client (as :func:`reply_key`). A new request of the same attempt whose
+messages are a remembered call's messages followed by the assistant message that call returned gets, from
+the template's render of the whole request (:func:`splice`)::
 
     template's render:  [call k's messages rendered] [call k's turn re-rendered, to end-of-turn] [the rest]
     prompt sent:        [prompt ids call k sent    ] [response ids call k sampled (+ end-of-turn)] [the rest]
@@ -61,6 +61,17 @@ def fingerprint(ids: Sequence[int]) -> Fingerprint:
     return len(ids), hash(array("i", ids).tobytes())
 
 
+def history_hashes(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]]) -> list[int]:
+    """``hashes[k]`` identifies ``tools`` and ``messages[:k]`` (canonical), to recognise a request's history
+    as a remembered call's without keeping the call's messages."""
+    h = hash(json.dumps(tools, sort_keys=True, ensure_ascii=False))
+    out = [h]
+    for m in messages:
+        h = hash((h, json.dumps(m, sort_keys=True, ensure_ascii=False)))
+        out.append(h)
+    return out
+
+
 def reply_key(message: dict[str, Any]) -> ReplyKey:
     """What must stay the same for an echoed assistant message to be the turn the gateway returned.
 
@@ -80,13 +91,33 @@ def reply_key(message: dict[str, Any]) -> ReplyKey:
 
 @dataclass(slots=True)
 class Call:
-    """One served chat call as remembered: its canonical request and, per choice, what the engine wrote."""
+    """One served chat call as remembered: its request (as hashes), the prompt ids the engine saw (maybe
+    spliced), a fingerprint of the template's render of the request, and per choice what the engine wrote."""
 
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]]
-    prompt_ids: array[int]  # as the engine saw them (maybe spliced)
-    rendered: Fingerprint  # of the template's render of ``messages`` with the generation prompt
+    turns: int  # messages in the request
+    history: int  # history_hashes(messages, tools)[turns]
+    prompt_ids: array[int]
+    rendered: Fingerprint
     choices: list[tuple[array[int], ReplyKey]]  # (response ids, key of the returned assistant message)
+
+    @classmethod
+    def of(
+        cls,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        prompt_ids: Sequence[int],
+        rendered_ids: Sequence[int],
+        choices: Sequence[tuple[Sequence[int], dict[str, Any]]],
+    ) -> Call:
+        """The call that sent ``prompt_ids`` for canonical ``messages`` and ``tools`` (rendered by the
+        template as ``rendered_ids``) and returned, per choice, (response ids, assistant message)."""
+        return cls(
+            turns=len(messages),
+            history=history_hashes(messages, tools)[-1],
+            prompt_ids=array("i", prompt_ids),
+            rendered=fingerprint(rendered_ids),
+            choices=[(array("i", ids), reply_key(message)) for ids, message in choices],
+        )
 
     @property
     def tokens(self) -> int:
@@ -155,20 +186,19 @@ class TurnMemory:
         self._touch(key, entry)
         best: Match | None = None
         longest_continued = -1
+        hashes = history_hashes(messages, tools)
         for call in entry.calls:
-            k = len(call.messages)
-            if len(messages) <= k or messages[k]["role"] != "assistant":
-                continue
-            if call.tools != tools or messages[:k] != call.messages:
+            k = call.turns
+            if len(messages) <= k or messages[k]["role"] != "assistant" or hashes[k] != call.history:
                 continue
             longest_continued = max(longest_continued, k)
-            if best is not None and k <= len(best.call.messages):
+            if best is not None and k <= best.call.turns:
                 continue
             echoed = reply_key(messages[k])
             response = next((r for r, reply in call.choices if reply == echoed), None)
             if response is not None:
                 best = Match(call, response)
-        changed = longest_continued >= 0 and (best is None or longest_continued > len(best.call.messages))
+        changed = longest_continued >= 0 and (best is None or longest_continued > best.call.turns)
         return best, changed
 
     @property

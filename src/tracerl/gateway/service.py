@@ -12,14 +12,13 @@ import itertools
 import logging
 import time
 import uuid
-from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 from tracerl.engines.base import Completion, TokenEngine
 from tracerl.gateway.chat import normalize_messages, normalize_tools, render_chat
 from tracerl.gateway.errors import GatewayError
-from tracerl.gateway.history import AttemptKey, Call, TurnMemory, fingerprint, reply_key, splice
+from tracerl.gateway.history import AttemptKey, Call, TurnMemory, splice
 from tracerl.gateway.protocol import (
     CommonRequest,
     check_completion_only,
@@ -194,10 +193,8 @@ class TokenService:
             "usage": _usage(len(prompt_ids), completions),
         }
         if attempt is not None:
-            pairs = zip(completions, choices, strict=True)
-            replies = [(array("i", c.token_ids), reply_key(choice["message"])) for c, choice in pairs]
-            remembered = Call(messages, tools, array("i", prompt_ids), fingerprint(rendered.ids), replies)
-            self.turns.remember(attempt, remembered)
+            replies = [(c.token_ids, choice["message"]) for c, choice in zip(completions, choices, strict=True)]
+            self.turns.remember(attempt, Call.of(messages, tools, prompt_ids, rendered.ids, replies))
         return CallResult(
             endpoint="chat.completions",
             request=body,
