@@ -232,3 +232,31 @@ def test_langgraph_tool_agent_sees_its_own_tool_call_tokens(env: Env) -> None:
     # LangChain sends the call back re-serialised: the request holds '{"a": 17, "b": 25}', the prompt the model's
     sent = spans[1].attributes["request"]["messages"][1]["tool_calls"][0]["function"]["arguments"]
     assert sent != '{"a":17,"b":25}' and json.loads(sent) == {"a": 17, "b": 25}
+
+
+def test_the_service_counts_outcomes_and_forgets_a_finished_attempt(env: Env) -> None:
+    """What ``TokenService.turns.stats`` tells an operator, and that a finished attempt's turns are dropped."""
+    import asyncio
+
+    from tracerl.gateway.service import TokenService
+
+    engine = ScriptedEngine(env.tokenizer, [SCRIPT[0], "ok", "ok", "ok"])
+    service = TokenService(engine, model_name=MODEL)
+    attempt = ("r", "a")
+
+    def chat(messages: list[dict[str, Any]]) -> dict[str, Any]:
+        body = {"model": MODEL, "messages": messages, "tools": TOOLS}
+        return asyncio.run(service.chat(body, attempt)).response["choices"][0]["message"]
+
+    message = chat(QUESTION)
+    result = [{"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "42"}]
+    chat([*QUESTION, message, *result])
+    edited = json.loads(json.dumps(message))
+    edited["tool_calls"][0]["function"]["arguments"] = '{"a": 1, "b": 2}'
+    chat([*QUESTION, edited, *result])
+    assert service.turns.stats == {"reused": 1, "changed": 1}
+    assert service.turns.tokens > 0
+    service.forget(attempt)
+    assert service.turns.tokens == 0
+    chat([*QUESTION, message, *result])  # nothing remembered any more: neither reused nor changed
+    assert service.turns.stats == {"reused": 1, "changed": 1}

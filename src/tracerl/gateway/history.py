@@ -146,7 +146,9 @@ class TurnMemory:
     max_tokens: int = 20_000_000
     max_calls: int = 16
     ttl_s: float = 3600.0
-    stats: Counter[str] = field(default_factory=Counter)  # calls by outcome: reused, changed
+    #: calls that continued a remembered call, by outcome: ``reused`` (spliced), ``changed`` (the agent changed
+    #: the turn), ``template`` (the template renders the history before it differently now)
+    stats: Counter[str] = field(default_factory=Counter)
     _attempts: OrderedDict[AttemptKey, _Attempt] = field(default_factory=OrderedDict)
     _tokens: int = 0
 

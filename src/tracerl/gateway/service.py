@@ -137,15 +137,21 @@ class TokenService:
         match, changed = self.turns.match(attempt, messages, tools)
         if match is None and not changed:
             return full, None, 0
-        ids = splice(full, match, self.stop_token_ids) if match else None
-        if ids is None:
-            changed = True  # no match, or the template cannot be spliced there: rendered as a whole
-            log.info("attempt %s: the history changes an assistant turn this gateway produced; prompt re-rendered",
+        ids = splice(full, match, self.stop_token_ids) if match is not None else None
+        if match is not None and ids is None:
+            outcome = "template"
+            log.info("attempt %s: the chat template renders the history before a turn this gateway produced "
+                     "differently now; prompt rendered as a whole", attempt[1])
+        elif changed:
+            outcome = "changed"
+            log.info("attempt %s: the agent changed a turn this gateway produced; that turn is re-rendered",
                      attempt[1])
-        self.turns.stats["changed" if changed else "reused"] += 1
+        else:
+            outcome = "reused"
+        self.turns.stats[outcome] += 1
         if ids is None or match is None:
             return full, False, 0
-        return ids, not changed, len(match.call.prompt_ids) + len(match.response_ids)
+        return ids, outcome == "reused", len(match.call.prompt_ids) + len(match.response_ids)
 
     async def chat(self, body: Any, attempt: AttemptKey | None = None) -> CallResult:
         """Serve a chat completion; ``attempt`` (rollout id, attempt id) of a tracked call lets the prompt reuse
