@@ -73,7 +73,22 @@ def next_request(tokenizer: Any, memory: TurnMemory, messages: list[dict[str, An
     return spliced, full
 
 
-def test_compact_tool_call_json_is_fed_back_as_the_tokens_the_model_wrote(tokenizer: Any) -> None:
+# a template that renders tools and tool calls itself, the way Qwen's does (the gateway then passes them through)
+QWEN_LIKE_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}<|im_end|>\n"
+    "{% endif %}{% for m in messages %}{% if m.role == 'tool' %}"
+    "<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
+    "{% else %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}{% for c in m.tool_calls or [] %}"
+    '<tool_call>\n{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}\n</tool_call>'
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", ["gateway's Hermes convention", "template's own tools"])
+def test_compact_tool_call_json_is_fed_back_as_the_tokens_the_model_wrote(tokenizer: Any, template: str) -> None:
+    if template == "template's own tools":
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.chat_template = QWEN_LIKE_TEMPLATE
     memory = TurnMemory()
     call, message = served(tokenizer, QUESTION, COMPACT)
     memory.remember(KEY, call)
@@ -84,6 +99,8 @@ def test_compact_tool_call_json_is_fed_back_as_the_tokens_the_model_wrote(tokeni
     # what re-rendering would have shown the model: its call in json.dumps' spacing, not what it wrote
     assert canonical[: len(before)] != before
     assert '"a": 17' in tokenizer.decode(canonical) and '"a":17' not in tokenizer.decode(canonical)
+    native = "You can call the functions" not in tokenizer.decode(canonical)
+    assert native == (template == "template's own tools")
     tail = tokenizer.decode(prompt[len(before) :])
     assert tail == "\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
 
