@@ -149,8 +149,8 @@ class TurnMemory:
     #: calls that continued a remembered call, by outcome: ``reused`` (spliced), ``changed`` (the agent changed
     #: the turn), ``template`` (the template renders the history before it differently now)
     stats: Counter[str] = field(default_factory=Counter)
-    _attempts: OrderedDict[AttemptKey, _Attempt] = field(default_factory=OrderedDict)
-    _tokens: int = 0
+    _attempts: OrderedDict[AttemptKey, _Attempt] = field(default_factory=OrderedDict, init=False, repr=False)
+    _tokens: int = field(default=0, init=False)
 
     def remember(self, key: AttemptKey, call: Call) -> None:
         """Keep ``call`` as the newest call of attempt ``key``."""
