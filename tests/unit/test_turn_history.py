@@ -250,3 +250,17 @@ def test_memory_is_bounded_by_calls_tokens_attempts_and_time(tokenizer: Any) -> 
     memory = TurnMemory(ttl_s=0.0)
     memory.remember(KEY, copy.deepcopy(call))
     assert memory.match(KEY, same, TOOLS) == (None, False) and memory.tokens == 0
+
+
+def test_with_n_choices_the_one_the_agent_kept_is_reused(tokenizer: Any) -> None:
+    canonical = normalize_messages(QUESTION)
+    prompt = render_chat(tokenizer, canonical, TOOLS).ids
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    texts = ["It is 42.", "It is  42 ."]
+    replies = [([*ids(tokenizer, t), end], {"role": "assistant", "content": t}) for t in texts]
+    memory = TurnMemory()
+    memory.remember(KEY, Call.of(canonical, TOOLS, prompt, prompt, replies))
+    prompt2, _ = next_request(tokenizer, memory, [*QUESTION, {"role": "assistant", "content": texts[1]},
+                                                  {"role": "user", "content": "Sure?"}])
+    before = prompt + replies[1][0]
+    assert prompt2[: len(before)] == before
