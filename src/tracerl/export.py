@@ -3,8 +3,13 @@
 One row per ``llm_call`` span of the chosen rollouts (by default the succeeded ones of every mode)::
 
     {"rollout_id", "attempt_id", "group_id", "mode", "seq", "call_index", "prompt_ids", "response_ids",
-     "logprobs", "finish_reason", "weights_version", "final_reward", "rewards": [{"name", "value", "seq"}],
-     "task"}
+     "logprobs", "finish_reason", "weights_version", "prefix_reused", "final_reward",
+     "rewards": [{"name", "value", "seq"}], "task"}
+
+``prefix_reused`` is true when the call's prompt starts with the prompt + response ids of the earlier call
+of the attempt whose turn it continues (usually the previous one: the gateway fed the model's own turn
+back), so the two can be trained as one sequence; false when the agent changed that turn; null when the call
+continues no earlier call.
 
 ``rewards`` are the attempt's intermediate reward spans (the ``final`` one included when the runner wrote it),
 so a consumer can do its own credit assignment. Only the attempt that finished the rollout is exported: the
@@ -63,6 +68,7 @@ def iter_transitions(
                     "logprobs": s.logprobs,
                     "finish_reason": s.attributes.get("finish_reason"),
                     "weights_version": s.attributes.get("weights_version"),
+                    "prefix_reused": s.attributes.get("prefix_reused"),
                     "final_reward": rollout.reward,
                     "rewards": rewards,
                     "task": rollout.task,

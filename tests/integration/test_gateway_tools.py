@@ -39,6 +39,9 @@ TOOLS = [
 ]
 QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]
 CALL_TEXT = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+# a second lesson: a call in compact JSON, which re-serialising the arguments would not give back
+COMPACT_QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
+COMPACT_TEXT = '<tool_call>\n{"name":"add","arguments":{"a":17,"b":25}}\n</tool_call>'
 
 
 
@@ -62,8 +65,11 @@ class Env:
 def env() -> Iterator[Env]:
     model, tokenizer = load_model(MODEL)
     prompt = render_chat(tokenizer, normalize_messages(QUESTION), normalize_tools(TOOLS)).ids
-    target = tokenizer(CALL_TEXT + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    teach(model, [(prompt, target)])
+    lessons = []
+    for question, text in ((QUESTION, CALL_TEXT), (COMPACT_QUESTION, COMPACT_TEXT)):
+        ids = render_chat(tokenizer, normalize_messages(question), normalize_tools(TOOLS)).ids
+        lessons.append((ids, tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]))
+    teach(model, lessons)
     engine = HFEngine(model, tokenizer, MODEL)
     store = MemoryStore()
     gateway = start_gateway(store, engine)
@@ -149,3 +155,27 @@ def test_agent_loop_sends_tool_result_back_and_prompt_extends_the_previous_call(
     assert (second.prompt_ids or [])[: len(before)] == before
     tail = env.tokenizer.decode((second.prompt_ids or [])[len(before) :])
     assert tail == "\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_agent_loop_with_compact_tool_call_json_sees_the_tokens_the_model_wrote(env: Env) -> None:
+    """The model writes ``{"a":17,"b":25}``; the client sends it back as ``{"a": 17, "b": 25}``; the next prompt
+    still holds the tokens the model sampled, so training sees the history the model wrote."""
+    client, aid = env.client()
+    messages: list[dict[str, Any]] = list(COMPACT_QUESTION)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=TOOLS, temperature=0, max_tokens=64  # type: ignore[arg-type]
+    )
+    call = (reply.choices[0].message.tool_calls or [])[0]
+    assert call.function.arguments == '{"a": 17, "b": 25}'  # type: ignore[union-attr]
+    messages += [
+        reply.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "42"},
+    ]
+    client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=8)  # type: ignore
+    first, second = env.spans(aid)
+    assert env.tokenizer.decode(first.response_ids, skip_special_tokens=True) == COMPACT_TEXT
+    before = (first.prompt_ids or []) + (first.response_ids or [])
+    assert (second.prompt_ids or [])[: len(before)] == before
+    assert second.attributes["prefix_reused"] is True
+    rerendered = render_chat(env.tokenizer, normalize_messages(messages), normalize_tools(TOOLS)).ids
+    assert rerendered[: len(before)] != before  # what the gateway showed the model before it kept the tokens

@@ -16,7 +16,7 @@ def _run(store: MemoryStore, status: AttemptStatus, calls: int, reward: float | 
     aid = claim.attempt.attempt_id
     spans = [
         Span(aid, i, SpanKind.LLM_CALL, prompt_ids=[1, 2, i], response_ids=[7, 8], logprobs=[-0.5, -1.0],
-             attributes={"finish_reason": "stop", "weights_version": 3})
+             attributes={"finish_reason": "stop", "weights_version": 3, **({"prefix_reused": True} if i else {})})
         for i in range(calls)
     ]
     spans.append(Span(aid, calls, SpanKind.REWARD, name="valid", attributes={"value": 0.1}))
@@ -39,6 +39,7 @@ def test_export_keeps_only_the_finishing_attempt(tmp_path: Path) -> None:
     assert rows[0]["final_reward"] == 1.0
     assert rows[0]["rewards"] == [{"name": "valid", "value": 0.1, "seq": 2}]
     assert rows[0]["weights_version"] == 3
+    assert [row["prefix_reused"] for row in rows] == [None, True]
     assert {row["rollout_id"] for row in rows} == {r.rollout_id}
 
 

@@ -99,3 +99,22 @@ def test_emitted_last_reward_is_the_final_one_when_the_agent_returns_none() -> N
     batch = transitions_from_store(store, [a, b], returns="step", scale="none")
     # a: intermediate 0.2 on call 1, final 1 (the last emitted) → G = [1.2, 1]; b: G = [0] → baseline 0.6
     assert [round(t.advantage, 9) for t in batch.transitions] == [0.6, 0.4, -0.6]
+
+
+def test_calls_whose_agent_changed_a_turn_the_model_wrote_are_counted() -> None:
+    """The gateway marks a call ``prefix_reused: false`` when the agent edited an earlier turn of the model;
+    the batch counts them (``rerendered_calls`` in the trainer's metrics) and still trains on them."""
+    store = MemoryStore()
+    store.enqueue([RolloutSpec(task={}, group_id="g") for _ in range(2)])
+    claim = store.claim("w")
+    assert claim is not None
+    a = claim.attempt.attempt_id
+    spans = [call(a, 0, [1], [2]), call(a, 1, [1, 2, 5], [3]), call(a, 2, [1, 9, 5, 3, 5], [4])]
+    spans[1].attributes["prefix_reused"] = True
+    spans[2].attributes["prefix_reused"] = False
+    store.add_spans(spans)
+    store.finish(a, AttemptStatus.SUCCEEDED, reward=1.0)
+    b = run(store, [("call", 0, [1], [6])], final=0.0)
+    batch = transitions_from_store(store, [claim.rollout.rollout_id, b])
+    assert batch.rerendered_calls == 1 and batch.metrics()["rerendered_calls"] == 1.0
+    assert len(batch.transitions) == 4

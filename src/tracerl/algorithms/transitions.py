@@ -12,7 +12,9 @@ What is read from the store, for each rollout (only its last attempt: spans of f
 not part of the final result):
 
 * ``llm_call`` spans in ``seq`` order: ``prompt_ids``, ``response_ids``, ``logprobs`` and
-  ``attributes["weights_version"]``; calls without response ids are not trainable and are left out.
+  ``attributes["weights_version"]`` (and ``prefix_reused``: calls where it is false, the agent having changed
+  a turn the model wrote, are counted as the ``rerendered_calls`` metric); calls without response ids are not
+  trainable and are left out.
 * ``reward`` spans: ``attributes["value"]`` at their ``seq``. The one named ``final`` (the runner's record
   of the agent's return value) *is* the final reward, not an intermediate one.
 * the final reward R: ``Rollout.reward``; if it is None, the last reward span's value (an agent that emits
@@ -63,6 +65,9 @@ class LLMCallRecord:
     response_ids: list[int]
     logprobs: list[float]
     weights_version: int | None = None
+    #: the gateway's ``prefix_reused`` (False: the agent changed a turn the model wrote, so this prompt
+    #: re-renders it and does not extend the previous call; None: nothing to reuse)
+    prefix_reused: bool | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +95,8 @@ class CreditBatch:
     reward_std: float
     #: response tokens of every llm call of the rollouts read (trainable or not: generation throughput)
     response_tokens: int = 0
+    #: llm calls of the rollouts read whose agent changed a turn the model wrote (``prefix_reused`` false)
+    rerendered_calls: int = 0
 
     @property
     def informative_groups(self) -> int:
@@ -104,6 +111,7 @@ class CreditBatch:
             "groups": float(self.groups),
             "zero_variance_groups": float(self.zero_variance_groups),
             "transitions": float(len(self.transitions)),
+            "rerendered_calls": float(self.rerendered_calls),
             **{f"skipped_{k}": float(v) for k, v in self.skipped_rollouts.items()},
         }
 
@@ -206,6 +214,7 @@ def read_rollout(store: Store, rollout_id: str) -> RolloutRecord | str:
                     response_ids=list(s.response_ids),
                     logprobs=list(s.logprobs or []),
                     weights_version=int(version) if version is not None else None,
+                    prefix_reused=s.attributes.get("prefix_reused"),
                 )
             )
         elif s.kind is SpanKind.REWARD and isinstance(s.attributes.get("value"), (int, float)):
@@ -248,6 +257,7 @@ def transitions_from_store(
             records.append(rec)
     batch = assign_credit(records, returns=returns, advantage=advantage, scale=scale, gamma=gamma, eps=eps)
     batch.response_tokens = sum(len(c.response_ids) for r in records for c in r.calls)
+    batch.rerendered_calls = sum(c.prefix_reused is False for r in records for c in r.calls)
     for reason, n in skipped.items():
         batch.skipped_rollouts[reason] = batch.skipped_rollouts.get(reason, 0) + n
     return batch

@@ -43,8 +43,9 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
 from tracerl.engines.base import TokenEngine
-from tracerl.errors import ConfigError
+from tracerl.errors import AttemptFinished, ConfigError
 from tracerl.gateway.errors import GatewayError, error_body, to_openai_error
+from tracerl.gateway.history import AttemptKey
 from tracerl.gateway.recording import check_attempt, write_spans
 from tracerl.gateway.service import DEFAULT_MAX_TOKENS, CallResult, TokenService
 from tracerl.gateway.spans import build_spans
@@ -61,8 +62,9 @@ class Service(Protocol):
     """What the routes need from a backend: a token engine (:class:`TokenService`) or a frozen upstream."""
 
     async def models(self) -> dict[str, Any]: ...
-    async def chat(self, body: Any) -> CallResult: ...
+    async def chat(self, body: Any, attempt: AttemptKey | None = None) -> CallResult: ...
     async def completion(self, body: Any) -> CallResult: ...
+    def forget(self, attempt: AttemptKey) -> None: ...
 
 
 def _json_response(payload: dict[str, Any], status: int = 200) -> Response:
@@ -135,8 +137,10 @@ def build_gateway_router(
             mode = modes[rollout_id] = store.get_rollout(rollout_id).mode
         return mode
 
-    async def serve(endpoint: str, body: Any) -> CallResult:
-        return await (service.chat(body) if endpoint == "chat/completions" else service.completion(body))
+    async def serve(endpoint: str, body: Any, attempt: AttemptKey | None = None) -> CallResult:
+        if endpoint == "chat/completions":
+            return await service.chat(body, attempt)
+        return await service.completion(body)
 
     def handlers(endpoint: str) -> tuple[Any, Any]:
         async def tracked(request: Request, rollout_id: str, attempt_id: str) -> Response:
@@ -146,10 +150,12 @@ def build_gateway_router(
                 greedy_default = isinstance(body, dict) and "temperature" not in body
                 if greedy_default and await asyncio.to_thread(rollout_mode, rollout_id) is not Mode.TRAIN:
                     body["temperature"] = 0.0  # evaluation rollouts decode greedily by default
-                result = await serve(endpoint, body)
+                result = await serve(endpoint, body, (rollout_id, attempt_id))
                 spans = build_spans(result, rollout_id=rollout_id, attempt_id=attempt_id)
                 await asyncio.to_thread(write_spans, store, spans)
             except Exception as e:
+                if isinstance(e, AttemptFinished):
+                    service.forget((rollout_id, attempt_id))
                 return _error_response(e)
             return _deliver(result)
 

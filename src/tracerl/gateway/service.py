@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 from tracerl.engines.base import Completion, TokenEngine
 from tracerl.gateway.chat import normalize_messages, normalize_tools, render_chat
 from tracerl.gateway.errors import GatewayError
+from tracerl.gateway.history import AttemptKey, Call, TurnMemory, splice
 from tracerl.gateway.protocol import (
     CommonRequest,
     check_completion_only,
@@ -26,6 +28,8 @@ from tracerl.gateway.protocol import (
 )
 from tracerl.gateway.streaming import token_pieces
 from tracerl.gateway.toolcalls import PARSERS, ParsedOutput, tool_format_for
+
+log = logging.getLogger(__name__)
 
 # end-of-turn markers of common chat templates, used as stop tokens when the tokenizer has them
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>")
@@ -57,6 +61,9 @@ class CallResult:
     raw_events: list[dict[str, Any]] | None = None  # a frozen upstream's streamed events, replayed as they came
     started: float = 0.0
     latency_s: float = 0.0
+    # multi-turn reuse (:mod:`tracerl.gateway.history`): None when the request continues no remembered call
+    prefix_reused: bool | None = None
+    reused_prompt_tokens: int = 0
 
 
 def end_of_turn_ids(tokenizer: Any) -> list[int]:
@@ -89,6 +96,7 @@ class TokenService:
         self.stop_token_ids = end_of_turn_ids(self.tokenizer)
         family = f"{model_name} {getattr(self.tokenizer, 'name_or_path', '')}"
         self.native_tool_format = tool_format_for(family)
+        self.turns = TurnMemory()
 
     async def models(self) -> dict[str, Any]:
         return {
@@ -115,7 +123,39 @@ class TokenService:
             stop_token_ids=self.stop_token_ids if chat else [i for i in [self.tokenizer.eos_token_id] if i is not None],
         )
 
-    async def chat(self, body: Any) -> CallResult:
+    def forget(self, attempt: AttemptKey) -> None:
+        """Forget the turns served to ``attempt`` (it finished)."""
+        self.turns.forget(attempt)
+
+    def _prompt_ids(
+        self, attempt: AttemptKey | None, messages: list[dict[str, Any]], tools: list[dict[str, Any]], full: list[int]
+    ) -> tuple[list[int], bool | None, int]:
+        """The prompt for ``messages`` (canonical render ``full``), reusing the recorded tokens of a turn this
+        gateway produced earlier in ``attempt``; with whether it did (None: nothing to reuse) and how many."""
+        if attempt is None:
+            return full, None, 0
+        match, changed = self.turns.match(attempt, messages, tools)
+        if match is None and not changed:
+            return full, None, 0
+        ids = splice(full, match, self.stop_token_ids) if match is not None else None
+        if match is not None and ids is None:
+            outcome = "template"
+            log.info("attempt %s: the chat template renders the history before a turn this gateway produced "
+                     "differently now; prompt rendered as a whole", attempt[1])
+        elif changed:
+            outcome = "changed"
+            log.info("attempt %s: the agent changed a turn this gateway produced; that turn is re-rendered",
+                     attempt[1])
+        else:
+            outcome = "reused"
+        self.turns.stats[outcome] += 1
+        if ids is None or match is None:
+            return full, False, 0
+        return ids, outcome == "reused", len(match.call.prompt_ids) + len(match.response_ids)
+
+    async def chat(self, body: Any, attempt: AttemptKey | None = None) -> CallResult:
+        """Serve a chat completion; ``attempt`` (rollout id, attempt id) of a tracked call lets the prompt reuse
+        the recorded tokens of the turns served to it before (:mod:`tracerl.gateway.history`)."""
         started = time.time()
         req = self._parse(body, chat=True)
         messages = normalize_messages(body.get("messages"))
@@ -124,8 +164,9 @@ class TokenService:
         if body.get("tool_choice") == "none":
             tools = []
         rendered = render_chat(self.tokenizer, messages, tools)
-        fit_context(req, len(rendered.ids), self.engine.max_context)
-        completions = await self.engine.generate(rendered.ids, req.params)
+        prompt_ids, reused, reused_tokens = self._prompt_ids(attempt, messages, tools, rendered.ids)
+        fit_context(req, len(prompt_ids), self.engine.max_context)
+        completions = await self.engine.generate(prompt_ids, req.params)
         parser = PARSERS[self.native_tool_format if rendered.tools_in_template else "hermes"]
 
         created = int(started)
@@ -145,7 +186,7 @@ class TokenService:
                 "finish_reason": finish,
             }
             choices.append(choice)
-            samples.append(Sample(index=i, prompt_ids=rendered.ids, completion=c, choice=choice))
+            samples.append(Sample(index=i, prompt_ids=prompt_ids, completion=c, choice=choice))
             if req.stream:
                 pieces.append(None if parsed.tool_calls else token_pieces(self.tokenizer, c.token_ids, text))
         response = {
@@ -155,8 +196,11 @@ class TokenService:
             "model": self.model_name,
             "system_fingerprint": f"tracerl-w{completions[0].weights_version}" if completions else None,
             "choices": choices,
-            "usage": _usage(len(rendered.ids), completions),
+            "usage": _usage(len(prompt_ids), completions),
         }
+        if attempt is not None:
+            replies = [(c.token_ids, choice["message"]) for c, choice in zip(completions, choices, strict=True)]
+            self.turns.remember(attempt, Call.of(messages, tools, prompt_ids, rendered.ids, replies))
         return CallResult(
             endpoint="chat.completions",
             request=body,
@@ -167,6 +211,8 @@ class TokenService:
             pieces=pieces,
             started=started,
             latency_s=time.time() - started,
+            prefix_reused=reused,
+            reused_prompt_tokens=reused_tokens,
         )
 
     def _prompts(self, prompt: Any) -> list[list[int]]:

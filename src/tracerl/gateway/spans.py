@@ -14,6 +14,10 @@ them, and these attributes:
 ``usage``           this choice's ``prompt_tokens``, ``completion_tokens``, ``total_tokens``
 ``call_id``         the response id (shared by the n spans of one call); ``choice_index``, ``n``
 ``endpoint``        ``chat.completions`` or ``completions``; ``stream`` whether it was streamed
+``prefix_reused``   chat calls that continue a turn this gateway produced in the attempt: true when the
+                    prompt starts with that call's prompt + response ids, false when the client changed
+                    the turn and it was re-rendered (:mod:`tracerl.gateway.history`); absent otherwise.
+                    With it, ``reused_prompt_tokens``: how many prompt ids came from the earlier call
 ==================  ============================================================================
 
 A frozen upstream (no token ids) records the same attributes with ``prompt_ids = response_ids =
@@ -59,6 +63,9 @@ def build_spans(result: CallResult, *, rollout_id: str, attempt_id: str) -> list
             "endpoint": result.endpoint,
             "stream": result.stream,
         }
+        if result.prefix_reused is not None:
+            attributes["prefix_reused"] = result.prefix_reused
+            attributes["reused_prompt_tokens"] = result.reused_prompt_tokens
         spans.append(
             Span(
                 attempt_id=attempt_id,

@@ -136,8 +136,12 @@ class UpstreamService:
             latency_s=time.time() - started,
         )
 
-    async def chat(self, body: Any) -> CallResult:
+    async def chat(self, body: Any, attempt: tuple[str, str] | None = None) -> CallResult:
+        """Forward a chat completion (``attempt`` is unused: an upstream gets text, not recorded tokens)."""
         return await self._call("chat/completions", body)
+
+    def forget(self, attempt: tuple[str, str]) -> None:
+        """Nothing is remembered per attempt for a frozen upstream."""
 
     async def completion(self, body: Any) -> CallResult:
         return await self._call("completions", body)
