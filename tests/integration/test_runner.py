@@ -504,3 +504,27 @@ def test_worker_whose_process_cannot_restart_stops_without_claiming(
     assert store.get_rollout(first.rollout_id).status is RolloutStatus.FAILED
     assert store.get_rollout(second.rollout_id).status is RolloutStatus.QUEUED  # left for a healthy runner
     assert (tmp_path / "imports").read_text() == "xxxx"  # the first start, then three tries
+
+
+HANGS_UP = """
+import os
+import sys
+import time
+
+os.close(int(sys.argv[1]))  # the socket to the runner: hang up without exiting
+time.sleep(60)
+
+
+def never_runs(task, llm):
+    return 1.0
+"""
+
+
+def test_worker_that_hangs_up_without_exiting_is_killed_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "hangs_up_agent.py").write_text(textwrap.dedent(HANGS_UP))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runner = Runner("hangs_up_agent:never_runs", tracerl.connect("memory://"))
+    with pytest.raises(ConfigError, match="closed its connection but had not exited 5s later, so it was killed"):
+        runner.start()

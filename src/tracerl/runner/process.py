@@ -86,9 +86,8 @@ class AgentProcess:
                     )
             kind, payload = conn.recv()
         except (EOFError, OSError):
-            code = self._exit_code()
-            self.kill()
-            raise ConfigError(f"agent worker for {self.ref} exited while starting (exit code {code})") from None
+            how = self._how_it_ended()
+            raise ConfigError(f"agent worker for {self.ref} {how} while starting") from None
         except ConfigError:
             self.kill()
             raise
@@ -121,19 +120,21 @@ class AgentProcess:
                 return None
             return conn.recv()
         except (EOFError, OSError):
-            code = self._exit_code()
-            self.kill()
-            raise WorkerDied(f"agent worker exited with code {code} while running the agent") from None
+            raise WorkerDied(f"agent worker {self._how_it_ended()} while running the agent") from None
 
-    def _exit_code(self, timeout_s: float = 5.0) -> int | None:
-        """The exit code of a worker whose socket closed, waiting up to ``timeout_s`` for it to exit;
-        ``None`` if it is still running (the caller then kills it)."""
-        if self._proc is None:
-            return None
-        try:
-            return self._proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
+    def _how_it_ended(self, timeout_s: float = 5.0) -> str:
+        """After the worker's socket closed: wait up to ``timeout_s`` for it to exit, kill it (and its
+        process group) either way, and say what happened, e.g. ``"exited with code 7"``."""
+        code: int | None = None
+        if self._proc is not None:
+            try:
+                code = self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                code = None
+        self.kill()
+        if code is None:
+            return f"closed its connection but had not exited {timeout_s:g}s later, so it was killed"
+        return f"exited with code {code}"
 
     def kill(self) -> None:
         """SIGKILL the worker and everything it started (its process group)."""
