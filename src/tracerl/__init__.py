@@ -1,4 +1,4 @@
-"""tracerl: improve existing AI agents with RL and prompt optimization, without changing their code.
+"""tracerl: improve existing AI agents with reinforcement learning, without changing their code.
 
 The package imports lightly (no torch, transformers or FastAPI at import time); heavy parts load on first
 use of the names that need them (``Trainer``, ``GRPO``, ``evaluate``).

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tracerl.demo", "train a small agent on this CPU and show its held-out reward rise"),
-    "serve": ("tracerl.server.run", "run the store server, gateway and dashboard"),
+    "serve": ("tracerl.server.run", "run the store server (REST API, OTLP ingest) and optionally the gateway"),
     "runner": ("tracerl.runner.cli", "run agent worker processes against a store"),
     "train": ("tracerl.train.cli", "run a training job (one or several stages) from a TOML config"),
     "export": ("tracerl.export", "export recorded transitions to JSONL or Parquet"),
@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tracerl", description="RL and prompt optimization for unchanged agents.")
+    parser = argparse.ArgumentParser(prog="tracerl", description="Reinforcement learning for unchanged AI agents.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():

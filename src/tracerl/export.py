@@ -115,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
     if out.suffix not in (".jsonl", ".parquet"):
         raise ConfigError(f"--out {str(out)!r} must end in .jsonl or .parquet")
     statuses = [RolloutStatus(s) for s in args.status] if args.status else None
-    with connect(args.store) as store:
+    with connect(args.store, create=False) as store:  # a mistyped path must not become an empty store
         rows = iter_transitions(store, mode=Mode(args.mode) if args.mode else None, statuses=statuses)
         out.parent.mkdir(parents=True, exist_ok=True)
         n = write_jsonl(rows, out) if out.suffix == ".jsonl" else write_parquet(rows, out)

@@ -429,3 +429,102 @@ def test_runner_code_never_imports_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+SLOW_RESTART = """
+import os
+import time
+
+_here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(_here, "imports"), "a") as f:
+    f.write("x")
+if len(open(os.path.join(_here, "imports")).read()) > 1:  # every start after the first is slow
+    time.sleep(3.0)
+with open(os.path.join(_here, "ready_at"), "a") as f:
+    f.write(f"{time.time()}\\n")
+
+
+def dies_or_scores(task, llm):
+    if task["die"]:
+        os._exit(7)
+    return 1.0
+"""
+
+
+def test_worker_claims_only_once_its_replacement_process_is_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker process that died is replaced; the next rollout is claimed only when the new one is ready, so
+    a 1 s lease never runs out while the agent (3 s to import) starts."""
+    (tmp_path / "slow_restart_agent.py").write_text(textwrap.dedent(SLOW_RESTART))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = tracerl.connect("memory://")
+    dies, ok = store.enqueue([RolloutSpec(task={"die": True}, max_attempts=1), RolloutSpec(task={"die": False})])
+    with Runner("slow_restart_agent:dies_or_scores", store, lease_s=1.0, claim_wait_s=0.1):
+        [r_dies, r_ok] = store.wait([dies.rollout_id, ok.rollout_id], timeout_s=60)
+    assert r_dies.status is RolloutStatus.FAILED
+    assert r_ok.status is RolloutStatus.SUCCEEDED and r_ok.reward == 1.0, store.get_attempts(ok.rollout_id)
+    attempts = store.get_attempts(ok.rollout_id)
+    assert [a.status for a in attempts] == [AttemptStatus.SUCCEEDED]  # no lease ran out while the agent started
+    replacement_ready_at = float((tmp_path / "ready_at").read_text().split()[-1])
+    assert attempts[0].started_at >= replacement_ready_at  # claimed after the new worker process was ready
+
+
+BROKEN_RESTART = """
+import os
+
+_here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(_here, "imports"), "a") as f:
+    f.write("x")
+if len(open(os.path.join(_here, "imports")).read()) > 1:
+    raise ImportError("this module broke after the first start")
+
+
+def dies(task, llm):
+    os._exit(7)
+"""
+
+
+def test_worker_whose_process_cannot_restart_stops_without_claiming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replacements that fail to start are retried, then the worker ends with the error — rather than claiming
+    rollouts only to fail them."""
+    (tmp_path / "broken_restart_agent.py").write_text(textwrap.dedent(BROKEN_RESTART))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = tracerl.connect("memory://")
+    first, second = store.enqueue([RolloutSpec(task={}, max_attempts=1), RolloutSpec(task={})])
+    runner = Runner("broken_restart_agent:dies", store, claim_wait_s=0.1).start()
+    try:
+        assert runner.wait(timeout_s=60), "the worker should have given up"
+    finally:
+        runner.stop()
+    [error] = runner.errors
+    assert isinstance(error, ConfigError) and "broke after the first start" in str(error)
+    assert store.get_rollout(first.rollout_id).status is RolloutStatus.FAILED
+    assert store.get_rollout(second.rollout_id).status is RolloutStatus.QUEUED  # left for a healthy runner
+    assert (tmp_path / "imports").read_text() == "xxxx"  # the first start, then three tries
+
+
+HANGS_UP = """
+import os
+import sys
+import time
+
+os.close(int(sys.argv[1]))  # the socket to the runner: hang up without exiting
+time.sleep(60)
+
+
+def never_runs(task, llm):
+    return 1.0
+"""
+
+
+def test_worker_that_hangs_up_without_exiting_is_killed_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "hangs_up_agent.py").write_text(textwrap.dedent(HANGS_UP))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    runner = Runner("hangs_up_agent:never_runs", tracerl.connect("memory://"))
+    with pytest.raises(ConfigError, match="closed its connection but had not exited 5s later, so it was killed"):
+        runner.start()

@@ -164,3 +164,13 @@ def test_trainer_refuses_bad_arguments_before_loading_anything(tmp_path: Path) -
         trainer.fit([])
     with pytest.raises(tracerl.TracerlError, match=r"val_tasks\[1\] must be a dict"):
         trainer.fit([{"q": 1}], val_tasks=[{"q": 2}, "oops"])  # type: ignore[list-item]
+
+
+def test_a_final_model_that_cannot_be_saved_fails_the_run_loudly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Not a log line and ``final_model=None``: the caller learns the weights were not saved, and where."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "final").write_text("a file where the final model's folder should go")
+    trainer = _trainer(tiny_model_dir, run_dir, toy.digits_agent, max_steps=1)
+    with pytest.raises(tracerl.TracerlError, match=r"saving the final model to .*final failed"):
+        trainer.fit(toy.make_tasks("train", 4))

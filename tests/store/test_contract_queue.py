@@ -195,6 +195,24 @@ def test_heartbeat_after_the_lease_ran_out_is_refused_and_the_rollout_requeued(s
     assert c2 is not None and c2.rollout.rollout_id == rid and c2.attempt.number == 2
 
 
+@pytest.mark.parametrize("call", ["heartbeat", "finish"])
+def test_heartbeat_and_finish_after_the_lease_ran_out_are_refused_alike(store: Store, call: str) -> None:
+    """One rule: once the lease has run out the attempt is over, whether or not anything expired it yet."""
+    rid = one(store)
+    c = store.claim("w", lease_s=0.2)
+    assert c is not None
+    time.sleep(0.5)
+    with pytest.raises(AttemptFinished, match="already ended as 'unresponsive'"):
+        if call == "heartbeat":
+            store.heartbeat(c.attempt.attempt_id)
+        else:
+            store.finish(c.attempt.attempt_id, AttemptStatus.SUCCEEDED, reward=1.0)
+    [a] = store.get_attempts(rid)
+    assert a.status is AttemptStatus.UNRESPONSIVE
+    r = store.get_rollout(rid)
+    assert r.status is RolloutStatus.QUEUED and r.reward is None  # the late result was not recorded
+
+
 def test_heartbeat_of_finished_or_unknown_attempt(store: Store) -> None:
     one(store)
     c = store.claim("w")

@@ -56,7 +56,7 @@ class Completion:
 
 
 class TokenEngine(abc.ABC):
-    """A trainable model served token-in/token-out (``hf`` in-process, ``vllm`` as a subprocess)."""
+    """A trainable model served token-in/token-out (``hf``: in-process transformers)."""
 
     #: the name clients pass as ``model`` (e.g. ``smollm2-135m``)
     model_name: str

@@ -1,4 +1,4 @@
-"""``openai`` engine: a frozen OpenAI-compatible upstream (for prompt optimisation, judges, evaluation).
+"""``openai`` engine: a frozen OpenAI-compatible upstream (for judges and evaluation).
 
 It is not trainable and has no token ids: the gateway forwards the agent's request body (with ``model``
 replaced by the upstream's model name when one is configured), returns the upstream's JSON, and records

@@ -15,6 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -68,20 +70,24 @@ class AgentProcess:
         self._conn = Connection(ours.detach())
         self._conn.send(("init", {"agent": self.ref, "sys_path": list(sys.path)}))
 
-    def wait_ready(self) -> None:
-        """Wait for the worker to import the agent; :class:`ConfigError` with the reason if it cannot."""
+    def wait_ready(self, stop: threading.Event | None = None) -> bool:
+        """Wait for the worker to import the agent; :class:`ConfigError` with the reason if it cannot.
+        Returns ``False`` (still starting) as soon as ``stop`` is set, ``True`` once it is ready."""
         conn = self._require()
+        deadline = time.monotonic() + self.start_timeout_s
         try:
-            if not conn.poll(self.start_timeout_s):
-                raise ConfigError(
-                    f"agent worker for {self.ref} did not start within {self.start_timeout_s:g}s "
-                    "(is importing the agent's module very slow, or does it block at import time?)"
-                )
+            while not conn.poll(min(0.25, max(0.0, deadline - time.monotonic()))):
+                if stop is not None and stop.is_set():
+                    return False
+                if time.monotonic() >= deadline:
+                    raise ConfigError(
+                        f"agent worker for {self.ref} did not start within {self.start_timeout_s:g}s "
+                        "(is importing the agent's module very slow, or does it block at import time?)"
+                    )
             kind, payload = conn.recv()
         except (EOFError, OSError):
-            code = self._proc.wait(5) if self._proc is not None else None
-            self.kill()
-            raise ConfigError(f"agent worker for {self.ref} exited while starting (exit code {code})") from None
+            how = self._how_it_ended()
+            raise ConfigError(f"agent worker for {self.ref} {how} while starting") from None
         except ConfigError:
             self.kill()
             raise
@@ -91,6 +97,7 @@ class AgentProcess:
         self.is_async = bool(payload["is_async"])
         self.ready = True
         logger.debug("agent worker %s ready for %s", payload["pid"], self.ref)
+        return True
 
     def start(self) -> AgentProcess:
         self.spawn()
@@ -113,9 +120,21 @@ class AgentProcess:
                 return None
             return conn.recv()
         except (EOFError, OSError):
-            code = self._proc.wait(5) if self._proc is not None else None
-            self.kill()
-            raise WorkerDied(f"agent worker exited with code {code} while running the agent") from None
+            raise WorkerDied(f"agent worker {self._how_it_ended()} while running the agent") from None
+
+    def _how_it_ended(self, timeout_s: float = 5.0) -> str:
+        """After the worker's socket closed: wait up to ``timeout_s`` for it to exit, kill it (and its
+        process group) either way, and say what happened, e.g. ``"exited with code 7"``."""
+        code: int | None = None
+        if self._proc is not None:
+            try:
+                code = self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                code = None
+        self.kill()
+        if code is None:
+            return f"closed its connection but had not exited {timeout_s:g}s later, so it was killed"
+        return f"exited with code {code}"
 
     def kill(self) -> None:
         """SIGKILL the worker and everything it started (its process group)."""

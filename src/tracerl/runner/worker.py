@@ -1,6 +1,8 @@
 """One runner worker: a thread that claims rollouts and drives one agent worker process through them.
 
-For each claimed attempt the thread builds the :class:`~tracerl.agent.LLM` handle, hands the task to its
+The thread claims only once its agent worker process is ready (a replacement for one that crashed or was
+killed at a timeout is waited for first), so no lease runs out while the agent imports. For each claimed
+attempt the thread builds the :class:`~tracerl.agent.LLM` handle, hands the task to its
 :class:`~tracerl.runner.process.AgentProcess`, and while the agent runs it
 
 * writes the spans the agent emits to the store in batches (:class:`~tracerl.tracing.SpanWriter`),
@@ -35,6 +37,8 @@ T = TypeVar("T")
 
 #: the longest the worker sleeps before checking for a stop request, heartbeat, timeout or flush
 TICK_S = 0.25
+#: failed starts of the agent worker process in a row after which the worker gives up (with that error)
+START_TRIES = 3
 
 
 @dataclass(slots=True)
@@ -91,10 +95,13 @@ class Worker(threading.Thread):
         self._process: AgentProcess | None = process
         self._stopping = stopping
         self._aborting = aborting
+        self._start_failures = 0
 
     def run(self) -> None:
         try:
             while not self._stopping.is_set():
+                if not self._ready_to_claim():
+                    continue
                 try:
                     claim = self.store.claim(
                         self.worker_id,
@@ -126,6 +133,23 @@ class Worker(threading.Thread):
                 self._process.close()
                 self._process = None
 
+    def _ready_to_claim(self) -> bool:
+        """Start the agent worker process (or wait for it to finish starting) before claiming, so no lease
+        ever runs while the agent imports. A start that fails is retried with backoff; after
+        :data:`START_TRIES` failures in a row the error ends this worker (the runner reports it)."""
+        try:
+            process = self._process_for_rollout(self._stopping)
+        except TracerlError as e:
+            self._start_failures += 1
+            if self._start_failures >= START_TRIES:
+                raise
+            delay = min(30.0, 2.0**self._start_failures)
+            logger.warning("%s: agent worker did not start (%s); trying again in %g s", self.worker_id, e, delay)
+            self._stopping.wait(delay)
+            return False
+        self._start_failures = 0
+        return process is not None
+
     # -- one attempt --------------------------------------------------------------------------------
     def execute(self, claim: Claim) -> None:
         """Run the agent on ``claim`` and finish its attempt (whatever happens)."""
@@ -138,10 +162,11 @@ class Worker(threading.Thread):
             self._fail(writer, aid, AttemptStatus.FAILED, "resources", str(e))
             return
         try:
-            process = self._process_for_rollout()
+            process = self._process_for_rollout()  # ready already, unless it died since the claim
         except TracerlError as e:
             self._fail(writer, aid, AttemptStatus.FAILED, "worker_start", str(e))
             return
+        assert process is not None  # without a stop event it is never left starting
         started = time.monotonic()
         deadline = started + self.config.timeout_s
         next_heartbeat = started + self.config.lease_s / 3
@@ -271,8 +296,9 @@ class Worker(threading.Thread):
             resources_version=version,
         )
 
-    def _process_for_rollout(self) -> AgentProcess:
-        """The worker process, started (or replaced, if it died while idle) and ready."""
+    def _process_for_rollout(self, stop: threading.Event | None = None) -> AgentProcess | None:
+        """The worker process, started (or replaced, if it died while idle) and ready; ``None`` if ``stop``
+        was set while it was still starting."""
         if self._process is not None and not self._process.alive:
             logger.warning(
                 "%s: agent worker process %s exited while idle; starting another", self.worker_id, self._process.pid
@@ -284,7 +310,8 @@ class Worker(threading.Thread):
             self._process.spawn()
         if not self._process.ready:
             try:
-                self._process.wait_ready()
+                if not self._process.wait_ready(stop):
+                    return None
             except TracerlError:
                 self._process = None
                 raise

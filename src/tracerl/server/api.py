@@ -30,27 +30,24 @@ and the strict field readers of :mod:`tracerl.store.wire`), the answer sent as t
 passes every other path on to the Starlette app (OTLP, docs, gateway). Starlette's Request/Response and
 exception layers measured ~50 µs per request on this machine and FastAPI/pydantic routes ~3× that, which
 is most of the budget; every bad field still gets a 400 naming it. The OpenAPI document is generated from
-the same route table (:func:`openapi_routes`). Store calls on local backends (memory, sqlite:
-sub-millisecond, no network) run inline on the event loop — a thread hop costs more than the call
-itself — and on the others (postgres, http) in worker threads; long polls always run in threads.
+the same route table (:func:`openapi_routes`). Store calls never run on the event loop (a sqlite write
+can wait seconds for another process's lock): :class:`~tracerl.server.calls.Calls` runs them in threads.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl
 
-import anyio
-import anyio.to_thread
 from fastapi import APIRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tracerl.errors import InvalidInput, NotFound, ServerError, TracerlError
+from tracerl.server.calls import Calls
 from tracerl.store.base import DEFAULT_LEASE_S, Store
 from tracerl.store.wire import (
     attempt_to_wire,
@@ -73,27 +70,6 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/"
 MAX_WAIT_S = 30.0
-LOCAL_SCHEMES = ("memory", "sqlite")
-T = TypeVar("T")
-
-# Long polls get their own thread budget so many waiting runners never starve the short calls.
-_long_polls = anyio.CapacityLimiter(256)
-
-
-class Calls:
-    """How store calls are run: inline for local backends, else in worker threads (see module docstring)."""
-
-    def __init__(self, store: Store) -> None:
-        self.inline = store.url.split("://", 1)[0].lower() in LOCAL_SCHEMES
-
-    async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self.inline:
-            return fn(*args, **kwargs)
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
-    @staticmethod
-    async def long(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=_long_polls)
 
 
 class ApiRequest:

@@ -45,7 +45,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tracerl.errors import InvalidInput, NotFound, PayloadTooLarge, TracerlError
-from tracerl.server.api import Calls
+from tracerl.server.calls import Calls
 from tracerl.store.base import Store, validate_span
 from tracerl.store.wire import dumps, error_body, loads
 from tracerl.types import JSON, Span, SpanKind

@@ -11,7 +11,7 @@ line naming the port, not a traceback.
 :func:`build_app` is the hook the gateway plugs into: it builds the app for a store URL with an optional
 gateway router. ``--model NAME`` serves a trainable model (``tiny-random``, ``smollm2-135m`` or an HF folder)
 token-in/token-out at ``/r/{rollout}/{attempt}/v1``; ``--upstream URL`` forwards to any OpenAI-compatible
-endpoint instead (frozen: prompt optimization, judges, evaluation).
+endpoint instead (frozen: judges, evaluation).
 
     tracerl serve --model smollm2-135m              # store + gateway; agents use base_url .../r/{r}/{a}/v1
     tracerl serve --upstream http://127.0.0.1:8000/v1 --upstream-model my-model

@@ -18,8 +18,11 @@ from tracerl.store.base import Store
 __all__ = ["Store", "connect"]
 
 
-def connect(url: str, **options: Any) -> Store:
-    """Open the store named by ``url`` (see the module docstring for the schemes)."""
+def connect(url: str, *, create: bool = True, **options: Any) -> Store:
+    """Open the store named by ``url`` (see the module docstring for the schemes).
+
+    ``create=False`` is for commands that only read: a sqlite file that does not exist is refused
+    (:class:`ConfigError` naming the path) instead of being created empty."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
             f"store URL {url!r} has no scheme; use memory://, sqlite:///path.db, postgresql://... or http://host:port"
@@ -32,7 +35,7 @@ def connect(url: str, **options: Any) -> Store:
     if scheme == "sqlite":
         from tracerl.store.sqlite import SqliteStore
 
-        return SqliteStore(url, **options)
+        return SqliteStore(url, create=create, **options)
     if scheme in ("postgres", "postgresql"):
         from tracerl.store.postgres import PostgresStore
 

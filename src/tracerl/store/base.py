@@ -88,7 +88,10 @@ class Store(abc.ABC):
         reward: float | None = None,
         error: str | None = None,
     ) -> Rollout:
-        """End a running attempt and move its rollout on (see ``status.rollout_after_attempt``)."""
+        """End a running attempt and move its rollout on (see ``status.rollout_after_attempt``).
+
+        One rule with :meth:`heartbeat`: an attempt whose lease has run out is over, whether or not anything
+        expired it yet — it is ended as ``unresponsive`` and ``AttemptFinished`` is raised."""
 
     @abc.abstractmethod
     def cancel(self, rollout_id: str) -> Rollout:

@@ -17,6 +17,12 @@ with idempotency keys) are retried on connection errors with exponential backoff
 ``retries`` times); any call is retried once when a *reused* keep-alive connection turns out to have been
 closed by the server before a byte of the answer came (the server closed it while idle: nothing ran).
 Long waits (``claim(wait_s=...)``, ``wait``) are split into requests of at most 30 s.
+
+Whatever the other end sends, the caller gets a :mod:`tracerl.errors` class: a response that is not valid
+HTTP (a garbage status line, a bad ``Content-Length`` or chunk size, headers past :data:`MAX_HEADERS`
+lines of :data:`MAX_LINE` bytes) or whose 2xx body is not JSON is :class:`StoreUnavailable` naming the
+fault, and so is a body over ``max_response_bytes`` (default :data:`DEFAULT_MAX_RESPONSE_BYTES`), which is
+refused before it is read.
 """
 
 from __future__ import annotations
@@ -49,18 +55,28 @@ logger = logging.getLogger(__name__)
 
 _SPEC_FIELDS = [f.name for f in dataclasses.fields(RolloutSpec)]
 MAX_WAIT_PER_REQUEST_S = 30.0  # the server caps long polls at this; longer waits loop
-_MAX_LINE = 65536
+MAX_LINE = 65536  # the longest status or header line read
+MAX_HEADERS = 100  # the most response header lines read
+DEFAULT_MAX_RESPONSE_BYTES = 1 << 30  # 1 GiB: far above any page of rollouts or spans the server sends
 
 
 class _Stale(ConnectionError):
     """The server closed a kept-alive connection before answering (the request was not processed)."""
 
 
+class _Malformed(Exception):
+    """The response is not valid HTTP/1.1 (the connection cannot be trusted any more)."""
+
+
+class _TooLarge(Exception):
+    """The response body is larger than the client accepts."""
+
+
 class _Connection:
     """One persistent HTTP/1.1 connection (not thread-safe; :class:`HttpStore` keeps one per thread)."""
 
-    def __init__(self, host: str, port: int, *, https: bool, timeout: float) -> None:
-        self.host, self.port, self.https, self.timeout = host, port, https, timeout
+    def __init__(self, host: str, port: int, *, https: bool, timeout: float, max_body: int) -> None:
+        self.host, self.port, self.https, self.timeout, self.max_body = host, port, https, timeout, max_body
         self.sock: socket.socket | None = None
         self.rfile: BinaryIO | None = None
         self.used = False  # has a request completed on this socket (so the server may have closed it idle)
@@ -84,7 +100,8 @@ class _Connection:
 
     def request(self, head: bytes, body: bytes, timeout: float) -> tuple[int, bytes, bool]:
         """Send ``head`` (request line and headers, without the final blank line) and ``body``; return
-        ``(status, response body, server will close)``."""
+        ``(status, response body, server will close)``. A malformed or oversized response closes the
+        connection and raises :class:`_Malformed` or :class:`_TooLarge`."""
         if self.sock is None:
             self._connect()
         assert self.sock is not None and self.rfile is not None
@@ -92,7 +109,7 @@ class _Connection:
         self.sock.settimeout(timeout)
         try:
             self.sock.sendall(b"%s\r\nContent-Length: %d\r\n\r\n%s" % (head, len(body), body))
-            line = self.rfile.readline(_MAX_LINE)
+            line = self.rfile.readline(MAX_LINE)
         except (BrokenPipeError, ConnectionResetError) as e:
             self.close()
             raise (_Stale(str(e)) if reused else e) from None
@@ -100,49 +117,90 @@ class _Connection:
             self.close()
             raise _Stale("server closed the connection") if reused else ConnectionError("server closed the connection")
         try:
-            status = int(line.split(b" ", 2)[1])
-        except (IndexError, ValueError):
+            return self._response(line)
+        except (_Malformed, _TooLarge):
             self.close()
-            raise ConnectionError(f"malformed HTTP status line {line[:100]!r}") from None
+            raise
+
+    def _response(self, line: bytes) -> tuple[int, bytes, bool]:
+        """Parse the rest of the response whose status line is ``line``."""
+        assert self.rfile is not None
+        parts = line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not (parts[1].isdigit() and len(parts[1]) == 3):
+            raise _Malformed(f"status line {line[:100]!r} is not HTTP/1.x")
+        status = int(parts[1])
         length: int | None = None
         chunked = close = False
-        while True:
-            h = self.rfile.readline(_MAX_LINE)
+        for _ in range(MAX_HEADERS + 1):
+            h = self._line("header")
             if h in (b"\r\n", b"\n", b""):
                 break
             name, _, value = h.partition(b":")
             name = name.strip().lower()
             if name == b"content-length":
-                length = int(value)
+                length = _size(value.strip(), 10, "Content-Length")
             elif name == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
             elif name == b"connection":
                 close = b"close" in value.lower()
+        else:
+            raise _Malformed(f"more than {MAX_HEADERS} header lines")
         if chunked:
             data = self._read_chunked()
         elif length is not None:
+            self._check_size(length)
             data = self.rfile.read(length)
             if len(data) != length:
                 self.close()
                 raise ConnectionError("server closed the connection in the middle of a response")
         else:
-            data, close = self.rfile.read(), True
+            data, close = self.rfile.read(self.max_body + 1), True
+            self._check_size(len(data), at_least=True)
         self.used = True
         if close:
             self.close()
         return status, data, close
 
+    def _line(self, what: str) -> bytes:
+        assert self.rfile is not None
+        line = self.rfile.readline(MAX_LINE)
+        if len(line) == MAX_LINE and not line.endswith(b"\n"):
+            raise _Malformed(f"a {what} line is longer than {MAX_LINE} bytes")
+        return line
+
+    def _check_size(self, size: int, *, at_least: bool = False) -> None:
+        if size > self.max_body:
+            raise _TooLarge(f"a body of {'at least ' if at_least else ''}{size} bytes")
+
     def _read_chunked(self) -> bytes:
         assert self.rfile is not None
         parts: list[bytes] = []
+        total = 0
         while True:
-            size = int(self.rfile.readline(_MAX_LINE).split(b";", 1)[0], 16)
+            line = self._line("chunk size")
+            if not line:
+                raise ConnectionError("server closed the connection in the middle of a response")
+            size = _size(line.split(b";", 1)[0].strip(), 16, "chunk size")
             if size == 0:
-                while self.rfile.readline(_MAX_LINE) not in (b"\r\n", b"\n", b""):
+                while self._line("trailer") not in (b"\r\n", b"\n", b""):
                     pass
                 return b"".join(parts)
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(_MAX_LINE)
+            total += size
+            self._check_size(total, at_least=True)
+            part = self.rfile.read(size)
+            if len(part) != size:
+                raise ConnectionError("server closed the connection in the middle of a response")
+            parts.append(part)
+            if self._line("chunk end") not in (b"\r\n", b"\n"):
+                raise _Malformed("a chunk is longer than its declared size")
+
+
+def _size(text: bytes, base: int, what: str) -> int:
+    """A non-negative integer header value (``Content-Length``, chunk size); :class:`_Malformed` if not."""
+    digits = b"0123456789abcdefABCDEF" if base == 16 else b"0123456789"
+    if not text or len(text) > 18 or text.strip(digits):
+        raise _Malformed(f"{what} {text[:40]!r} is not a {'hexadecimal' if base == 16 else 'decimal'} number")
+    return int(text, base)
 
 
 class HttpStore(Store):
@@ -153,7 +211,15 @@ class HttpStore(Store):
     how many times an idempotent call is retried on connection errors.
     """
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0, retries: int = 5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"HTTP store URL {url!r} must look like http://host:port")
@@ -169,6 +235,9 @@ class HttpStore(Store):
         self._headers = headers.encode("latin-1")
         self.timeout = timeout
         self.retries = retries
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1:
+            raise ConfigError(f"max_response_bytes must be a positive integer, got {max_response_bytes!r}")
+        self.max_response_bytes = max_response_bytes
         self._local = threading.local()
         self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()  # a dead thread's connection is dropped
         self._all_lock = threading.Lock()
@@ -181,7 +250,9 @@ class HttpStore(Store):
         conn: _Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             host, port, https = self._target
-            conn = self._local.conn = _Connection(host, port, https=https, timeout=self.timeout)
+            conn = self._local.conn = _Connection(
+                host, port, https=https, timeout=self.timeout, max_body=self.max_response_bytes
+            )
             with self._all_lock:
                 self._all.add(conn)
         return conn
@@ -214,10 +285,27 @@ class HttpStore(Store):
             except OSError as e:
                 conn.close()
                 error = e
+            except _Malformed as e:
+                raise StoreUnavailable(
+                    f"the server at {self.url} sent a malformed HTTP response to {method} {path} ({e}); "
+                    "check that the URL points at `tracerl serve` (and any proxy in between speaks HTTP/1.1)"
+                ) from None
+            except _TooLarge as e:
+                raise StoreUnavailable(
+                    f"the response of {self.url} to {method} {path} is over this client's limit of "
+                    f"{self.max_response_bytes} bytes ({e}); ask for less (a smaller query limit, spans of one "
+                    "attempt) or raise HttpStore(max_response_bytes=...)"
+                ) from None
             else:
                 if status >= 400:
                     raise error_from_response(status, data)
-                return loads(data) if data else None
+                try:
+                    return loads(data) if data else None
+                except ValueError as e:
+                    raise StoreUnavailable(
+                        f"the server at {self.url} answered {method} {path} with HTTP {status} but a body that is "
+                        f"not JSON ({e}: {data[:100]!r}); check that the URL points at `tracerl serve`"
+                    ) from None
             if retries_left <= 0:
                 raise StoreUnavailable(
                     f"cannot reach the store server at {self.url} ({type(error).__name__}: {error}); "

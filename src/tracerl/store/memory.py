@@ -143,8 +143,7 @@ class MemoryStore(Store):
         with self._lock:
             a = self._attempt(attempt_id)
             now = time.time()
-            if a.status is AttemptStatus.RUNNING and a.lease_expires_at < now:
-                self._end_attempt_locked(a, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
+            self._end_if_run_out_locked(a, now)
             if a.status is not AttemptStatus.RUNNING:
                 sm.check_attempt(a.status, AttemptStatus.RUNNING, attempt_id)
             a.heartbeat_at = now
@@ -162,9 +161,17 @@ class MemoryStore(Store):
         status, reward, error = validate_finish(status, reward, error)
         with self._lock:
             a = self._attempt(attempt_id)
-            r = self._end_attempt_locked(a, status, reward, error, time.time())
+            now = time.time()
+            self._end_if_run_out_locked(a, now)  # then the check below refuses, as heartbeat does
+            r = self._end_attempt_locked(a, status, reward, error, now)
             self._lock.notify_all()
             return copy.deepcopy(r)
+
+    def _end_if_run_out_locked(self, a: Attempt, now: float) -> None:
+        """End a running attempt whose lease ran out as ``unresponsive`` (as ``expire_leases`` would)."""
+        if a.status is AttemptStatus.RUNNING and a.lease_expires_at < now:
+            self._end_attempt_locked(a, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
+            self._lock.notify_all()
 
     def _end_attempt_locked(
         self, a: Attempt, status: AttemptStatus, reward: float | None, error: str | None, now: float

@@ -243,6 +243,7 @@ class SqlStore(SqlDataMixin, Store):
             if head is None:
                 return None, bool(expired)
             tx.send("DELETE FROM queue WHERE pos = ?", (head[0],))
+            now = time.time()  # the claim's own time, not the transaction's start (the expiry pass took some)
             r = row_rollout(head[1:])
             sm.check_rollout(r.status, RolloutStatus.RUNNING, r.rollout_id)
             r.status, r.attempts, r.updated_at = RolloutStatus.RUNNING, r.attempts + 1, now
@@ -272,7 +273,7 @@ class SqlStore(SqlDataMixin, Store):
                 return row_attempt(row)
             a, r = self._lock_attempt(tx, attempt_id)
             if a.status is AttemptStatus.RUNNING:  # its lease ran out: expire it now, as claim would
-                self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
+                self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", time.time())
                 self._changed(tx)
         self._signal()
         sm.check_attempt(a.status, AttemptStatus.RUNNING, attempt_id)  # raises AttemptFinished: it has ended
@@ -289,9 +290,16 @@ class SqlStore(SqlDataMixin, Store):
         status, reward, error = validate_finish(status, reward, error)
         with self._write() as tx:
             a, r = self._lock_attempt(tx, attempt_id)
-            self._end_attempt_tx(tx, a, r, status, reward, error, time.time())
+            now = time.time()  # read after the row locks: a wait for them counts against the lease
+            run_out = a.status is AttemptStatus.RUNNING and a.lease_expires_at < now
+            if run_out:  # ended as heartbeat would end it; the status check below then refuses the finish
+                self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
+            else:
+                self._end_attempt_tx(tx, a, r, status, reward, error, now)
             self._changed(tx)
         self._signal()
+        if run_out:
+            sm.check_attempt(a.status, status, attempt_id)  # raises AttemptFinished
         return r
 
     def _end_attempt_tx(

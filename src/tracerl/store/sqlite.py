@@ -104,7 +104,15 @@ def parse_url(url: str) -> str:
 class SqliteStore(SqlStore):
     """The store in one SQLite file. See the module docstring for durability and concurrency."""
 
-    def __init__(self, url: str = "sqlite:///:memory:", *, busy_timeout_s: float = 30.0, poll_s: float = 0.025) -> None:
+    def __init__(
+        self,
+        url: str = "sqlite:///:memory:",
+        *,
+        busy_timeout_s: float = 30.0,
+        poll_s: float = 0.025,
+        create: bool = True,
+    ) -> None:
+        """``create=False`` refuses a file that does not exist (for readers) instead of creating it."""
         super().__init__()
         self.url = url
         self.path = parse_url(url)
@@ -113,6 +121,11 @@ class SqliteStore(SqlStore):
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._abandoned: list[sqlite3.Connection] = []
+        if self.path != ":memory:" and not create and not Path(self.path).is_file():
+            raise ConfigError(
+                f"sqlite store file {self.path} does not exist (resolved to {Path(self.path).resolve()}); "
+                f"check the path in {url!r} (sqlite:///relative.db, sqlite:////absolute.db)"
+            )
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = self._open()

@@ -553,6 +553,8 @@ class _Run:
         try:
             self.model_with(weights).save_pretrained(path)
             self.tokenizer.save_pretrained(path)
+            if not (path / "config.json").is_file():  # transformers only logs some failures (path is a file)
+                raise OSError(f"no {path / 'config.json'} was written; is {path} a folder that can be written?")
         except Exception as e:
             raise TracerlError(f"training finished but saving the final model to {path} failed: {e}; the last "
                                "checkpoint (if any) is in the run folder's checkpoints/") from e
