@@ -51,7 +51,7 @@ from fastapi import APIRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tracerl.errors import InvalidInput, NotFound, ServerError, TracerlError
-from tracerl.store.base import DEFAULT_LEASE_S, Store
+from tracerl.store.base import DEFAULT_LEASE_S, MAX_JSON_DEPTH, Store, validate_json_depth
 from tracerl.store.wire import (
     attempt_to_wire,
     dumps,
@@ -73,6 +73,9 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/"
 MAX_WAIT_S = 30.0
+MAX_BODY_DEPTH = MAX_JSON_DEPTH + 3
+"""Deepest request body accepted (checked before any field is read): the stored JSON limit plus the
+wrapping levels of the deepest route, ``{"specs": [{"task": ...}]}``. Deeper bodies get a 400."""
 LOCAL_SCHEMES = ("memory", "sqlite")
 T = TypeVar("T")
 
@@ -116,6 +119,7 @@ class ApiRequest:
             raise InvalidInput(f"request body is not valid JSON ({e}); send a JSON object") from None
         if not isinstance(body, dict):
             raise InvalidInput(f"request body must be a JSON object, got {type(body).__name__}")
+        validate_json_depth(body, "request body", MAX_BODY_DEPTH)
         return body
 
     def query(self) -> dict[str, str]:

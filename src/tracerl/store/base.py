@@ -40,6 +40,13 @@ from tracerl.types import (
 DEFAULT_LEASE_S = 60.0
 MAX_QUERY_LIMIT = 10_000
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # token ids are stored packed as int32
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of a stored JSON value (task, metadata, span attributes, resource value); the top-level
+object is level 1. Far above what agents send, far below what every JSON library can read and write back
+(orjson writes at most 255 levels), so nothing stored can become unreadable."""
+MAX_ID_CHARS = 256
+"""Longest id, idempotency key, group id, worker id, resource or experiment name, in characters."""
+_CONTAINERS = frozenset({dict, list, tuple})
 
 
 def new_id(prefix: str) -> str:
@@ -171,6 +178,8 @@ def validate_spec(spec: RolloutSpec) -> RolloutSpec:
         raise InvalidInput(f"group_id must be a string, got {spec.group_id!r}")
     if spec.idempotency_key is not None and not isinstance(spec.idempotency_key, str):
         raise InvalidInput(f"idempotency_key must be a string, got {spec.idempotency_key!r}")
+    validate_json_depth(spec.task, "rollout task")
+    validate_json_depth(spec.metadata, "rollout metadata")
     return spec
 
 
@@ -186,6 +195,7 @@ def validate_span(span: Span) -> Span:
         raise InvalidInput(f"span kind {span.kind!r} is not one of {[k.value for k in SpanKind]}") from None
     if not isinstance(span.attributes, dict):
         raise InvalidInput(f"span attributes must be a JSON object, got {type(span.attributes).__name__}")
+    validate_json_depth(span.attributes, "span attributes")
     for field_name in ("prompt_ids", "response_ids"):
         ids = getattr(span, field_name)
         if ids is not None and (not isinstance(ids, list) or not set(map(type, ids)) <= {int}):  # C-speed check
@@ -259,3 +269,39 @@ def validate_resource_name(name: str) -> str:
     if not isinstance(name, str) or not name or len(name) > 200:
         raise InvalidInput(f"resource name must be a non-empty string of at most 200 characters, got {name!r}")
     return name
+
+
+def validate_resource_value(value: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"resource value must be a JSON object, got {type(value).__name__}")
+    validate_json_depth(value, "resource value")
+    return value
+
+
+def validate_json_depth(value: object, what: str, limit: int = MAX_JSON_DEPTH) -> None:
+    """``InvalidInput`` if ``value`` nests dicts/lists deeper than ``limit`` levels.
+
+    Walks one nesting level at a time; a level's scalars are skipped at C speed (``map(type, ...)``), so a
+    flat value with thousands of entries costs microseconds."""
+    if not isinstance(value, (dict, list, tuple)):
+        return
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise InvalidInput(
+                f"{what} is nested more than {limit} levels deep (stored JSON values may nest at most "
+                f"{MAX_JSON_DEPTH} levels); flatten it, or store the deep part as a JSON string"
+            )
+        deeper: list[Any] = []
+        for v in level:
+            children = v.values() if isinstance(v, dict) else v
+            if not _CONTAINERS.isdisjoint(map(type, children)):
+                deeper.extend(c for c in children if type(c) in _CONTAINERS)
+        level = deeper
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut to 60 characters so a megabyte id does not end up in an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}...({len(text)} chars)"

@@ -37,8 +37,10 @@ from tracerl.errors import ConfigError, InvalidInput, StoreUnavailable
 from tracerl.store.base import (
     DEFAULT_LEASE_S,
     Store,
+    validate_json_depth,
     validate_lease,
     validate_resource_name,
+    validate_resource_value,
     validate_reward,
     validate_span,
 )
@@ -330,6 +332,7 @@ class HttpStore(Store):
     # -- resources ---------------------------------------------------------------------------------
     def put_resource(self, name: str, value: dict[str, Any]) -> Resource:
         validate_resource_name(name)
+        validate_resource_value(value)
         out = self._call("PUT", f"/resources/{quote(name, safe='')}", {"value": value}, idempotent=False)
         return Resource.from_json(out)
 
@@ -368,6 +371,8 @@ def _seconds(value: object, name: str) -> float:
 def _spec_json(spec: object) -> dict[str, Any]:
     if not isinstance(spec, RolloutSpec):
         raise InvalidInput(f"expected a RolloutSpec, got {type(spec).__name__}")
+    validate_json_depth(spec.task, "rollout task")  # deeper than this cannot even be serialised
+    validate_json_depth(spec.metadata, "rollout metadata")
     d = {k: getattr(spec, k) for k in _SPEC_FIELDS}  # the server checks and names bad fields
     d["mode"] = spec.mode.value if isinstance(spec.mode, Mode) else spec.mode
     return d

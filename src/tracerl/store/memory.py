@@ -24,6 +24,7 @@ from tracerl.store.base import (
     validate_lease,
     validate_query,
     validate_resource_name,
+    validate_resource_value,
     validate_span,
     validate_spec,
 )
@@ -297,8 +298,7 @@ class MemoryStore(Store):
     # -- resources ---------------------------------------------------------------------------------
     def put_resource(self, name: str, value: dict[str, Any]) -> Resource:
         validate_resource_name(name)
-        if not isinstance(value, dict):
-            raise InvalidInput(f"resource value must be a JSON object, got {type(value).__name__}")
+        validate_resource_value(value)
         with self._lock:
             versions = self._resources.setdefault(name, [])
             res = Resource(name=name, version=len(versions) + 1, value=copy.deepcopy(value))

@@ -19,7 +19,7 @@ from typing import Any
 
 from tracerl.errors import ExperimentConflict, InvalidInput, NotFound
 from tracerl.store import codec
-from tracerl.store.base import validate_resource_name, validate_span
+from tracerl.store.base import validate_resource_name, validate_resource_value, validate_span
 from tracerl.store.sql_rows import S_COLS, Tx, decode_spans, dumps, row_packed
 from tracerl.types import Resource, Rollout, Span, SpanKind
 
@@ -151,8 +151,7 @@ class SqlDataMixin(abc.ABC):
 
     def put_resource(self, name: str, value: dict[str, Any]) -> Resource:
         validate_resource_name(name)
-        if not isinstance(value, dict):
-            raise InvalidInput(f"resource value must be a JSON object, got {type(value).__name__}")
+        validate_resource_value(value)
         text = dumps(value, "resource value")
         with self._write() as tx:
             self._lock_resource(tx, name)

@@ -1,0 +1,112 @@
+"""Hostile input to a real ``tracerl serve`` on loopback: refused with a clear 4xx, nothing stored, and the
+server keeps serving everyone else (deep JSON, OTLP nesting, ids, the lease clock, headers, errors)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tracerl.server.testing import ServerProcess, start_server
+from tracerl.store.base import MAX_JSON_DEPTH
+from tracerl.store.http import HttpStore
+from tracerl.types import RolloutQuery, RolloutSpec
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with start_server(f"sqlite:///{tmp_path_factory.mktemp('hardening') / 'store.db'}") as s:
+        yield s
+
+
+@pytest.fixture
+def attempt_id(server: ServerProcess) -> str:
+    store = HttpStore(server.url)
+    store.enqueue([RolloutSpec(task={"q": "hardening"})])
+    got = store.claim("w", lease_s=600)
+    assert got is not None
+    return got.attempt.attempt_id
+
+
+def deep(levels: int) -> Any:
+    """A JSON object ``levels`` deep: ``{"a": {"a": ... {}}}``."""
+    value: Any = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+def post(server: ServerProcess, path: str, body: Any, method: str = "POST") -> httpx.Response:
+    return httpx.request(method, server.url + path, json=body, timeout=30)
+
+
+def assert_400(resp: httpx.Response, *words: str) -> None:
+    assert resp.status_code == 400, resp.text
+    err = resp.json()["error"]
+    assert err["type"] == "InvalidInput"
+    for word in words:
+        assert word in err["message"], err["message"]
+
+
+def rollout_ids(server: ServerProcess) -> list[str]:
+    return [r.rollout_id for r in HttpStore(server.url).query_rollouts(RolloutQuery(limit=10_000)).items]
+
+
+# -- deep JSON -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 252, 900])
+def test_deep_json_is_refused_at_the_door_on_every_route_that_stores_json(
+    server: ServerProcess, attempt_id: str, levels: int
+) -> None:
+    before = rollout_ids(server)
+    limit = str(MAX_JSON_DEPTH)
+    assert_400(post(server, "/api/v1/rollouts", {"specs": [{"task": deep(levels)}]}), limit, "flatten")
+    assert_400(post(server, "/api/v1/rollouts", {"specs": [{"task": {}, "metadata": deep(levels)}]}), limit)
+    span = {"attempt_id": attempt_id, "seq": 0, "kind": "custom", "attributes": deep(levels)}
+    assert_400(post(server, "/api/v1/spans", {"spans": [span]}), limit)
+    assert_400(post(server, "/api/v1/resources/deep", {"value": deep(levels)}, method="PUT"), limit)
+    assert_400(post(server, "/api/v1/rollouts/query", {"group_id": "g", "x": deep(300)}), "request body")
+    # nothing was stored, and everything still reads back
+    assert rollout_ids(server) == before
+    store = HttpStore(server.url)
+    assert store.get_spans(attempt_id=attempt_id) == []
+    assert httpx.get(f"{server.url}/api/v1/resources/deep").status_code == 404
+    assert all(store.get_rollout(r) for r in before)
+
+
+def otlp_doc(attempt_id: str, value: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": "0" * 31 + "1", "spanId": "00000000000000a1", "name": "deep",
+        "startTimeUnixNano": "1700000000000000000",
+        "attributes": [{"key": "tracerl.attempt_id", "value": {"stringValue": attempt_id}},
+                       {"key": "deep", "value": value}],
+    }]}]}]}  # fmt: skip
+
+
+def deep_otlp(levels: int, kind: str) -> dict[str, Any]:
+    value: dict[str, Any] = {"stringValue": "leaf"}
+    for _ in range(levels):
+        if kind == "arrayValue":
+            value = {"arrayValue": {"values": [value]}}
+        else:
+            value = {"kvlistValue": {"values": [{"key": "k", "value": value}]}}
+    return value
+
+
+@pytest.mark.parametrize("kind", ["arrayValue", "kvlistValue"])
+def test_deep_otlp_json_attributes_are_refused_with_400_and_nothing_is_stored(
+    server: ServerProcess, attempt_id: str, kind: str
+) -> None:
+    resp = post(server, "/v1/traces", otlp_doc(attempt_id, deep_otlp(MAX_JSON_DEPTH + 1, kind)))
+    assert_400(resp, str(MAX_JSON_DEPTH), kind)
+    assert HttpStore(server.url).get_spans(attempt_id=attempt_id) == []
+    # just under the limit is stored and reads back
+    resp = post(server, "/v1/traces", otlp_doc(attempt_id, deep_otlp(MAX_JSON_DEPTH - 2, kind)))
+    assert resp.status_code == 200 and "partialSuccess" not in resp.json(), resp.text
+    [span] = HttpStore(server.url).get_spans(attempt_id=attempt_id)
+    assert "deep" in span.attributes

@@ -1,0 +1,64 @@
+"""Contract suite, part 3: input no backend may store — JSON nested too deep to read back.
+
+Every test runs on memory, sqlite, postgres and http (see conftest.py): the same call is refused with
+``InvalidInput`` naming the limit and the fix, whatever the backend, and nothing is stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tracerl.errors import InvalidInput
+from tracerl.store import Store
+from tracerl.store.base import MAX_JSON_DEPTH
+from tracerl.types import RolloutQuery, RolloutSpec, Span, SpanKind
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def nested(levels: int, leaf: Any = "x") -> dict[str, Any]:
+    """A JSON object nested ``levels`` deep (``{"k": leaf}`` is 1 level), alternating dicts and lists."""
+    value: Any = {"k": leaf}
+    for i in range(levels - 1):
+        value = [value] if i % 2 == 0 and i < levels - 2 else {"k": value}
+    return value
+
+
+def test_nested_counts_levels() -> None:
+    assert nested(1) == {"k": "x"} and nested(2) == {"k": {"k": "x"}} and nested(3) == {"k": [{"k": "x"}]}
+
+
+def test_json_at_the_depth_limit_is_stored_and_read_back(store: Store) -> None:
+    task = nested(MAX_JSON_DEPTH)
+    [r] = store.enqueue([RolloutSpec(task=task, metadata=nested(MAX_JSON_DEPTH))])
+    assert store.get_rollout(r.rollout_id).task == task
+    c = store.claim("w")
+    assert c is not None and c.rollout.task == task
+    store.add_spans([Span(c.attempt.attempt_id, 0, SpanKind.CUSTOM, attributes=nested(MAX_JSON_DEPTH))])
+    assert store.get_spans(attempt_id=c.attempt.attempt_id)[0].attributes == nested(MAX_JSON_DEPTH)
+    assert store.put_resource("deep", nested(MAX_JSON_DEPTH)).value == nested(MAX_JSON_DEPTH)
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 300])
+def test_json_nested_too_deep_is_refused_everywhere_and_nothing_is_stored(store: Store, levels: int) -> None:
+    limit = str(MAX_JSON_DEPTH)
+    [ok] = store.enqueue([RolloutSpec(task={"q": 1})])
+    with pytest.raises(InvalidInput, match=f"{limit} levels.*flatten"):
+        store.enqueue([RolloutSpec(task={"q": 2}), RolloutSpec(task=nested(levels))])
+    with pytest.raises(InvalidInput, match=limit):
+        store.enqueue([RolloutSpec(task={}, metadata=nested(levels))])
+    assert [r.rollout_id for r in store.query_rollouts(RolloutQuery()).items] == [ok.rollout_id]
+
+    c = store.claim("w")
+    assert c is not None and c.rollout.rollout_id == ok.rollout_id  # nothing deep was queued before it
+    aid = c.attempt.attempt_id
+    with pytest.raises(InvalidInput, match=limit):
+        store.add_spans([Span(aid, 0, SpanKind.CUSTOM), Span(aid, 1, SpanKind.CUSTOM, attributes=nested(levels))])
+    assert store.get_spans(attempt_id=aid) == []
+
+    store.put_resource("prompt", {"v": 1})
+    with pytest.raises(InvalidInput, match=limit):
+        store.put_resource("prompt", nested(levels))
+    assert store.get_resource("prompt").version == 1
