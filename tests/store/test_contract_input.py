@@ -12,7 +12,7 @@ import pytest
 
 from tracerl.errors import InvalidInput
 from tracerl.store import Store
-from tracerl.store.base import MAX_JSON_DEPTH
+from tracerl.store.base import MAX_ID_CHARS, MAX_JSON_DEPTH
 from tracerl.types import RolloutQuery, RolloutSpec, Span, SpanKind
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,3 +62,48 @@ def test_json_nested_too_deep_is_refused_everywhere_and_nothing_is_stored(store:
     with pytest.raises(InvalidInput, match=limit):
         store.put_resource("prompt", nested(levels))
     assert store.get_resource("prompt").version == 1
+
+
+# -- ids -------------------------------------------------------------------------------------------
+
+LONG = "x" * (MAX_ID_CHARS + 1)
+NUL = "bad\x00id"
+
+
+@pytest.mark.parametrize(("bad", "words"), [(LONG, f"limit is {MAX_ID_CHARS}"), (NUL, "NUL")], ids=["long", "nul"])
+def test_ids_too_long_or_with_nul_are_refused_by_every_backend_and_nothing_is_stored(
+    store: Store, bad: str, words: str
+) -> None:
+    for spec in (RolloutSpec(task={}, group_id=bad), RolloutSpec(task={}, idempotency_key=bad)):
+        with pytest.raises(InvalidInput, match=words):
+            store.enqueue([RolloutSpec(task={}), spec])
+    assert store.query_rollouts(RolloutQuery()).total == 0
+    [r] = store.enqueue([RolloutSpec(task={"q": 1})])
+    with pytest.raises(InvalidInput, match=f"worker_id.*{words}"):
+        store.claim(bad)
+    assert store.get_rollout(r.rollout_id).status.value == "queued"  # the failed claim took nothing
+    with pytest.raises(InvalidInput, match=f"resource name.*{words}"):
+        store.put_resource(bad, {"v": 1})
+    with pytest.raises(InvalidInput, match=words):
+        store.bind_experiment(bad)
+    c = store.claim("w")
+    assert c is not None
+    with pytest.raises(InvalidInput, match=words):
+        store.add_spans([Span(c.attempt.attempt_id, 0, SpanKind.CUSTOM, rollout_id=bad)])
+    assert store.get_spans(attempt_id=c.attempt.attempt_id) == []
+    # lookups with such ids are refused the same way on every backend (postgres cannot even compare NUL)
+    lookups = (lambda: store.get_rollout(bad), lambda: store.heartbeat(bad), lambda: store.cancel(bad),
+               lambda: store.get_spans(attempt_id=bad), lambda: store.wait([bad], timeout_s=0),
+               lambda: store.get_resource(bad), lambda: store.query_rollouts(RolloutQuery(group_id=bad)))  # fmt: skip
+    for call in lookups:
+        with pytest.raises(InvalidInput, match=words):
+            call()
+
+
+def test_ids_at_the_length_limit_work(store: Store) -> None:
+    key = "k" * MAX_ID_CHARS
+    [r] = store.enqueue([RolloutSpec(task={}, group_id="g" * MAX_ID_CHARS, idempotency_key=key)])
+    assert store.enqueue([RolloutSpec(task={}, idempotency_key=key)])[0].rollout_id == r.rollout_id
+    c = store.claim("w" * MAX_ID_CHARS)
+    assert c is not None and c.attempt.worker_id == "w" * MAX_ID_CHARS
+    assert store.put_resource("n" * MAX_ID_CHARS, {"v": 1}).version == 1

@@ -174,10 +174,10 @@ def validate_spec(spec: RolloutSpec) -> RolloutSpec:
         ) from None
     if not isinstance(spec.max_attempts, int) or spec.max_attempts < 1:
         raise InvalidInput(f"max_attempts must be an integer ≥ 1, got {spec.max_attempts!r}")
-    if spec.group_id is not None and not isinstance(spec.group_id, str):
-        raise InvalidInput(f"group_id must be a string, got {spec.group_id!r}")
-    if spec.idempotency_key is not None and not isinstance(spec.idempotency_key, str):
-        raise InvalidInput(f"idempotency_key must be a string, got {spec.idempotency_key!r}")
+    if spec.group_id is not None:
+        validate_id(spec.group_id, "group_id")
+    if spec.idempotency_key is not None:
+        validate_id(spec.idempotency_key, "idempotency_key")
     validate_json_depth(spec.task, "rollout task")
     validate_json_depth(spec.metadata, "rollout metadata")
     return spec
@@ -187,6 +187,9 @@ def validate_span(span: Span) -> Span:
     """Check a span's types; ``logprobs`` must match ``response_ids`` in length."""
     if not isinstance(span, Span):
         raise InvalidInput(f"expected a Span, got {type(span).__name__}")
+    validate_id(span.attempt_id, "span attempt_id")
+    if span.rollout_id:
+        validate_id(span.rollout_id, "span rollout_id")
     if not isinstance(span.seq, int) or span.seq < 0:
         raise InvalidInput(f"span seq must be an integer ≥ 0, got {span.seq!r}")
     try:
@@ -262,19 +265,43 @@ def validate_query(query: RolloutQuery) -> RolloutQuery:
         raise InvalidInput(f"query limit must be in [1, {MAX_QUERY_LIMIT}], got {query.limit}")
     if query.offset < 0:
         raise InvalidInput(f"query offset must be ≥ 0, got {query.offset}")
+    if query.group_id is not None:
+        validate_id(query.group_id, "query group_id")
+    if query.rollout_ids is not None:
+        validate_ids(query.rollout_ids, "query rollout_ids")
     return query
 
 
 def validate_resource_name(name: str) -> str:
-    if not isinstance(name, str) or not name or len(name) > 200:
-        raise InvalidInput(f"resource name must be a non-empty string of at most 200 characters, got {name!r}")
-    return name
+    return validate_id(name, "resource name")
+
+
+def validate_ids(values: Sequence[str], what: str) -> list[str]:
+    """:func:`validate_id` for each of ``values`` (a list or tuple of ids)."""
+    if isinstance(values, (str, bytes)):
+        raise InvalidInput(f"{what} must be a list of ids, got {_short(values)}")
+    return [validate_id(v, what) for v in values]
 
 
 def validate_resource_value(value: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"resource value must be a JSON object, got {type(value).__name__}")
     validate_json_depth(value, "resource value")
+    return value
+
+
+def validate_id(value: str, what: str) -> str:
+    """``value`` if it is a usable id: a non-empty string of at most :data:`MAX_ID_CHARS` characters
+    without NUL (which postgres cannot store, so no backend accepts it)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{what} must be a non-empty string, got {_short(value)}")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidInput(
+            f"{what} is {len(value)} characters long ({_short(value)}); the limit is {MAX_ID_CHARS}: "
+            "use a shorter id (a hash of a long key works)"
+        )
+    if "\x00" in value:
+        raise InvalidInput(f"{what} {_short(value)} contains a NUL character, which no store backend accepts")
     return value
 
 

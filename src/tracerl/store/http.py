@@ -37,6 +37,8 @@ from tracerl.errors import ConfigError, InvalidInput, StoreUnavailable
 from tracerl.store.base import (
     DEFAULT_LEASE_S,
     Store,
+    validate_id,
+    validate_ids,
     validate_json_depth,
     validate_lease,
     validate_resource_name,
@@ -246,6 +248,7 @@ class HttpStore(Store):
         wait_s: float = 0.0,
     ) -> Claim | None:
         lease_s = validate_lease(lease_s)
+        validate_id(worker_id, "worker_id")
         try:
             mode_values = [Mode(m).value for m in modes] if modes else None
         except ValueError:
@@ -262,7 +265,8 @@ class HttpStore(Store):
 
     def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
         lease_s = validate_lease(lease_s)
-        out = self._call("POST", f"/attempts/{_seg(attempt_id)}/heartbeat", {"lease_s": lease_s}, idempotent=True)
+        path = f"/attempts/{_seg(attempt_id, 'attempt_id')}/heartbeat"
+        out = self._call("POST", path, {"lease_s": lease_s}, idempotent=True)
         return Attempt.from_json(out)
 
     def finish(
@@ -276,17 +280,18 @@ class HttpStore(Store):
         reward = validate_reward(reward)
         value = status.value if isinstance(status, AttemptStatus) else status
         body = {"status": value, "reward": reward, "error": error}
-        out = self._call("POST", f"/attempts/{_seg(attempt_id)}/finish", body, idempotent=False)
+        out = self._call("POST", f"/attempts/{_seg(attempt_id, 'attempt_id')}/finish", body, idempotent=False)
         return Rollout.from_json(out)
 
     def cancel(self, rollout_id: str) -> Rollout:
-        return Rollout.from_json(self._call("POST", f"/rollouts/{_seg(rollout_id)}/cancel", idempotent=False))
+        path = f"/rollouts/{_seg(rollout_id, 'rollout_id')}/cancel"
+        return Rollout.from_json(self._call("POST", path, idempotent=False))
 
     def get_rollout(self, rollout_id: str) -> Rollout:
-        return Rollout.from_json(self._call("GET", f"/rollouts/{_seg(rollout_id)}", idempotent=True))
+        return Rollout.from_json(self._call("GET", f"/rollouts/{_seg(rollout_id, 'rollout_id')}", idempotent=True))
 
     def get_attempts(self, rollout_id: str) -> list[Attempt]:
-        out = self._call("GET", f"/rollouts/{_seg(rollout_id)}/attempts", idempotent=True)
+        out = self._call("GET", f"/rollouts/{_seg(rollout_id, 'rollout_id')}/attempts", idempotent=True)
         return [Attempt.from_json(a) for a in out["attempts"]]
 
     def query_rollouts(self, query: RolloutQuery) -> Page:
@@ -299,7 +304,7 @@ class HttpStore(Store):
         return Page(items=items, total=out["total"], offset=out["offset"], limit=out["limit"])
 
     def wait(self, rollout_ids: Sequence[str], *, timeout_s: float) -> list[Rollout]:
-        ids = list(rollout_ids)
+        ids = validate_ids(rollout_ids, "rollout_ids")
         deadline = time.monotonic() + _seconds(timeout_s, "timeout_s")
         while True:
             chunk = min(max(0.0, deadline - time.monotonic()), MAX_WAIT_PER_REQUEST_S)
@@ -321,6 +326,7 @@ class HttpStore(Store):
     def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
         if (rollout_id is None) == (attempt_id is None):
             raise InvalidInput("get_spans needs exactly one of rollout_id or attempt_id")
+        validate_id(rollout_id or attempt_id or "", "rollout_id" if rollout_id is not None else "attempt_id")
         params = {"encoding": "packed"}
         if rollout_id is not None:
             params["rollout_id"] = rollout_id
@@ -345,6 +351,7 @@ class HttpStore(Store):
 
     # -- experiment binding ------------------------------------------------------------------------
     def bind_experiment(self, name: str) -> None:
+        validate_id(name, "experiment name")
         self._call("POST", "/experiment", {"name": name}, idempotent=True)
 
     def close(self) -> None:
@@ -355,11 +362,9 @@ class HttpStore(Store):
         self._local = threading.local()
 
 
-def _seg(value: str) -> str:
+def _seg(value: str, what: str) -> str:
     """One URL path segment (ids are opaque strings)."""
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"id must be a non-empty string, got {value!r}")
-    return quote(value, safe="")
+    return quote(validate_id(value, what), safe="")
 
 
 def _seconds(value: object, name: str) -> float:
