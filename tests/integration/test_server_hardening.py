@@ -110,3 +110,21 @@ def test_deep_otlp_json_attributes_are_refused_with_400_and_nothing_is_stored(
     assert resp.status_code == 200 and "partialSuccess" not in resp.json(), resp.text
     [span] = HttpStore(server.url).get_spans(attempt_id=attempt_id)
     assert "deep" in span.attributes
+
+
+# -- the lease clock -------------------------------------------------------------------------------
+
+
+def test_a_client_cannot_move_the_servers_lease_clock(server: ServerProcess) -> None:
+    store = HttpStore(server.url)
+    store.enqueue([RolloutSpec(task={"q": "day-long"})])
+    got = store.claim("w", lease_s=86_400)
+    assert got is not None
+    resp = post(server, "/api/v1/leases/expire", {"now": 1e18})
+    assert_400(resp, "body.now", "own clock")
+    [attempt] = store.get_attempts(got.rollout.rollout_id)
+    assert attempt.status.value == "running"  # its 24-hour lease is untouched
+    # without a body (or with {}) it expires only what ran out by the server's clock
+    assert post(server, "/api/v1/leases/expire", {}).json() == {"attempts": []}
+    assert httpx.post(f"{server.url}/api/v1/leases/expire", timeout=30).json() == {"attempts": []}
+    assert store.get_rollout(got.rollout.rollout_id).status.value == "running"

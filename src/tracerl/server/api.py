@@ -17,7 +17,7 @@ GET      /api/v1/spans?rollout_id=|attempt_id=      ``get_spans`` (``&encoding=p
 PUT      /api/v1/resources/{name}                   ``put_resource`` — ``{"value": {...}}``
 GET      /api/v1/resources/{name}[?version=N]       ``get_resource``
 POST     /api/v1/experiment                         ``bind_experiment`` — ``{"name"}``
-POST     /api/v1/leases/expire                      ``expire_leases`` — ``{"now"}`` (body optional)
+POST     /api/v1/leases/expire                      ``expire_leases`` — no body (the server's clock)
 =======  =========================================  ==================================================
 
 Resource names may contain ``/`` (the route takes the rest of the path), which is why the version is a
@@ -234,8 +234,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              query=("version",)),
     Endpoint("POST", "/api/v1/experiment", "bind_experiment", "bind the store to an experiment name",
              _obj(["name"], name=_STR)),
-    Endpoint("POST", "/api/v1/leases/expire", "expire_leases", "expire run-out leases now", _obj([], now=_NUM),
-             body_required=False),
+    Endpoint("POST", "/api/v1/leases/expire", "expire_leases",
+             "expire leases that ran out by the server's clock (a body with 'now' is refused)"),
 )  # fmt: skip
 
 
@@ -321,8 +321,12 @@ def handlers(store: Store) -> dict[str, Handler]:
         return {"name": name}
 
     async def expire_leases(request: ApiRequest) -> Any:
-        now = opt_num(request.json(optional=True), "now", "body")
-        return {"attempts": [attempt_to_wire(a) for a in await call(store.expire_leases, now)]}
+        if request.json(optional=True).get("now") is not None:
+            raise InvalidInput(
+                "body.now is not accepted: leases expire by the server's own clock, which a client must not "
+                "move; send no body (or {})"
+            )
+        return {"attempts": [attempt_to_wire(a) for a in await call(store.expire_leases)]}
 
     handlers = (enqueue, claim, heartbeat, finish, query, wait, cancel, get_rollout, get_attempts, add_spans,
                 get_spans, put_resource, get_resource, bind_experiment, expire_leases)  # fmt: skip

@@ -315,7 +315,13 @@ class HttpStore(Store):
                 return done
 
     def expire_leases(self, now: float | None = None) -> list[Attempt]:
-        out = self._call("POST", "/leases/expire", {"now": now}, idempotent=True)
+        """Expire leases that ran out by the server's clock; ``now`` is refused (a client cannot move it)."""
+        if now is not None:
+            raise InvalidInput(
+                f"expire_leases(now={now!r}) is not possible over HTTP: the server expires leases by its own "
+                "clock; call expire_leases() without now"
+            )
+        out = self._call("POST", "/leases/expire", None, idempotent=True)
         return [Attempt.from_json(a) for a in out["attempts"]]
 
     # -- spans -------------------------------------------------------------------------------------
