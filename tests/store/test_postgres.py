@@ -24,9 +24,13 @@ def test_unreachable_server_names_the_url_without_password() -> None:
     assert redact("postgresql://u:p@h/db") == "postgresql://u:***@h/db"
 
 
-def test_schema_name_must_be_an_identifier() -> None:
+@pytest.mark.parametrize("schema", ['x";drop', "name%0A", "name%0D%0A", "%0Aname", "1abc", ""])
+def test_schema_name_must_be_an_identifier(schema: str) -> None:
     with pytest.raises(ConfigError, match="identifier"):
-        connect('postgresql://postgres@127.0.0.1:5432/test?schema=x";drop')
+        connect(f"postgresql://postgres@127.0.0.1:5432/test?schema={schema}")
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", connect_timeout=3) as conn:
+        made = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", ("name%",)).fetchall()
+    assert [n for (n,) in made if not n.isidentifier()] == []  # no schema named "name\n" was created
 
 
 def test_schemas_are_isolated_and_reopening_keeps_data(pg_schema: Callable[[], str]) -> None:

@@ -44,7 +44,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 log = logging.getLogger(__name__)
 
-SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")  # used with fullmatch: "$" would let "name\n" through
 DEFAULT_SCHEMA = "tracerl"
 
 MIGRATIONS: list[list[str]] = [
@@ -133,7 +133,7 @@ def parse_url(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((v for k, v in query if k == "schema"), DEFAULT_SCHEMA)
-    if not SCHEMA_RE.match(schema):
+    if not SCHEMA_RE.fullmatch(schema):
         raise ConfigError(
             f"postgres schema {schema!r} in {redact(url)} must be a plain identifier "
             "(letters, digits, underscores; at most 41 characters)"
