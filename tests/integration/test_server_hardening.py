@@ -128,3 +128,73 @@ def test_a_client_cannot_move_the_servers_lease_clock(server: ServerProcess) -> 
     assert post(server, "/api/v1/leases/expire", {}).json() == {"attempts": []}
     assert httpx.post(f"{server.url}/api/v1/leases/expire", timeout=30).json() == {"attempts": []}
     assert store.get_rollout(got.rollout.rollout_id).status.value == "running"
+
+
+# -- HTTP semantics: 405 Allow, and the OpenAPI spec agrees with the server -----------------------
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("DELETE", "/api/v1/rollouts/ro-x", "GET"), ("GET", "/api/v1/rollouts", "POST"),
+    ("PUT", "/api/v1/spans", "GET, POST"), ("POST", "/api/v1/resources/a/b", "GET, PUT"),
+    ("POST", "/healthz", "HEAD, GET"),
+])  # fmt: skip
+def test_405_names_the_allowed_methods_in_the_allow_header(
+    server: ServerProcess, method: str, path: str, allow: str
+) -> None:
+    resp = httpx.request(method, server.url + path, timeout=30)
+    assert resp.status_code == 405, resp.text
+    assert resp.headers["allow"] == allow
+    assert resp.json()["error"]["type"] == "InvalidInput"
+
+
+# (path, body, what the spec says, what the server answers)
+AGREEMENT = [
+    ("/api/v1/claims", {"worker_id": ""}, False, 400),
+    ("/api/v1/claims", {"worker_id": "w", "lease_s": 0}, False, 400),
+    ("/api/v1/claims", {"worker_id": "w", "lease_s": 86_401}, False, 400),
+    ("/api/v1/claims", {"worker_id": "w", "wait_s": 31}, False, 400),
+    ("/api/v1/claims", {"worker_id": "w", "wait_s": -1}, False, 400),
+    ("/api/v1/claims", {"worker_id": "w", "lease_s": None, "modes": None, "wait_s": None}, True, 200),
+    ("/api/v1/claims", {"worker_id": "w", "modes": ["bogus"]}, False, 400),
+    ("/api/v1/rollouts/wait", {"rollout_ids": [], "timeout_s": 31}, False, 400),
+    ("/api/v1/rollouts/wait", {"rollout_ids": [], "timeout_s": -0.5}, False, 400),
+    ("/api/v1/rollouts/wait", {"rollout_ids": [], "timeout_s": 0}, True, 200),
+    ("/api/v1/rollouts/wait", {"rollout_ids": [""]}, False, 400),
+    ("/api/v1/rollouts", {"specs": [{"task": {}, "max_attempts": 294.0}]}, True, 200),
+    ("/api/v1/rollouts", {"specs": [{"task": {}, "max_attempts": 2.5}]}, False, 400),
+    ("/api/v1/rollouts", {"specs": [{"task": {}, "mode": ""}]}, False, 400),
+    ("/api/v1/rollouts", {"specs": [{"task": {}, "group_id": ""}]}, False, 400),
+    ("/api/v1/rollouts", {"specs": [{"task": {}, "mode": None, "group_id": None, "metadata": None}]}, True, 200),
+    ("/api/v1/rollouts", {"specs": [{"task": None}]}, False, 400),
+    ("/api/v1/rollouts/query", {"limit": 0}, False, 400),
+    ("/api/v1/rollouts/query", {"limit": None, "status": None, "group_id": None}, True, 200),
+    ("/api/v1/experiment", {"name": ""}, False, 400),
+]
+
+
+@pytest.fixture(scope="module")
+def openapi(server: ServerProcess) -> dict[str, Any]:
+    return httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+
+
+@pytest.mark.parametrize(("path", "body", "valid", "status"), AGREEMENT, ids=[f"{p} {b}" for p, b, _, _ in AGREEMENT])
+def test_the_openapi_spec_and_the_server_agree_on_what_is_valid(
+    server: ServerProcess, openapi: dict[str, Any], path: str, body: Any, valid: bool, status: int
+) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = openapi["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(body))
+    assert (not errors) == valid, errors
+    resp = post(server, path, body)
+    assert resp.status_code == status, resp.text
+
+
+def test_the_openapi_spec_documents_the_json_error_responses(openapi: dict[str, Any]) -> None:
+    operations = [(p, m, op) for p, ops in openapi["paths"].items() if p.startswith("/api/v1") for m, op in ops.items()]
+    assert len(operations) == 15
+    for path, method, op in operations:
+        for code in ("400", "401", "404", "405", "413", "431", "500"):
+            schema = op["responses"][code]["content"]["application/json"]["schema"]
+            assert schema["required"] == ["error"], (path, method, code)
+    claim = openapi["paths"]["/api/v1/claims"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert claim["properties"]["worker_id"]["minLength"] == 1

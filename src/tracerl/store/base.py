@@ -38,6 +38,7 @@ from tracerl.types import (
 )
 
 DEFAULT_LEASE_S = 60.0
+MAX_LEASE_S = 86_400.0
 MAX_QUERY_LIMIT = 10_000
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # token ids are stored packed as int32
 MAX_JSON_DEPTH = 64
@@ -242,8 +243,8 @@ def validate_finish(
 
 
 def validate_lease(lease_s: float) -> float:
-    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s <= 86_400:
-        raise InvalidInput(f"lease_s must be a number of seconds in (0, 86400], got {lease_s!r}")
+    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s <= MAX_LEASE_S:
+        raise InvalidInput(f"lease_s must be a number of seconds in (0, {MAX_LEASE_S:.0f}], got {lease_s!r}")
     return float(lease_s)
 
 
