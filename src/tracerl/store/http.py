@@ -1,6 +1,7 @@
 """HTTP store backend (``http://host:port``): the store contract spoken to a running ``tracerl serve``.
 
     store = tracerl.connect("http://127.0.0.1:8765", token="...")   # or HttpStore(url, token=...)
+    store = tracerl.connect("http://127.0.0.1:8765")                # token from $TRACERL_TOKEN, if set
 
 Built for throughput (target: ≥ 800 full rollout lifecycles/s on 2 cores, ~3 requests each):
 
@@ -153,8 +154,10 @@ class HttpStore(Store):
     """The store contract over HTTP against ``tracerl serve`` (see the module docstring).
 
     ``url`` is ``http://host:port`` (optionally with a path prefix); ``token`` is the server's bearer
-    token; ``timeout`` bounds each request in seconds (long polls add their wait on top); ``retries`` is
-    how many times an idempotent call is retried on connection errors.
+    token (default: the ``TRACERL_TOKEN`` environment variable, as ``tracerl serve`` reads it; it is sent
+    only in the ``Authorization`` header, never logged or shown); ``timeout`` bounds each request in
+    seconds (long polls add their wait on top); ``retries`` is how many times an idempotent call is retried
+    on connection errors.
     """
 
     def __init__(self, url: str, *, token: str | None = None, timeout: float = 30.0, retries: int = 5) -> None:
@@ -168,6 +171,8 @@ class HttpStore(Store):
         self._prefix = parts.path.rstrip("/") + "/api/v1"
         host_header = f"{parts.hostname}:{port}" if ":" not in parts.hostname else f"[{parts.hostname}]:{port}"
         headers = f"Host: {host_header}\r\nContent-Type: application/json\r\nAccept: application/json"
+        if token is None:
+            token = os.environ.get("TRACERL_TOKEN") or None
         if token:
             headers += f"\r\nAuthorization: Bearer {token}"
         self._headers = headers.encode("latin-1")
