@@ -3,12 +3,18 @@ server keeps serving everyone else (deep JSON, OTLP nesting, ids, the lease cloc
 
 from __future__ import annotations
 
+import json
+import re
+import socket
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tracerl.server.limits import MAX_HEAD_BYTES, MAX_HEADERS
 from tracerl.server.testing import ServerProcess, start_server
 from tracerl.store.base import MAX_JSON_DEPTH
 from tracerl.store.http import HttpStore
@@ -198,3 +204,71 @@ def test_the_openapi_spec_documents_the_json_error_responses(openapi: dict[str, 
             assert schema["required"] == ["error"], (path, method, code)
     claim = openapi["paths"]["/api/v1/claims"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert claim["properties"]["worker_id"]["minLength"] == 1
+
+
+# -- header limits ---------------------------------------------------------------------------------
+
+
+def raw_exchange(server: ServerProcess, head: bytes, *, chunk: int = 64 * 1024) -> bytes:
+    """Send ``head`` (a request without body) on a fresh socket, however early the server hangs up, and
+    return everything it answered until it closed the connection or went quiet."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        try:
+            for i in range(0, len(head), chunk):
+                sock.sendall(head[i : i + chunk])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server refused before the end: its answer is already in our receive buffer
+        answer = b""
+        try:
+            while data := sock.recv(65536):
+                answer += data
+                if b"\r\n\r\n" in answer and answer.startswith(b"HTTP/1.1 200"):
+                    break  # keep-alive: the server would wait for the next request
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return answer
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+
+
+def assert_431(answer: bytes, *words: str) -> None:
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:300]
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["type"] == "InvalidInput"
+    for word in words:
+        assert word in body["error"]["message"], body
+
+
+def test_a_huge_header_gets_431_without_growing_the_server_and_health_stays_fast(server: ServerProcess) -> None:
+    assert server.proc is not None
+    before = rss_kib(server.proc.pid)
+    big = b"GET /api/v1/rollouts/x HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (32 * 2**20) + b"\r\n\r\n"
+    started = time.monotonic()
+    assert_431(raw_exchange(server, big), str(MAX_HEAD_BYTES), "fewer or smaller headers")
+    assert time.monotonic() - started < 10
+    assert rss_kib(server.proc.pid) - before < 16 * 1024  # the 32 MiB header was never buffered
+    two_mb = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (2 * 2**20) + b"\r\n\r\n"
+    assert_431(raw_exchange(server, two_mb))
+    t0 = time.monotonic()
+    assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_too_many_headers_get_431_but_normal_large_heads_pass(server: ServerProcess) -> None:
+    many = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADERS + 1))
+    assert_431(raw_exchange(server, many + b"\r\n"), f"more than {MAX_HEADERS} headers")
+    ten_thousand = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(10_000))
+    assert_431(raw_exchange(server, ten_thousand + b"\r\n"))
+    # just under both limits, three times on one keep-alive connection: every request is served
+    fat = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 200) for i in range(200))
+    assert len(fat) < MAX_HEAD_BYTES
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for _ in range(3):
+            sock.sendall(fat + b"\r\n")
+            answer = b""
+            while not answer.endswith(b'{"status":"ok"}'):
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
