@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import httpx
 import psycopg
 import psycopg.sql
 import pytest
@@ -52,3 +53,35 @@ def test_a_schema_from_a_newer_tracerl_is_refused(pg_schema: Callable[[], str]) 
         conn.execute(psycopg.sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(table), (len(MIGRATIONS) + 1,))
     with pytest.raises(ConfigError, match="newer"):
         PostgresStore(url)
+
+
+def test_postgres_errors_reach_api_clients_without_host_user_database_or_schema(
+    pg_schema: Callable[[], str],
+) -> None:
+    from tracerl.errors import ExperimentConflict
+    from tracerl.server.testing import start_server
+    from tracerl.store.http import HttpStore
+
+    url = pg_schema()
+    schema = url.rsplit("schema=", 1)[1]
+    secret_parts = ("127.0.0.1", "5432", "postgres@", "/test", schema)
+    with start_server(url) as server:
+        store = HttpStore(server.url)
+        store.bind_experiment("first")
+        conflict = httpx.post(f"{server.url}/api/v1/experiment", json={"name": "second"}, timeout=30)
+        store.enqueue([RolloutSpec(task={"q": 1})])
+        claim = store.claim("w")
+        assert claim is not None
+        refused = httpx.post(  # postgres text cannot hold NUL: the database refuses the value
+            f"{server.url}/api/v1/attempts/{claim.attempt.attempt_id}/finish",
+            json={"status": "failed", "error": "bad\x00byte"},
+            timeout=30,
+        )
+        log = server.log_tail(20_000)
+    assert conflict.status_code == 409 and "'first'" in conflict.json()["error"]["message"]
+    assert refused.status_code == 400 and "NUL" in refused.json()["error"]["message"]
+    for resp in (conflict, refused):
+        assert not [p for p in secret_parts if p in resp.text], resp.text
+    assert schema in log  # the detail went to the server's log
+    with connect(url) as local, pytest.raises(ExperimentConflict, match=schema):
+        local.bind_experiment("second")  # in-process callers still get the full message

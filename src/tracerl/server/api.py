@@ -434,7 +434,7 @@ class Api:
             data = dumps(await handler(request))
         except TracerlError as e:
             status, data = e.http_status, error_body(e)
-            if status >= 500:
+            if status >= 500 or e.client_message is not None:  # the client gets less than the log
                 logger.warning("%s %s failed: %s: %s", method, path, type(e).__name__, e)
             if status == 405:
                 extra = [(b"allow", ", ".join(self._allowed(path)).encode())]

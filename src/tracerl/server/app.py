@@ -153,9 +153,9 @@ def json_error(exc: TracerlError, status: int | None = None) -> Response:
     return Response(error_body(exc), status_code=status or exc.http_status, media_type="application/json")
 
 
-async def _tracerl_error(_: Request, exc: TracerlError) -> Response:
-    if exc.http_status >= 500:
-        logger.warning("request failed: %s: %s", type(exc).__name__, exc)
+async def _tracerl_error(request: Request, exc: TracerlError) -> Response:
+    if exc.http_status >= 500 or exc.client_message is not None:  # the client gets less than the log
+        logger.warning("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
     return json_error(exc)
 
 

@@ -188,15 +188,15 @@ class SqlDataMixin(abc.ABC):
         with self._write() as tx:
             row = tx.one(f"SELECT value FROM meta WHERE key = ?{self.FOR_UPDATE}", ("experiment",))
             if row is not None and row[0] != name:
+                advice = f"use another store URL for {name!r}, or the same experiment name to resume"
                 raise ExperimentConflict(
-                    f"store {self.url} is already used by experiment {row[0]!r}; "
-                    f"use another store URL for {name!r}, or the same experiment name to resume"
-                )
+                    f"store {self.url} is already used by experiment {row[0]!r}; {advice}"
+                ).for_client(f"this store is already used by experiment {row[0]!r}; {advice}")
             if row is None:
                 tx.run("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", ("experiment", name))
                 stored = tx.one("SELECT value FROM meta WHERE key = ?", ("experiment",))
                 if stored is not None and stored[0] != name:
-                    raise ExperimentConflict(
-                        f"store {self.url} was just bound to experiment {stored[0]!r} by another process; "
-                        f"use another store URL for {name!r}"
+                    why = f"was just bound to experiment {stored[0]!r} by another process; use another store URL"
+                    raise ExperimentConflict(f"store {self.url} {why} for {name!r}").for_client(
+                        f"this store {why} for {name!r}"
                     )

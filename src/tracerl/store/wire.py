@@ -251,8 +251,8 @@ def enum_value(cls: Any, value: object, where: str) -> Any:
 
 
 def error_body(exc: TracerlError) -> bytes:
-    """The JSON error document the server sends for ``exc``."""
-    return dumps({"error": {"type": type(exc).__name__, "message": str(exc)}})
+    """The JSON error document the server sends for ``exc`` (its ``client_message`` when it has one)."""
+    return dumps({"error": {"type": type(exc).__name__, "message": exc.client_message or str(exc)}})
 
 
 def error_from_response(status: int, body: bytes) -> TracerlError:
