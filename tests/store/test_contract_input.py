@@ -13,7 +13,7 @@ import pytest
 from tracerl.errors import InvalidInput
 from tracerl.store import Store
 from tracerl.store.base import MAX_ID_CHARS, MAX_JSON_DEPTH
-from tracerl.types import RolloutQuery, RolloutSpec, Span, SpanKind
+from tracerl.types import AttemptStatus, RolloutQuery, RolloutSpec, Span, SpanKind
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,3 +107,17 @@ def test_ids_at_the_length_limit_work(store: Store) -> None:
     c = store.claim("w" * MAX_ID_CHARS)
     assert c is not None and c.attempt.worker_id == "w" * MAX_ID_CHARS
     assert store.put_resource("n" * MAX_ID_CHARS, {"v": 1}).version == 1
+
+
+def test_nul_in_free_text_is_stored_as_a_replacement_character_by_every_backend(store: Store) -> None:
+    """An error message or span name (agent output, tracebacks) is kept, not refused: postgres cannot store
+    NUL, so every backend stores U+FFFD in its place."""
+    store.enqueue([RolloutSpec(task={}, max_attempts=1)])
+    c = store.claim("w")
+    assert c is not None
+    aid = c.attempt.attempt_id
+    store.add_spans([Span(aid, 0, SpanKind.CUSTOM, name="tool\x00call")])
+    assert store.get_spans(attempt_id=aid)[0].name == "tool\ufffdcall"
+    r = store.finish(aid, AttemptStatus.FAILED, error="boom\x00trace")
+    assert r.error == "boom\ufffdtrace" == store.get_rollout(r.rollout_id).error
+    assert store.get_attempts(r.rollout_id)[0].error == "boom\ufffdtrace"

@@ -200,6 +200,8 @@ def validate_span(span: Span) -> Span:
     if not isinstance(span.attributes, dict):
         raise InvalidInput(f"span attributes must be a JSON object, got {type(span.attributes).__name__}")
     validate_json_depth(span.attributes, "span attributes")
+    if isinstance(span.name, str) and "\x00" in span.name:
+        span.name = span.name.replace("\x00", "\ufffd")  # see free_text
     for field_name in ("prompt_ids", "response_ids"):
         ids = getattr(span, field_name)
         if ids is not None and (not isinstance(ids, list) or not set(map(type, ids)) <= {int}):  # C-speed check
@@ -239,7 +241,14 @@ def validate_finish(
         raise InvalidInput(f"attempt status {status!r} is not one of {[s.value for s in AttemptStatus]}") from None
     if error is not None and not isinstance(error, str):
         raise InvalidInput(f"error must be a string or None, got {type(error).__name__}")
-    return status, reward, error
+    return status, reward, free_text(error)
+
+
+def free_text(text: str | None) -> str | None:
+    """``text`` with NUL characters replaced by U+FFFD: postgres cannot store NUL, and an error message or
+    span name (free text from agents, tracebacks) is better kept slightly changed than refused, so every
+    backend stores the same thing."""
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
 def validate_lease(lease_s: float) -> float:
