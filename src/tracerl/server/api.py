@@ -21,8 +21,12 @@ POST     /api/v1/leases/expire                      ``expire_leases`` — no bod
 =======  =========================================  ==================================================
 
 Resource names may contain ``/`` (the route takes the rest of the path), which is why the version is a
-query parameter rather than a path segment. Long polls (``claim`` with ``wait_s``, ``wait``) are capped
-at :data:`MAX_WAIT_S` per request; :class:`~tracerl.store.http.HttpStore` loops for longer waits.
+query parameter rather than a path segment. Long polls (``claim`` with ``wait_s``, ``wait``) wait at most
+:data:`MAX_WAIT_S` per request (more is refused with a 400, not silently cut);
+:class:`~tracerl.store.http.HttpStore` loops for longer waits. Request bodies nested deeper than
+:data:`MAX_BODY_DEPTH` are refused before any field is read, and the store refuses stored values deeper than
+:data:`~tracerl.store.base.MAX_JSON_DEPTH`. A 405 names the allowed methods in ``Allow``; the OpenAPI
+document lists the JSON error responses and the exact ranges the handlers accept.
 
 Speed (the HTTP store must sustain ≥ 800 rollout lifecycles/s on 2 cores): :class:`Api` is a pure ASGI
 layer that serves ``/api/v1/*`` itself — a dict/regex route table, the raw body parsed by hand (orjson

@@ -11,7 +11,12 @@
   ``http_status``; unknown routes 404, wrong methods 405, anything unexpected 500 with the detail only in
   the server log (never a stack trace to the client);
 * a background task that expires run-out leases every ``expire_interval_s`` seconds, so attempts of a
-  crashed runner are requeued even when nobody claims.
+  crashed runner are requeued even when nobody claims;
+* errors whose full message names the database (host, user, database, schema) send clients their
+  ``client_message`` and log the full one.
+
+Header size and count are bounded before the app runs, in the HTTP parser (431; see
+:mod:`tracerl.server.limits`).
 
 Usage::
 
