@@ -10,9 +10,20 @@ from __future__ import annotations
 
 
 class TracerlError(Exception):
-    """Root of every error tracerl raises on purpose."""
+    """Root of every error tracerl raises on purpose.
+
+    ``client_message``, when set, is what the server sends its HTTP clients instead of ``str(self)``: the
+    full message names things they must not learn (a database's host, user, database or schema) and goes
+    to the server's log instead. In-process callers always see the full message.
+    """
 
     http_status: int = 500
+    client_message: str | None = None
+
+    def for_client(self, message: str) -> TracerlError:
+        """Set :attr:`client_message` to ``message``; returns ``self`` (``raise err.for_client(...)``)."""
+        self.client_message = message
+        return self
 
 
 class ConfigError(TracerlError):

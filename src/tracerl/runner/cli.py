@@ -1,6 +1,12 @@
 """``tracerl runner``: run agent worker processes against a store until stopped.
 
     tracerl runner --agent my_agents:sql_agent --store sqlite:///runs/sql.db --gateway http://127.0.0.1:8000 -n 4
+    TRACERL_TOKEN=... tracerl runner --agent my_agents:sql_agent --store http://trainer:8765 \
+        --gateway http://trainer:8765 -n 4      # a `tracerl serve --token ...` on another machine
+
+The token (``--token``, default ``$TRACERL_TOKEN``; prefer the variable, which ``ps`` does not show) goes to
+the HTTP store and, unless ``--api-key`` is given, to the agents as their API key for the gateway, which the
+same server guards. It is never printed.
 
 The agent module is imported from the current directory (or ``--app-dir``) and the Python path. SIGTERM or
 Ctrl-C stops claiming and gives running rollouts ``--grace`` seconds to finish; the rest are ended as
@@ -10,6 +16,7 @@ failed and requeued (see :mod:`tracerl.runner.pool`). A second Ctrl-C ends them 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -36,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mode", action="append", choices=["train", "val", "test"], help="only claim these modes")
     parser.add_argument("--model", default="default", help="model name the agent is given (default 'default')")
-    parser.add_argument("--api-key", default="tracerl", help="API key the agent is given")
+    parser.add_argument(
+        "--token", default=None, help="bearer token of a `tracerl serve --token` server (default: $TRACERL_TOKEN)"
+    )
+    parser.add_argument(
+        "--api-key", default=None, help="API key the agent is given (default: the token if set, else 'tracerl')"
+    )
     parser.add_argument("--temperature", type=float, default=None, help="default sampling temperature")
     parser.add_argument("--max-tokens", type=int, default=None, help="default max_tokens")
     parser.add_argument("--app-dir", default=".", help="directory to import the agent module from (default: .)")
@@ -48,6 +60,9 @@ def main(args: argparse.Namespace) -> int:
             "a memory:// store lives inside one process, so a separate runner cannot share it; "
             "use sqlite:///path.db, postgresql://... or http://host:port (a running `tracerl serve`)"
         )
+    token = args.token or os.environ.get("TRACERL_TOKEN") or None
+    if token:
+        os.environ["TRACERL_TOKEN"] = token  # HttpStore (here and in anything it starts) reads it from there
     sys.path.insert(0, str(Path(args.app_dir).resolve()))
     sampling = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens)) if v is not None}
     runner = Runner(
@@ -59,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         lease_s=args.lease,
         modes=args.mode,
         model=args.model,
-        api_key=args.api_key,
+        api_key=args.api_key or token or "tracerl",
         sampling=sampling,
         grace_s=args.grace,
     )

@@ -17,12 +17,16 @@ GET      /api/v1/spans?rollout_id=|attempt_id=      ``get_spans`` (``&encoding=p
 PUT      /api/v1/resources/{name}                   ``put_resource`` — ``{"value": {...}}``
 GET      /api/v1/resources/{name}[?version=N]       ``get_resource``
 POST     /api/v1/experiment                         ``bind_experiment`` — ``{"name"}``
-POST     /api/v1/leases/expire                      ``expire_leases`` — ``{"now"}`` (body optional)
+POST     /api/v1/leases/expire                      ``expire_leases`` — no body (the server's clock)
 =======  =========================================  ==================================================
 
 Resource names may contain ``/`` (the route takes the rest of the path), which is why the version is a
-query parameter rather than a path segment. Long polls (``claim`` with ``wait_s``, ``wait``) are capped
-at :data:`MAX_WAIT_S` per request; :class:`~tracerl.store.http.HttpStore` loops for longer waits.
+query parameter rather than a path segment. Long polls (``claim`` with ``wait_s``, ``wait``) wait at most
+:data:`MAX_WAIT_S` per request (more is refused with a 400, not silently cut);
+:class:`~tracerl.store.http.HttpStore` loops for longer waits. Request bodies nested deeper than
+:data:`MAX_BODY_DEPTH` are refused before any field is read, and the store refuses stored values deeper than
+:data:`~tracerl.store.base.MAX_JSON_DEPTH`. A 405 names the allowed methods in ``Allow``; the OpenAPI
+document lists the JSON error responses and the exact ranges the handlers accept.
 
 Speed (the HTTP store must sustain ≥ 800 rollout lifecycles/s on 2 cores): :class:`Api` is a pure ASGI
 layer that serves ``/api/v1/*`` itself — a dict/regex route table, the raw body parsed by hand (orjson
@@ -48,7 +52,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tracerl.errors import InvalidInput, NotFound, ServerError, TracerlError
 from tracerl.server.calls import Calls
-from tracerl.store.base import DEFAULT_LEASE_S, Store
+from tracerl.store.base import (
+    DEFAULT_LEASE_S,
+    INT32_MAX,
+    INT32_MIN,
+    MAX_ID_CHARS,
+    MAX_JSON_DEPTH,
+    MAX_LEASE_S,
+    MAX_QUERY_LIMIT,
+    Store,
+    validate_json_depth,
+)
 from tracerl.store.wire import (
     attempt_to_wire,
     dumps,
@@ -64,12 +78,15 @@ from tracerl.store.wire import (
     span_to_wire,
     spec_from_wire,
 )
-from tracerl.types import JSON, AttemptStatus, Mode
+from tracerl.types import JSON, AttemptStatus, Mode, RolloutStatus, SpanKind
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/"
 MAX_WAIT_S = 30.0
+MAX_BODY_DEPTH = MAX_JSON_DEPTH + 3
+"""Deepest request body accepted (checked before any field is read): the stored JSON limit plus the
+wrapping levels of the deepest route, ``{"specs": [{"task": ...}]}``. Deeper bodies get a 400."""
 
 
 class ApiRequest:
@@ -92,6 +109,8 @@ class ApiRequest:
             raise InvalidInput(f"request body is not valid JSON ({e}); send a JSON object") from None
         if not isinstance(body, dict):
             raise InvalidInput(f"request body must be a JSON object, got {type(body).__name__}")
+        if self.body.count(b"{") + self.body.count(b"[") > MAX_BODY_DEPTH:  # else it cannot nest that deep
+            validate_json_depth(body, "request body", MAX_BODY_DEPTH)
         return body
 
     def query(self) -> dict[str, str]:
@@ -115,9 +134,12 @@ def _lease(body: JSON) -> float:
 
 def _wait(body: JSON, key: str) -> float:
     value = opt_num(body, key, "body") or 0.0
-    if value < 0:
-        raise InvalidInput(f"body.{key} must be ≥ 0 seconds, got {value}")
-    return min(value, MAX_WAIT_S)
+    if not 0 <= value <= MAX_WAIT_S:
+        raise InvalidInput(
+            f"body.{key} must be in [0, {MAX_WAIT_S:g}] seconds, got {value:g}; wait longer by repeating the "
+            "request (HttpStore does)"
+        )
+    return value
 
 
 def _version(request: ApiRequest) -> int | None:
@@ -146,53 +168,103 @@ class Endpoint:
     query: tuple[str, ...] = ()  # query parameters, for the docs
 
 
+# The request schemas below are what the handlers accept, field for field: optional fields may be null
+# (HttpStore sends nulls), ids are non-empty and bounded, numbers carry the ranges the store enforces.
 _OBJ: JSON = {"type": "object"}
 _STR: JSON = {"type": "string"}
+_ID: JSON = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": "^[^\\u0000]*$"}
+_INT64: JSON = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
+
+
+def _opt(schema: JSON) -> JSON:
+    """``schema``, or null (an optional field the handlers treat as absent when it is null)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _enum(cls: Any) -> JSON:
+    return {"type": "string", "enum": [m.value for m in cls]}
+
+
+_LEASE: JSON = _opt({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LEASE_S})
+_WAIT: JSON = _opt({"type": "number", "minimum": 0, "maximum": MAX_WAIT_S})
+_NUMBERS: JSON = {"type": "array", "items": {"type": "number"}}
+_INTS: JSON = {"type": "array", "items": {"type": "integer", "minimum": INT32_MIN, "maximum": INT32_MAX}}
+_DEEP = f"; JSON values nest at most {MAX_JSON_DEPTH} levels"
 _SPEC: JSON = {
     "type": "object",
     "required": ["task"],
     "properties": {
-        "task": _OBJ, "mode": {"type": "string", "enum": [m.value for m in Mode]}, "group_id": _STR,
-        "idempotency_key": _STR, "max_attempts": {"type": "integer", "minimum": 1},
-        "resources_version": {"type": "integer"}, "metadata": _OBJ,
+        "task": {**_OBJ, "description": "the task" + _DEEP}, "mode": _opt(_enum(Mode)), "group_id": _opt(_ID),
+        "idempotency_key": _opt(_ID), "max_attempts": _opt({"type": "integer", "minimum": 1}),
+        "resources_version": _opt(_INT64), "metadata": _opt(_OBJ),
     },
 }  # fmt: skip
 _SPAN: JSON = {
     "type": "object",
     "required": ["attempt_id", "seq", "kind"],
+    "additionalProperties": False,
     "description": "token ids as JSON lists, or packed: prompt_ids_b64 = base64(int32 LE), logprobs_b64 = "
-    "base64(float64 LE)",
+    "base64(float64 LE)" + _DEEP,
     "properties": {
-        "attempt_id": _STR, "seq": {"type": "integer", "minimum": 0}, "kind": _STR, "name": _STR,
-        "parent_seq": {"type": "integer"}, "start_time": {"type": "number"}, "end_time": {"type": "number"},
-        "attributes": _OBJ, "prompt_ids": {"type": "array", "items": {"type": "integer"}},
-        "response_ids": {"type": "array", "items": {"type": "integer"}},
-        "logprobs": {"type": "array", "items": {"type": "number"}},
+        "attempt_id": _ID, "seq": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}, "kind": _enum(SpanKind),
+        "name": _opt(_STR), "rollout_id": _opt(_STR), "parent_seq": _opt(_INT64),
+        "start_time": _opt({"type": "number"}), "end_time": _opt({"type": "number"}), "attributes": _opt(_OBJ),
+        "prompt_ids": _opt(_INTS), "response_ids": _opt(_INTS), "logprobs": _opt(_NUMBERS),
+        "prompt_ids_b64": _opt(_STR), "response_ids_b64": _opt(_STR), "logprobs_b64": _opt(_STR),
     },
 }  # fmt: skip
+_QUERY: JSON = {
+    "type": "object",
+    "properties": {
+        "status": _opt({"type": "array", "items": _enum(RolloutStatus)}), "mode": _opt(_enum(Mode)),
+        "group_id": _opt(_ID), "resources_version": _opt(_INT64), "created_after": _opt({"type": "number"}),
+        "created_before": _opt({"type": "number"}), "rollout_ids": _opt({"type": "array", "items": _ID}),
+        "limit": _opt({"type": "integer", "minimum": 1, "maximum": MAX_QUERY_LIMIT}),
+        "offset": _opt({"type": "integer", "minimum": 0}),
+    },
+}  # fmt: skip
+ERROR_SCHEMA: JSON = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["type", "message"], "properties": {
+        "type": {"type": "string", "description": "the tracerl.errors class, e.g. InvalidInput, NotFound"},
+        "message": {"type": "string", "description": "what was wrong and how to fix it"}}}},
+}  # fmt: skip
+ERROR_RESPONSES: dict[int | str, Any] = {
+    code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for code, text in (
+        (400, "invalid input: a field's type, range or nesting, named in the message"),
+        (401, "no bearer token, or a wrong one (when the server has a token)"),
+        (404, "unknown id, resource or route"),
+        (405, "method not allowed on this path; the Allow header lists the right ones"),
+        (409, "illegal status change, finished attempt, or conflicting write"),
+        (413, "request body over the server's limit"),
+        (431, "request header section too large"),
+        (500, "internal error; the details are in the server log"),
+        (503, "the store backend is unavailable"),
+    )
+}
 
 
 def _obj(required: list[str], **props: JSON) -> JSON:
     return {"type": "object", "required": required, "properties": props}
 
 
-_NUM: JSON = {"type": "number"}
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/api/v1/rollouts", "enqueue", "enqueue rollouts",
              _obj(["specs"], specs={"type": "array", "items": _SPEC})),
     Endpoint("POST", "/api/v1/claims", "claim", "claim the oldest queued rollout as a new attempt",
-             _obj(["worker_id"], worker_id=_STR, lease_s=_NUM, modes={"type": "array", "items": _STR},
-                  wait_s={"type": "number", "maximum": MAX_WAIT_S})),
+             _obj(["worker_id"], worker_id=_ID, lease_s=_LEASE, modes=_opt({"type": "array", "items": _enum(Mode)}),
+                  wait_s=_WAIT)),
     Endpoint("POST", "/api/v1/attempts/{attempt_id}/heartbeat", "heartbeat", "extend a running attempt's lease",
-             _obj([], lease_s=_NUM), body_required=False),
+             _obj([], lease_s=_LEASE), body_required=False),
     Endpoint("POST", "/api/v1/attempts/{attempt_id}/finish", "finish", "end a running attempt",
              _obj(["status"], status={"type": "string", "enum": [s.value for s in AttemptStatus][1:]},
-                  reward=_NUM, error=_STR)),
-    Endpoint("POST", "/api/v1/rollouts/query", "query", "query rollouts (filters and pagination)", _OBJ,
+                  reward=_opt({"type": "number"}), error=_opt(_STR))),
+    Endpoint("POST", "/api/v1/rollouts/query", "query", "query rollouts (filters and pagination)", _QUERY,
              body_required=False),
     Endpoint("POST", "/api/v1/rollouts/wait", "wait", "wait until rollouts are final",
-             _obj(["rollout_ids"], rollout_ids={"type": "array", "items": _STR},
-                  timeout_s={"type": "number", "maximum": MAX_WAIT_S})),
+             _obj(["rollout_ids"], rollout_ids={"type": "array", "items": _ID}, timeout_s=_WAIT)),
     Endpoint("POST", "/api/v1/rollouts/{rollout_id}/cancel", "cancel", "cancel a queued or running rollout"),
     Endpoint("GET", "/api/v1/rollouts/{rollout_id}", "get_rollout", "one rollout"),
     Endpoint("GET", "/api/v1/rollouts/{rollout_id}/attempts", "get_attempts", "a rollout's attempts, oldest first"),
@@ -201,13 +273,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/api/v1/spans", "get_spans", "spans of one attempt, or of every attempt of a rollout",
              query=("rollout_id", "attempt_id", "encoding")),
     Endpoint("PUT", "/api/v1/resources/{name:path}", "put_resource", "store the next version of a resource",
-             _obj(["value"], value=_OBJ)),
+             _obj(["value"], value={**_OBJ, "description": "the resource" + _DEEP})),
     Endpoint("GET", "/api/v1/resources/{name:path}", "get_resource", "a resource's latest (or given) version",
              query=("version",)),
     Endpoint("POST", "/api/v1/experiment", "bind_experiment", "bind the store to an experiment name",
-             _obj(["name"], name=_STR)),
-    Endpoint("POST", "/api/v1/leases/expire", "expire_leases", "expire run-out leases now", _obj([], now=_NUM),
-             body_required=False),
+             _obj(["name"], name=_ID)),
+    Endpoint("POST", "/api/v1/leases/expire", "expire_leases",
+             "expire leases that ran out by the server's clock (a body with 'now' is refused)"),
 )  # fmt: skip
 
 
@@ -293,8 +365,12 @@ def handlers(store: Store) -> dict[str, Handler]:
         return {"name": name}
 
     async def expire_leases(request: ApiRequest) -> Any:
-        now = opt_num(request.json(optional=True), "now", "body")
-        return {"attempts": [attempt_to_wire(a) for a in await call(store.expire_leases, now)]}
+        if request.json(optional=True).get("now") is not None:
+            raise InvalidInput(
+                "body.now is not accepted: leases expire by the server's own clock, which a client must not "
+                "move; send no body (or {})"
+            )
+        return {"attempts": [attempt_to_wire(a) for a in await call(store.expire_leases)]}
 
     handlers = (enqueue, claim, heartbeat, finish, query, wait, cancel, get_rollout, get_attempts, add_spans,
                 get_spans, put_resource, get_resource, bind_experiment, expire_leases)  # fmt: skip
@@ -326,6 +402,7 @@ class Api:
             return
         method: str = scope["method"]
         status = 200
+        extra: list[tuple[bytes, bytes]] = []
         try:
             handler, params = self._route(method, path)
             chunks: list[bytes] = []
@@ -338,31 +415,40 @@ class Api:
             data = dumps(await handler(request))
         except TracerlError as e:
             status, data = e.http_status, error_body(e)
-            if status >= 500:
+            if status >= 500 or e.client_message is not None:  # the client gets less than the log
                 logger.warning("%s %s failed: %s: %s", method, path, type(e).__name__, e)
+            if status == 405:
+                extra = [(b"allow", ", ".join(self._allowed(path)).encode())]
         except Exception:
             logger.exception("unexpected error on %s %s", method, path)
             status, data = 500, error_body(ServerError("internal server error; the details are in the server log"))
         await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})  # fmt: skip
+            (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *extra]})  # fmt: skip
         await send({"type": "http.response.body", "body": data})
 
     def _route(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         handler = self.static.get((method, path))
         if handler is not None:
             return handler, {}
-        known_path = any(p == path for m, p in self.static if m != method)
         for m, pattern, h in self.patterns:
-            match = pattern.fullmatch(path)
-            if match is not None:
-                if m == method:
+            if m == method:
+                match = pattern.fullmatch(path)
+                if match is not None:
                     return h, match.groupdict()
-                known_path = True
-        if known_path:
-            wrong_method = InvalidInput(f"{method} is not allowed on {path}; see /docs for the API")
-            wrong_method.http_status = 405
+        allowed = self._allowed(path)
+        if allowed:
+            wrong_method = InvalidInput(
+                f"{method} is not allowed on {path}; use {' or '.join(allowed)} (see /docs for the API)"
+            )
+            wrong_method.http_status = 405  # sent with an Allow header listing ``allowed``
             raise wrong_method
         raise NotFound(f"no route {method} {path}; see /docs for the API")
+
+    def _allowed(self, path: str) -> list[str]:
+        """The methods served on ``path`` (empty for an unknown path)."""
+        methods = {m for m, p in self.static if p == path}
+        methods.update(m for m, pattern, _ in self.patterns if pattern.fullmatch(path))
+        return sorted(methods)
 
 
 def _compile(path: str) -> re.Pattern[str]:
@@ -376,14 +462,14 @@ def openapi_routes() -> APIRouter:
     doc = APIRouter(tags=["store"])
     for e in ENDPOINTS:
         params = [
-            {"name": p.split(":")[0], "in": "path", "required": True, "schema": _STR}
+            {"name": p.split(":")[0], "in": "path", "required": True, "schema": _ID}
             for p in (seg[1:-1] for seg in e.path.split("/") if seg.startswith("{"))
         ] + [{"name": q, "in": "query", "required": False, "schema": _STR} for q in e.query]
         extra: dict[str, Any] = {"parameters": params}
         if e.body is not None:
             extra["requestBody"] = {"required": e.body_required, "content": {"application/json": {"schema": e.body}}}
         doc.add_api_route(e.path, _undocumented_stub, methods=[e.method], name=e.name, summary=e.summary,
-                          openapi_extra=extra)  # fmt: skip
+                          openapi_extra=extra, responses=ERROR_RESPONSES)  # fmt: skip
     return doc
 
 

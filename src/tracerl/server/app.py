@@ -11,7 +11,12 @@
   ``http_status``; unknown routes 404, wrong methods 405, anything unexpected 500 with the detail only in
   the server log (never a stack trace to the client);
 * a background task that expires run-out leases every ``expire_interval_s`` seconds, so attempts of a
-  crashed runner are requeued even when nobody claims.
+  crashed runner are requeued even when nobody claims;
+* errors whose full message names the database (host, user, database, schema) send clients their
+  ``client_message`` and log the full one.
+
+Header size and count are bounded before the app runs, in the HTTP parser (431; see
+:mod:`tracerl.server.limits`).
 
 Usage::
 
@@ -153,9 +158,9 @@ def json_error(exc: TracerlError, status: int | None = None) -> Response:
     return Response(error_body(exc), status_code=status or exc.http_status, media_type="application/json")
 
 
-async def _tracerl_error(_: Request, exc: TracerlError) -> Response:
-    if exc.http_status >= 500:
-        logger.warning("request failed: %s: %s", type(exc).__name__, exc)
+async def _tracerl_error(request: Request, exc: TracerlError) -> Response:
+    if exc.http_status >= 500 or exc.client_message is not None:  # the client gets less than the log
+        logger.warning("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
     return json_error(exc)
 
 

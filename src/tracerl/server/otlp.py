@@ -46,7 +46,7 @@ from starlette.routing import Route
 
 from tracerl.errors import InvalidInput, NotFound, PayloadTooLarge, TracerlError
 from tracerl.server.calls import Calls
-from tracerl.store.base import Store, validate_span
+from tracerl.store.base import MAX_JSON_DEPTH, Store, validate_span
 from tracerl.store.wire import dumps, error_body, loads
 from tracerl.types import JSON, Span, SpanKind
 
@@ -95,14 +95,14 @@ def parse_protobuf(body: bytes) -> list[OtelSpan]:
         raise InvalidInput(f"body is not a protobuf ExportTraceServiceRequest: {e}") from None
     out: list[OtelSpan] = []
     for rs in req.resource_spans:
-        resource = _pb_attrs(rs.resource.attributes)
+        resource = _pb_attrs(rs.resource.attributes, 2)
         for ss in rs.scope_spans:
             for sp in ss.spans:
                 out.append(
                     OtelSpan(
                         trace_id=sp.trace_id, span_id=sp.span_id, parent_span_id=sp.parent_span_id, name=sp.name,
                         kind=sp.kind, start_ns=sp.start_time_unix_nano, end_ns=sp.end_time_unix_nano,
-                        attributes=_pb_attrs(sp.attributes), resource=resource, scope=ss.scope.name,
+                        attributes=_pb_attrs(sp.attributes, 1), resource=resource, scope=ss.scope.name,
                         status={"code": _enum(STATUS_CODES, sp.status.code), "message": sp.status.message},
                         events=[_pb_event(ev) for ev in sp.events],
                     )
@@ -111,21 +111,24 @@ def parse_protobuf(body: bytes) -> list[OtelSpan]:
 
 
 def _pb_event(ev: Any) -> JSON:
-    return {"name": ev.name, "time": ev.time_unix_nano / 1e9, "attributes": _pb_attrs(ev.attributes)}
+    return {"name": ev.name, "time": ev.time_unix_nano / 1e9, "attributes": _pb_attrs(ev.attributes, 4)}
 
 
-def _pb_attrs(kvs: Any) -> JSON:
-    return {kv.key: _pb_value(kv.value) for kv in kvs}
+def _pb_attrs(kvs: Any, level: int) -> JSON:
+    """Attributes as a dict that will sit ``level`` levels deep in the stored span attributes."""
+    return {kv.key: _pb_value(kv.value, level + 1) for kv in kvs}
 
 
-def _pb_value(v: Any) -> Any:
+def _pb_value(v: Any, level: int) -> Any:
     which = v.WhichOneof("value")
     if which is None:
         return None
+    if which in ("array_value", "kvlist_value"):
+        _check_level(level, f"attribute {which}")
     if which == "array_value":
-        return [_pb_value(x) for x in v.array_value.values]
+        return [_pb_value(x, level + 1) for x in v.array_value.values]
     if which == "kvlist_value":
-        return _pb_attrs(v.kvlist_value.values)
+        return _pb_attrs(v.kvlist_value.values, level)
     if which == "bytes_value":
         return base64.b64encode(v.bytes_value).decode("ascii")
     return getattr(v, which)
@@ -155,7 +158,7 @@ def parse_json(body: bytes) -> list[OtelSpan]:
     out: list[OtelSpan] = []
     for i, rs in enumerate(_jlist(doc, "resourceSpans", "resource_spans", where="body")):
         where = f"resourceSpans[{i}]"
-        resource = _json_attrs(_jobj(_jget(rs, "resource"), where + ".resource"), where + ".resource")
+        resource = _json_attrs(_jobj(_jget(rs, "resource"), where + ".resource"), where + ".resource", 2)
         for j, ss in enumerate(_jlist(rs, "scopeSpans", "scope_spans", where=where)):
             scope = _jobj(_jget(ss, "scope"), f"{where}.scope")
             for k, sp in enumerate(_jlist(ss, "spans", where=f"{where}.scopeSpans[{j}]")):
@@ -171,7 +174,7 @@ def parse_json(body: bytes) -> list[OtelSpan]:
                         kind=_int(_jget(sp, "kind"), w + ".kind"),
                         start_ns=_int(_jget(sp, "startTimeUnixNano", "start_time_unix_nano"), w + ".startTimeUnixNano"),
                         end_ns=_int(_jget(sp, "endTimeUnixNano", "end_time_unix_nano"), w + ".endTimeUnixNano"),
-                        attributes=_json_attrs(sp, w),
+                        attributes=_json_attrs(sp, w, 1),
                         resource=resource,
                         scope=str(_jget(scope, "name") or ""),
                         status={"code": _enum(STATUS_CODES, _int(_jget(status, "code"), w + ".status.code")),
@@ -229,18 +232,28 @@ def _int(v: Any, where: str) -> int:
         raise InvalidInput(f"{where} must be an integer, got {v!r}") from None
 
 
-def _json_attrs(d: JSON, where: str) -> JSON:
+def _check_level(level: int, where: str) -> None:
+    """Refuse an attribute value that would sit deeper than the store keeps JSON (the whole request 400s)."""
+    if level > MAX_JSON_DEPTH:
+        raise InvalidInput(
+            f"{where} nests arrayValue/kvlistValue more than {MAX_JSON_DEPTH} levels deep (the limit for stored "
+            "span attributes); flatten the attribute or send it as a JSON string"
+        )
+
+
+def _json_attrs(d: JSON, where: str, level: int) -> JSON:
+    """Attributes as a dict that will sit ``level`` levels deep in the stored span attributes."""
     out: JSON = {}
     for i, kv in enumerate(_jlist(d, "attributes", "values", where=where)):
         kv = _jobj(kv, f"{where}.attributes[{i}]")
         key = kv.get("key")
         if not isinstance(key, str):
             raise InvalidInput(f"{where}.attributes[{i}].key must be a string")
-        out[key] = _json_value(kv.get("value"), f"{where}.attributes[{i}].value")
+        out[key] = _json_value(kv.get("value"), f"{where}.attributes[{i}].value", level + 1)
     return out
 
 
-def _json_value(v: Any, where: str) -> Any:
+def _json_value(v: Any, where: str, level: int) -> Any:
     if v is None or v == {}:
         return None
     v = _jobj(v, where)
@@ -256,11 +269,14 @@ def _json_value(v: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise InvalidInput(f"{where}.doubleValue must be a number") from None
     if "arrayValue" in v or "array_value" in v:
+        _check_level(level, where)
         arr = _jobj(_jget(v, "arrayValue", "array_value"), where + ".arrayValue")
         values = _jlist(arr, "values", where=where)
-        return [_json_value(x, f"{where}.arrayValue.values[{i}]") for i, x in enumerate(values)]
+        return [_json_value(x, f"{where}.arrayValue.values[{i}]", level + 1) for i, x in enumerate(values)]
     if "kvlistValue" in v or "kvlist_value" in v:
-        return _json_attrs(_jobj(_jget(v, "kvlistValue", "kvlist_value"), where), where + ".kvlistValue")
+        _check_level(level, where)
+        kvlist = _jobj(_jget(v, "kvlistValue", "kvlist_value"), where)
+        return _json_attrs(kvlist, where + ".kvlistValue", level)
     if "bytesValue" in v or "bytes_value" in v:
         return str(_jget(v, "bytesValue", "bytes_value"))  # already base64 in OTLP/JSON
     raise InvalidInput(f"{where} has no known value type (stringValue, intValue, ...): {sorted(v)}")
@@ -268,7 +284,7 @@ def _json_value(v: Any, where: str) -> Any:
 
 def _json_event(ev: JSON, where: str) -> JSON:
     t = _int(_jget(ev, "timeUnixNano", "time_unix_nano"), where + ".timeUnixNano")
-    return {"name": str(ev.get("name") or ""), "time": t / 1e9, "attributes": _json_attrs(ev, where)}
+    return {"name": str(ev.get("name") or ""), "time": t / 1e9, "attributes": _json_attrs(ev, where, 4)}
 
 
 def _enum(names: tuple[str, ...], value: int) -> str:

@@ -172,12 +172,14 @@ def open_store(url: str) -> Store:
 def _run(app: object, sock: socket.socket) -> None:
     import uvicorn
 
+    from tracerl.server.limits import MAX_HEAD_BYTES, http_protocol
+
     loop = "uvloop" if _has("uvloop") else "asyncio"
-    http = "httptools" if _has("httptools") else "h11"
     config = uvicorn.Config(
         app,  # pyright: ignore[reportArgumentType]
         loop=loop,
-        http=http,
+        http=http_protocol(),  # httptools with header limits (431), see tracerl.server.limits
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         access_log=False,
         log_level=logging.getLogger().getEffectiveLevel(),
         timeout_keep_alive=KEEP_ALIVE_S,

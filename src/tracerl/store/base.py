@@ -38,8 +38,16 @@ from tracerl.types import (
 )
 
 DEFAULT_LEASE_S = 60.0
+MAX_LEASE_S = 86_400.0
 MAX_QUERY_LIMIT = 10_000
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # token ids are stored packed as int32
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of a stored JSON value (task, metadata, span attributes, resource value); the top-level
+object is level 1. Far above what agents send, far below what every JSON library can read and write back
+(orjson writes at most 255 levels), so nothing stored can become unreadable."""
+MAX_ID_CHARS = 256
+"""Longest id, idempotency key, group id, worker id, resource or experiment name, in characters."""
+_CONTAINERS = frozenset({dict, list, tuple})
 
 
 def new_id(prefix: str) -> str:
@@ -170,10 +178,12 @@ def validate_spec(spec: RolloutSpec) -> RolloutSpec:
         ) from None
     if not isinstance(spec.max_attempts, int) or spec.max_attempts < 1:
         raise InvalidInput(f"max_attempts must be an integer ≥ 1, got {spec.max_attempts!r}")
-    if spec.group_id is not None and not isinstance(spec.group_id, str):
-        raise InvalidInput(f"group_id must be a string, got {spec.group_id!r}")
-    if spec.idempotency_key is not None and not isinstance(spec.idempotency_key, str):
-        raise InvalidInput(f"idempotency_key must be a string, got {spec.idempotency_key!r}")
+    if spec.group_id is not None:
+        validate_id(spec.group_id, "group_id")
+    if spec.idempotency_key is not None:
+        validate_id(spec.idempotency_key, "idempotency_key")
+    validate_json_depth(spec.task, "rollout task")
+    validate_json_depth(spec.metadata, "rollout metadata")
     return spec
 
 
@@ -181,6 +191,9 @@ def validate_span(span: Span) -> Span:
     """Check a span's types; ``logprobs`` must match ``response_ids`` in length."""
     if not isinstance(span, Span):
         raise InvalidInput(f"expected a Span, got {type(span).__name__}")
+    validate_id(span.attempt_id, "span attempt_id")
+    if span.rollout_id:
+        validate_id(span.rollout_id, "span rollout_id")
     if not isinstance(span.seq, int) or span.seq < 0:
         raise InvalidInput(f"span seq must be an integer ≥ 0, got {span.seq!r}")
     try:
@@ -189,6 +202,9 @@ def validate_span(span: Span) -> Span:
         raise InvalidInput(f"span kind {span.kind!r} is not one of {[k.value for k in SpanKind]}") from None
     if not isinstance(span.attributes, dict):
         raise InvalidInput(f"span attributes must be a JSON object, got {type(span.attributes).__name__}")
+    validate_json_depth(span.attributes, "span attributes")
+    if isinstance(span.name, str) and "\x00" in span.name:
+        span.name = span.name.replace("\x00", "\ufffd")  # see free_text
     for field_name in ("prompt_ids", "response_ids"):
         ids = getattr(span, field_name)
         if ids is not None and (not isinstance(ids, list) or not set(map(type, ids)) <= {int}):  # C-speed check
@@ -228,12 +244,19 @@ def validate_finish(
         raise InvalidInput(f"attempt status {status!r} is not one of {[s.value for s in AttemptStatus]}") from None
     if error is not None and not isinstance(error, str):
         raise InvalidInput(f"error must be a string or None, got {type(error).__name__}")
-    return status, reward, error
+    return status, reward, free_text(error)
+
+
+def free_text(text: str | None) -> str | None:
+    """``text`` with NUL characters replaced by U+FFFD: postgres cannot store NUL, and an error message or
+    span name (free text from agents, tracebacks) is better kept slightly changed than refused, so every
+    backend stores the same thing."""
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
 def validate_lease(lease_s: float) -> float:
-    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s <= 86_400:
-        raise InvalidInput(f"lease_s must be a number of seconds in (0, 86400], got {lease_s!r}")
+    if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s <= MAX_LEASE_S:
+        raise InvalidInput(f"lease_s must be a number of seconds in (0, {MAX_LEASE_S:.0f}], got {lease_s!r}")
     return float(lease_s)
 
 
@@ -255,10 +278,70 @@ def validate_query(query: RolloutQuery) -> RolloutQuery:
         raise InvalidInput(f"query limit must be in [1, {MAX_QUERY_LIMIT}], got {query.limit}")
     if query.offset < 0:
         raise InvalidInput(f"query offset must be ≥ 0, got {query.offset}")
+    if query.group_id is not None:
+        validate_id(query.group_id, "query group_id")
+    if query.rollout_ids is not None:
+        validate_ids(query.rollout_ids, "query rollout_ids")
     return query
 
 
 def validate_resource_name(name: str) -> str:
-    if not isinstance(name, str) or not name or len(name) > 200:
-        raise InvalidInput(f"resource name must be a non-empty string of at most 200 characters, got {name!r}")
-    return name
+    return validate_id(name, "resource name")
+
+
+def validate_ids(values: Sequence[str], what: str) -> list[str]:
+    """:func:`validate_id` for each of ``values`` (a list or tuple of ids)."""
+    if isinstance(values, (str, bytes)):
+        raise InvalidInput(f"{what} must be a list of ids, got {_short(values)}")
+    return [validate_id(v, what) for v in values]
+
+
+def validate_resource_value(value: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"resource value must be a JSON object, got {type(value).__name__}")
+    validate_json_depth(value, "resource value")
+    return value
+
+
+def validate_id(value: str, what: str) -> str:
+    """``value`` if it is a usable id: a non-empty string of at most :data:`MAX_ID_CHARS` characters
+    without NUL (which postgres cannot store, so no backend accepts it)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{what} must be a non-empty string, got {_short(value)}")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidInput(
+            f"{what} is {len(value)} characters long ({_short(value)}); the limit is {MAX_ID_CHARS}: "
+            "use a shorter id (a hash of a long key works)"
+        )
+    if "\x00" in value:
+        raise InvalidInput(f"{what} {_short(value)} contains a NUL character, which no store backend accepts")
+    return value
+
+
+def validate_json_depth(value: object, what: str, limit: int = MAX_JSON_DEPTH) -> None:
+    """``InvalidInput`` if ``value`` nests dicts/lists deeper than ``limit`` levels.
+
+    Walks one nesting level at a time; a level's scalars are skipped at C speed (``map(type, ...)``), so a
+    flat value with thousands of entries costs microseconds."""
+    if not isinstance(value, (dict, list, tuple)):
+        return
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise InvalidInput(
+                f"{what} is nested more than {limit} levels deep (stored JSON values may nest at most "
+                f"{MAX_JSON_DEPTH} levels); flatten it, or store the deep part as a JSON string"
+            )
+        deeper: list[Any] = []
+        for v in level:
+            children = v.values() if isinstance(v, dict) else v
+            if not _CONTAINERS.isdisjoint(map(type, children)):
+                deeper.extend(c for c in children if type(c) in _CONTAINERS)
+        level = deeper
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut to 60 characters so a megabyte id does not end up in an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}...({len(text)} chars)"

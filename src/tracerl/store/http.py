@@ -1,6 +1,7 @@
 """HTTP store backend (``http://host:port``): the store contract spoken to a running ``tracerl serve``.
 
     store = tracerl.connect("http://127.0.0.1:8765", token="...")   # or HttpStore(url, token=...)
+    store = tracerl.connect("http://127.0.0.1:8765")                # token from $TRACERL_TOKEN, if set
 
 Built for throughput (target: ≥ 800 full rollout lifecycles/s on 2 cores, ~3 requests each):
 
@@ -43,8 +44,12 @@ from tracerl.errors import ConfigError, InvalidInput, StoreUnavailable
 from tracerl.store.base import (
     DEFAULT_LEASE_S,
     Store,
+    validate_id,
+    validate_ids,
+    validate_json_depth,
     validate_lease,
     validate_resource_name,
+    validate_resource_value,
     validate_reward,
     validate_span,
 )
@@ -207,8 +212,10 @@ class HttpStore(Store):
     """The store contract over HTTP against ``tracerl serve`` (see the module docstring).
 
     ``url`` is ``http://host:port`` (optionally with a path prefix); ``token`` is the server's bearer
-    token; ``timeout`` bounds each request in seconds (long polls add their wait on top); ``retries`` is
-    how many times an idempotent call is retried on connection errors.
+    token (default: the ``TRACERL_TOKEN`` environment variable, as ``tracerl serve`` reads it; it is sent
+    only in the ``Authorization`` header, never logged or shown); ``timeout`` bounds each request in
+    seconds (long polls add their wait on top); ``retries`` is how many times an idempotent call is retried
+    on connection errors.
     """
 
     def __init__(
@@ -230,6 +237,8 @@ class HttpStore(Store):
         self._prefix = parts.path.rstrip("/") + "/api/v1"
         host_header = f"{parts.hostname}:{port}" if ":" not in parts.hostname else f"[{parts.hostname}]:{port}"
         headers = f"Host: {host_header}\r\nContent-Type: application/json\r\nAccept: application/json"
+        if token is None:
+            token = os.environ.get("TRACERL_TOKEN") or None
         if token:
             headers += f"\r\nAuthorization: Bearer {token}"
         self._headers = headers.encode("latin-1")
@@ -332,6 +341,7 @@ class HttpStore(Store):
         wait_s: float = 0.0,
     ) -> Claim | None:
         lease_s = validate_lease(lease_s)
+        validate_id(worker_id, "worker_id")
         try:
             mode_values = [Mode(m).value for m in modes] if modes else None
         except ValueError:
@@ -348,7 +358,8 @@ class HttpStore(Store):
 
     def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
         lease_s = validate_lease(lease_s)
-        out = self._call("POST", f"/attempts/{_seg(attempt_id)}/heartbeat", {"lease_s": lease_s}, idempotent=True)
+        path = f"/attempts/{_seg(attempt_id, 'attempt_id')}/heartbeat"
+        out = self._call("POST", path, {"lease_s": lease_s}, idempotent=True)
         return Attempt.from_json(out)
 
     def finish(
@@ -362,17 +373,18 @@ class HttpStore(Store):
         reward = validate_reward(reward)
         value = status.value if isinstance(status, AttemptStatus) else status
         body = {"status": value, "reward": reward, "error": error}
-        out = self._call("POST", f"/attempts/{_seg(attempt_id)}/finish", body, idempotent=False)
+        out = self._call("POST", f"/attempts/{_seg(attempt_id, 'attempt_id')}/finish", body, idempotent=False)
         return Rollout.from_json(out)
 
     def cancel(self, rollout_id: str) -> Rollout:
-        return Rollout.from_json(self._call("POST", f"/rollouts/{_seg(rollout_id)}/cancel", idempotent=False))
+        path = f"/rollouts/{_seg(rollout_id, 'rollout_id')}/cancel"
+        return Rollout.from_json(self._call("POST", path, idempotent=False))
 
     def get_rollout(self, rollout_id: str) -> Rollout:
-        return Rollout.from_json(self._call("GET", f"/rollouts/{_seg(rollout_id)}", idempotent=True))
+        return Rollout.from_json(self._call("GET", f"/rollouts/{_seg(rollout_id, 'rollout_id')}", idempotent=True))
 
     def get_attempts(self, rollout_id: str) -> list[Attempt]:
-        out = self._call("GET", f"/rollouts/{_seg(rollout_id)}/attempts", idempotent=True)
+        out = self._call("GET", f"/rollouts/{_seg(rollout_id, 'rollout_id')}/attempts", idempotent=True)
         return [Attempt.from_json(a) for a in out["attempts"]]
 
     def query_rollouts(self, query: RolloutQuery) -> Page:
@@ -385,7 +397,7 @@ class HttpStore(Store):
         return Page(items=items, total=out["total"], offset=out["offset"], limit=out["limit"])
 
     def wait(self, rollout_ids: Sequence[str], *, timeout_s: float) -> list[Rollout]:
-        ids = list(rollout_ids)
+        ids = validate_ids(rollout_ids, "rollout_ids")
         deadline = time.monotonic() + _seconds(timeout_s, "timeout_s")
         while True:
             chunk = min(max(0.0, deadline - time.monotonic()), MAX_WAIT_PER_REQUEST_S)
@@ -396,7 +408,13 @@ class HttpStore(Store):
                 return done
 
     def expire_leases(self, now: float | None = None) -> list[Attempt]:
-        out = self._call("POST", "/leases/expire", {"now": now}, idempotent=True)
+        """Expire leases that ran out by the server's clock; ``now`` is refused (a client cannot move it)."""
+        if now is not None:
+            raise InvalidInput(
+                f"expire_leases(now={now!r}) is not possible over HTTP: the server expires leases by its own "
+                "clock; call expire_leases() without now"
+            )
+        out = self._call("POST", "/leases/expire", None, idempotent=True)
         return [Attempt.from_json(a) for a in out["attempts"]]
 
     # -- spans -------------------------------------------------------------------------------------
@@ -407,6 +425,7 @@ class HttpStore(Store):
     def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
         if (rollout_id is None) == (attempt_id is None):
             raise InvalidInput("get_spans needs exactly one of rollout_id or attempt_id")
+        validate_id(rollout_id or attempt_id or "", "rollout_id" if rollout_id is not None else "attempt_id")
         params = {"encoding": "packed"}
         if rollout_id is not None:
             params["rollout_id"] = rollout_id
@@ -418,6 +437,7 @@ class HttpStore(Store):
     # -- resources ---------------------------------------------------------------------------------
     def put_resource(self, name: str, value: dict[str, Any]) -> Resource:
         validate_resource_name(name)
+        validate_resource_value(value)
         out = self._call("PUT", f"/resources/{quote(name, safe='')}", {"value": value}, idempotent=False)
         return Resource.from_json(out)
 
@@ -430,6 +450,7 @@ class HttpStore(Store):
 
     # -- experiment binding ------------------------------------------------------------------------
     def bind_experiment(self, name: str) -> None:
+        validate_id(name, "experiment name")
         self._call("POST", "/experiment", {"name": name}, idempotent=True)
 
     def close(self) -> None:
@@ -440,11 +461,9 @@ class HttpStore(Store):
         self._local = threading.local()
 
 
-def _seg(value: str) -> str:
+def _seg(value: str, what: str) -> str:
     """One URL path segment (ids are opaque strings)."""
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"id must be a non-empty string, got {value!r}")
-    return quote(value, safe="")
+    return quote(validate_id(value, what), safe="")
 
 
 def _seconds(value: object, name: str) -> float:
@@ -456,6 +475,8 @@ def _seconds(value: object, name: str) -> float:
 def _spec_json(spec: object) -> dict[str, Any]:
     if not isinstance(spec, RolloutSpec):
         raise InvalidInput(f"expected a RolloutSpec, got {type(spec).__name__}")
+    validate_json_depth(spec.task, "rollout task")  # deeper than this cannot even be serialised
+    validate_json_depth(spec.metadata, "rollout metadata")
     d = {k: getattr(spec, k) for k in _SPEC_FIELDS}  # the server checks and names bad fields
     d["mode"] = spec.mode.value if isinstance(spec.mode, Mode) else spec.mode
     return d

@@ -21,9 +21,12 @@ from tracerl.store.base import (
     Store,
     new_id,
     validate_finish,
+    validate_id,
+    validate_ids,
     validate_lease,
     validate_query,
     validate_resource_name,
+    validate_resource_value,
     validate_span,
     validate_spec,
 )
@@ -96,8 +99,7 @@ class MemoryStore(Store):
         wait_s: float = 0.0,
     ) -> Claim | None:
         lease_s = validate_lease(lease_s)
-        if not isinstance(worker_id, str):
-            raise InvalidInput(f"worker_id must be a string, got {worker_id!r}")
+        validate_id(worker_id, "worker_id")
         try:
             wanted = {Mode(m) for m in modes} if modes else None
         except ValueError:
@@ -140,6 +142,7 @@ class MemoryStore(Store):
 
     def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
         lease_s = validate_lease(lease_s)
+        validate_id(attempt_id, "attempt_id")
         with self._lock:
             a = self._attempt(attempt_id)
             now = time.time()
@@ -159,6 +162,7 @@ class MemoryStore(Store):
         error: str | None = None,
     ) -> Rollout:
         status, reward, error = validate_finish(status, reward, error)
+        validate_id(attempt_id, "attempt_id")
         with self._lock:
             a = self._attempt(attempt_id)
             now = time.time()
@@ -191,6 +195,7 @@ class MemoryStore(Store):
         return r
 
     def cancel(self, rollout_id: str) -> Rollout:
+        validate_id(rollout_id, "rollout_id")
         with self._lock:
             r = self._rollout(rollout_id)
             now = time.time()
@@ -210,10 +215,12 @@ class MemoryStore(Store):
             return copy.deepcopy(r)
 
     def get_rollout(self, rollout_id: str) -> Rollout:
+        validate_id(rollout_id, "rollout_id")
         with self._lock:
             return copy.deepcopy(self._rollout(rollout_id))
 
     def get_attempts(self, rollout_id: str) -> list[Attempt]:
+        validate_id(rollout_id, "rollout_id")
         with self._lock:
             self._rollout(rollout_id)
             return [copy.deepcopy(self._attempts[i]) for i in self._attempts_of.get(rollout_id, [])]
@@ -238,6 +245,7 @@ class MemoryStore(Store):
             return Page(items=page, total=len(hits), offset=q.offset, limit=q.limit)
 
     def wait(self, rollout_ids: Sequence[str], *, timeout_s: float) -> list[Rollout]:
+        rollout_ids = validate_ids(rollout_ids, "rollout_ids")
         deadline = time.monotonic() + max(0.0, timeout_s)
         with self._lock:
             for rid in rollout_ids:
@@ -287,6 +295,7 @@ class MemoryStore(Store):
     def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
         if (rollout_id is None) == (attempt_id is None):
             raise InvalidInput("get_spans needs exactly one of rollout_id or attempt_id")
+        validate_id(rollout_id or attempt_id or "", "rollout_id" if rollout_id is not None else "attempt_id")
         with self._lock:
             if attempt_id is not None:
                 self._attempt(attempt_id)
@@ -304,8 +313,7 @@ class MemoryStore(Store):
     # -- resources ---------------------------------------------------------------------------------
     def put_resource(self, name: str, value: dict[str, Any]) -> Resource:
         validate_resource_name(name)
-        if not isinstance(value, dict):
-            raise InvalidInput(f"resource value must be a JSON object, got {type(value).__name__}")
+        validate_resource_value(value)
         with self._lock:
             versions = self._resources.setdefault(name, [])
             res = Resource(name=name, version=len(versions) + 1, value=copy.deepcopy(value))
@@ -313,6 +321,7 @@ class MemoryStore(Store):
             return copy.deepcopy(res)
 
     def get_resource(self, name: str, version: int | None = None) -> Resource:
+        validate_resource_name(name)
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise InvalidInput(f"resource version must be an integer or None, got {version!r}")
         with self._lock:
@@ -326,8 +335,7 @@ class MemoryStore(Store):
             return copy.deepcopy(versions[version - 1])
 
     def bind_experiment(self, name: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidInput(f"experiment name must be a non-empty string, got {name!r}")
+        validate_id(name, "experiment name")
         with self._lock:
             if self._experiment is not None and self._experiment != name:
                 raise ExperimentConflict(

@@ -44,7 +44,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 log = logging.getLogger(__name__)
 
-SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")  # used with fullmatch: "$" would let "name\n" through
 DEFAULT_SCHEMA = "tracerl"
 
 MIGRATIONS: list[list[str]] = [
@@ -133,7 +133,7 @@ def parse_url(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = next((v for k, v in query if k == "schema"), DEFAULT_SCHEMA)
-    if not SCHEMA_RE.match(schema):
+    if not SCHEMA_RE.fullmatch(schema):
         raise ConfigError(
             f"postgres schema {schema!r} in {redact(url)} must be a plain identifier "
             "(letters, digits, underscores; at most 41 characters)"
@@ -329,18 +329,28 @@ class PostgresStore(SqlStore):
 
     # -- errors -----------------------------------------------------------------------------------
     def _translate(self, e: psycopg.Error) -> TracerlError:
+        """The tracerl error for a driver error. Its message names the store URL (for in-process callers and
+        the server log); what a server sends its clients (``client_message``) names neither the URL nor the
+        database's own text, which can quote schema and table names."""
         if isinstance(e, pg_errors.UniqueViolation):
-            return Conflict(f"postgres store {self.url}: a concurrent write conflicted ({e}); retry the call")
+            return Conflict(
+                f"postgres store {self.url}: a concurrent write conflicted ({e}); retry the call"
+            ).for_client("the store's database refused a concurrent write (unique key); retry the call")
         if isinstance(e, pg_errors.DataError):
-            return InvalidInput(f"postgres store {self.url} refused a value: {e}")
+            return InvalidInput(f"postgres store {self.url} refused a value: {e}").for_client(
+                f"the store's database refused a value ({type(e).__name__}); check the request's strings and "
+                "numbers (for example, text cannot hold NUL characters)"
+            )
         if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
             detail = " ".join(str(e).split())
             return StoreUnavailable(
                 f"cannot reach PostgreSQL at {self.url} ({detail}); check that the server is running and "
                 "that host, port, user, password and database in the store URL are right "
                 "(for example postgresql://postgres@127.0.0.1:5432/test)"
-            )
-        return ServerError(f"postgres store {self.url} failed: {e}")
+            ).for_client("the store server cannot reach its database; retry later (the details are in its log)")
+        return ServerError(f"postgres store {self.url} failed: {e}").for_client(
+            "the store's database failed on this request; the details are in the server log"
+        )
 
     def close(self) -> None:
         self._closed = True

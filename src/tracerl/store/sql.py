@@ -35,6 +35,8 @@ from tracerl.store.base import (
     Store,
     new_id,
     validate_finish,
+    validate_id,
+    validate_ids,
     validate_lease,
     validate_query,
     validate_spec,
@@ -199,8 +201,7 @@ class SqlStore(SqlDataMixin, Store):
         wait_s: float = 0.0,
     ) -> Claim | None:
         lease_s = validate_lease(lease_s)
-        if not isinstance(worker_id, str):
-            raise InvalidInput(f"worker_id must be a string, got {worker_id!r}")
+        validate_id(worker_id, "worker_id")
         try:
             wanted = sorted({Mode(m).value for m in modes}) if modes else None
         except ValueError:
@@ -262,6 +263,7 @@ class SqlStore(SqlDataMixin, Store):
 
     def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
         lease_s = validate_lease(lease_s)
+        validate_id(attempt_id, "attempt_id")
         with self._write() as tx:
             now = time.time()
             row = tx.one(
@@ -288,6 +290,7 @@ class SqlStore(SqlDataMixin, Store):
         error: str | None = None,
     ) -> Rollout:
         status, reward, error = validate_finish(status, reward, error)
+        validate_id(attempt_id, "attempt_id")
         with self._write() as tx:
             a, r = self._lock_attempt(tx, attempt_id)
             now = time.time()  # read after the row locks: a wait for them counts against the lease
@@ -327,6 +330,7 @@ class SqlStore(SqlDataMixin, Store):
             tx.send("INSERT INTO queue (rollout_id, mode) VALUES (?, ?)", (r.rollout_id, r.mode.value))
 
     def cancel(self, rollout_id: str) -> Rollout:
+        validate_id(rollout_id, "rollout_id")
         with self._write() as tx:
             now = time.time()
             removed = tx.run("DELETE FROM queue WHERE rollout_id = ?", (rollout_id,))  # queue row first: lock order
@@ -359,10 +363,12 @@ class SqlStore(SqlDataMixin, Store):
         return row_rollout(row)
 
     def get_rollout(self, rollout_id: str) -> Rollout:
+        validate_id(rollout_id, "rollout_id")
         with self._read() as tx:
             return self._rollout_tx(tx, rollout_id)
 
     def get_attempts(self, rollout_id: str) -> list[Attempt]:
+        validate_id(rollout_id, "rollout_id")
         with self._read() as tx:
             self._rollout_tx(tx, rollout_id)
             rows = tx.all(f"SELECT {A_COLS} FROM attempts WHERE rollout_id = ? ORDER BY number", (rollout_id,))
@@ -400,7 +406,7 @@ class SqlStore(SqlDataMixin, Store):
         return Page(items=[row_rollout(row) for row in rows], total=total, offset=q.offset, limit=q.limit)
 
     def wait(self, rollout_ids: Sequence[str], *, timeout_s: float) -> list[Rollout]:
-        ids = list(rollout_ids)
+        ids = validate_ids(rollout_ids, "rollout_ids")
         deadline = time.monotonic() + max(0.0, timeout_s)
         cond, param = self._in("rollout_id", ids)
         while True:

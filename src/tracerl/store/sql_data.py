@@ -19,7 +19,7 @@ from typing import Any
 
 from tracerl.errors import ExperimentConflict, InvalidInput, NotFound
 from tracerl.store import codec
-from tracerl.store.base import validate_resource_name, validate_span
+from tracerl.store.base import validate_id, validate_resource_name, validate_resource_value, validate_span
 from tracerl.store.sql_rows import S_COLS, Tx, decode_spans, dumps, row_packed
 from tracerl.types import Resource, Rollout, Span, SpanKind
 
@@ -130,6 +130,7 @@ class SqlDataMixin(abc.ABC):
     def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
         if (rollout_id is None) == (attempt_id is None):
             raise InvalidInput("get_spans needs exactly one of rollout_id or attempt_id")
+        validate_id(rollout_id or attempt_id or "", "rollout_id" if rollout_id is not None else "attempt_id")
         with self._read() as tx:
             if attempt_id is not None:
                 if tx.one("SELECT 1 FROM attempts WHERE attempt_id = ?", (attempt_id,)) is None:
@@ -151,8 +152,7 @@ class SqlDataMixin(abc.ABC):
 
     def put_resource(self, name: str, value: dict[str, Any]) -> Resource:
         validate_resource_name(name)
-        if not isinstance(value, dict):
-            raise InvalidInput(f"resource value must be a JSON object, got {type(value).__name__}")
+        validate_resource_value(value)
         text = dumps(value, "resource value")
         with self._write() as tx:
             self._lock_resource(tx, name)
@@ -166,6 +166,7 @@ class SqlDataMixin(abc.ABC):
         return res
 
     def get_resource(self, name: str, version: int | None = None) -> Resource:
+        validate_resource_name(name)
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise InvalidInput(f"resource version must be an integer or None, got {version!r}")
         with self._read() as tx:
@@ -183,20 +184,19 @@ class SqlDataMixin(abc.ABC):
         return Resource(name=row[0], version=row[1], value=json.loads(row[2]), created_at=row[3])
 
     def bind_experiment(self, name: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidInput(f"experiment name must be a non-empty string, got {name!r}")
+        validate_id(name, "experiment name")
         with self._write() as tx:
             row = tx.one(f"SELECT value FROM meta WHERE key = ?{self.FOR_UPDATE}", ("experiment",))
             if row is not None and row[0] != name:
+                advice = f"use another store URL for {name!r}, or the same experiment name to resume"
                 raise ExperimentConflict(
-                    f"store {self.url} is already used by experiment {row[0]!r}; "
-                    f"use another store URL for {name!r}, or the same experiment name to resume"
-                )
+                    f"store {self.url} is already used by experiment {row[0]!r}; {advice}"
+                ).for_client(f"this store is already used by experiment {row[0]!r}; {advice}")
             if row is None:
                 tx.run("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", ("experiment", name))
                 stored = tx.one("SELECT value FROM meta WHERE key = ?", ("experiment",))
                 if stored is not None and stored[0] != name:
-                    raise ExperimentConflict(
-                        f"store {self.url} was just bound to experiment {stored[0]!r} by another process; "
-                        f"use another store URL for {name!r}"
+                    why = f"was just bound to experiment {stored[0]!r} by another process; use another store URL"
+                    raise ExperimentConflict(f"store {self.url} {why} for {name!r}").for_client(
+                        f"this store {why} for {name!r}"
                     )

@@ -152,7 +152,7 @@ def spec_from_wire(d: object, where: str = "spec") -> RolloutSpec:
     max_attempts = opt_int(d, "max_attempts", where)
     return RolloutSpec(
         task=task,
-        mode=enum_value(Mode, d.get("mode") or "train", f"{where}.mode"),
+        mode=enum_value(Mode, "train" if d.get("mode") is None else d["mode"], f"{where}.mode"),
         group_id=opt_str(d, "group_id", where),
         idempotency_key=opt_str(d, "idempotency_key", where),
         max_attempts=3 if max_attempts is None else max_attempts,
@@ -216,8 +216,11 @@ def req_int(d: JSON, key: str, where: str) -> int:
 
 
 def opt_int(d: JSON, key: str, where: str) -> int | None:
-    """An optional integer that fits a signed 64-bit column (what every backend stores)."""
+    """An optional integer that fits a signed 64-bit column (what every backend stores). A float with no
+    fraction (``294.0``) counts, as in JSON Schema's ``integer``."""
     v = d.get(key)
+    if type(v) is float and v.is_integer():
+        v = int(v)
     if v is not None and (type(v) is not int or not -(2**63) <= v < 2**63):
         raise InvalidInput(f"{where}.{key} must be a 64-bit integer, got {v!r}")
     return v
@@ -248,8 +251,8 @@ def enum_value(cls: Any, value: object, where: str) -> Any:
 
 
 def error_body(exc: TracerlError) -> bytes:
-    """The JSON error document the server sends for ``exc``."""
-    return dumps({"error": {"type": type(exc).__name__, "message": str(exc)}})
+    """The JSON error document the server sends for ``exc`` (its ``client_message`` when it has one)."""
+    return dumps({"error": {"type": type(exc).__name__, "message": exc.client_message or str(exc)}})
 
 
 def error_from_response(status: int, body: bytes) -> TracerlError:
