@@ -48,9 +48,9 @@ DEMO: dict[str, Any] = {
     "run_dir": "runs/demo",
     "n_train": 2000,
     "n_val": 48,
-    "algorithm": {"group_size": 4, "lr": 1e-5},
-    "runners": 8,
-    "trainer": {"batch_size": 2, "val_every": 20, "max_tokens": 40},
+    "algorithm": {"group_size": 8, "lr": 2e-5},
+    "runners": 16,
+    "trainer": {"batch_size": 4, "val_every": 20, "max_tokens": 32, "dynamic_sampling": True},
 }
 
 #: the CI smoke run (``--quick``): the tiny random model on the toy task
@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
         from tracerl.tasks import arithmetic as task_module
 
         agent = task_module.arithmetic_agent
-        what = "2-number add/subtract, one-shot prompt, reward 0.5 format + 0.5 correct"
+        what = "2-digit addition (one-shot prompt; reward 0.1 for the answer line + 0.9 for the right sum)"
     run_dir = Path(s["run_dir"])
     if args.resume and latest_checkpoint(run_dir) is None:
         raise ConfigError(f"--resume: {run_dir} has no checkpoint to resume (a run writes one when it is interrupted)")
@@ -144,11 +144,25 @@ def main(args: argparse.Namespace) -> int:
         f"held-out reward (greedy, {len(val_tasks)} tasks): before [bold]{result.val_before:.3f}[/] → "
         f"after [bold]{result.val_after:.3f}[/]  ({result.steps} steps, {minutes:.1f} min)"
     )
+    if s["task"] == "arithmetic":
+        _print_breakdown(out, result.metrics_path, len(val_tasks))
     out.print(f"plot: {result.plot_path}   metrics: {result.metrics_path}")
     if result.final_model is not None:
         out.print(f"trained model: {result.final_model} ({human_size(folder_size(result.final_model))}); "
                   f"evaluate it with tracerl.evaluate(agent, tasks, model={str(result.final_model)!r})")
     return 0
+
+
+def _print_breakdown(out: Any, metrics_path: Path, n: int) -> None:
+    """Answer-line and right-answer counts of the first and the last held-out validation."""
+    from tracerl.metrics import read_metrics
+    from tracerl.tasks.arithmetic import breakdown
+
+    vals = [r for r in read_metrics(metrics_path) if r.get("kind") == "val" and "val_rewards" in r]
+    if len(vals) < 2:
+        return
+    (fmt0, right0), (fmt1, right1) = breakdown(vals[0]["val_rewards"]), breakdown(vals[-1]["val_rewards"])
+    out.print(f"  right answers: {right0} → [bold]{right1}[/] of {n};  answer line: {fmt0} → {fmt1} of {n}")
 
 
 def _quiet_transformers() -> None:

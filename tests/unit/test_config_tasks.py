@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tracerl.errors import ConfigError
-from tracerl.tasks.arithmetic import messages_for, score
+from tracerl.tasks.arithmetic import breakdown, messages_for, score
 from tracerl.tasks.toy import digit_fraction
 
 
@@ -29,26 +29,40 @@ def test_tasks_load_from_jsonl_or_a_builtin_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("reply", "expected"),
+    ("reply", "answer", "expected"),
     [
-        ("47 + 25 = 72\nAnswer: 72", 1.0),
-        ("Answer: -33", 1.0),
-        ("Answer: 33", 0.5),  # right format, wrong number
-        ("some thinking\nAnswer: 72.\n\n", 1.0),  # trailing period and blank lines are fine
-        ("Answer: 72\nbut maybe not", 0.0),  # the answer must be the last line
-        ("The answer is 72", 0.0),
-        ("", 0.0),
+        ("47 + 25 = 72\nAnswer: 72", "72", 1.0),
+        ("Answer: -33", "-33", 1.0),
+        ("Answer: 33", "-33", 0.1),  # the answer line, the wrong number: 0.1
+        ("some thinking\nAnswer: 72.\n\n", "72", 1.0),  # trailing period and blank lines are fine
+        ("Answer: 72\nbut maybe not", "72", 0.0),  # the answer must be the last line
+        ("The answer is 72", "72", 0.0),
+        ("", "72", 0.0),
     ],
 )
-def test_arithmetic_reward_is_half_format_half_correct(reply: str, expected: float) -> None:
-    answer = "-33" if "-33" in reply or reply == "Answer: 33" else "72"
+def test_arithmetic_reward_is_mostly_for_the_right_number(reply: str, answer: str, expected: float) -> None:
     assert score(reply, answer) == expected
 
 
+def test_breakdown_counts_answer_lines_and_right_answers_from_the_rewards() -> None:
+    rewards = [score(r, "72") for r in ("Answer: 72", "Answer: 71", "72", "x\nAnswer: 72", "Answer: 70")]
+    assert breakdown(rewards) == (4, 2)
+
+
+def test_demo_tasks_are_sums_of_small_numbers_with_the_right_answers() -> None:
+    import re
+
+    from tracerl.tasks.arithmetic import make_tasks
+
+    for task in make_tasks("val", 48) + make_tasks("train", 200):
+        a, b = map(int, re.fullmatch(r"Calculate (\d{1,3}) \+ (\d{1,3})\.", task["question"]).groups())  # type: ignore[union-attr]
+        assert int(task["answer"]) == a + b
+
+
 def test_arithmetic_prompt_is_one_shot() -> None:
-    messages = messages_for("Calculate 50 - 19.")
+    messages = messages_for("Calculate 50 + 19.")
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
-    assert messages[2]["content"].splitlines()[-1] == "Answer: 72" and messages[-1]["content"] == "Calculate 50 - 19."
+    assert messages[2]["content"].splitlines()[-1] == "Answer: 72" and messages[-1]["content"] == "Calculate 50 + 19."
 
 
 def test_toy_reward_is_the_digit_share() -> None:

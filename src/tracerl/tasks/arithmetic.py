@@ -1,4 +1,4 @@
-"""The demo task: two-number addition/subtraction answered on a last line ``Answer: <n>``.
+"""The demo task: two-digit addition answered on a last line ``Answer: <n>``.
 
 The agent is written with the plain ``openai`` client, exactly as it would be without tracerl; the only
 tracerl-specific things are that its ``base_url`` comes from the ``llm`` handle and that it passes on the
@@ -6,17 +6,24 @@ handle's sampling defaults (``**llm.sampling``: temperature 1 while training, 0 
 The prompt is one-shot: a system message stating the answer format and one worked example exchange, then
 the question. Reward:
 
-    r = 0.5 · [last non-empty line is "Answer: <integer>"] + 0.5 · [that integer is the right result]
+    r = 0.1 · [last non-empty line is "Answer: <integer>"] + 0.9 · [that integer is the right sum]
 
-Why the example is a separate chat exchange: with the example inline in one user message (base greedy
-reward 0.41), GRPO found a shortcut within 20 steps — it replied "Answer: 72" (the example's answer) to every
-question, keeping the format half of the reward and dropping correct answers from 8/48 to 0/48. With the
-system message and the example as its own user/assistant turns the base model already follows the format
-(44/48 held-out replies), and training improves correctness (10/48 → 18/48 in one 16-minute run here).
+so a reward tells both parts apart (0: no answer line, 0.1: answered wrongly, 1: right).
 
-Tasks come from the ``basic_arithmetic`` generator of ``reasoning-gym`` (two terms of at most two digits,
-``+``/``-``, no parentheses or negated terms), generated offline from a fixed seed. The train and held-out
-splits are disjoint by expression: the held-out questions are never trained on.
+Why this task, prompt and reward (measured with SmolLM2-135M-Instruct, greedy, 48 held-out questions):
+- The example is its own user/assistant exchange. With it inline in one user message the base model
+  followed the format in 14/48 replies, and GRPO found a shortcut within 20 steps: it answered the example's
+  number to every question (format reward kept, correct answers 8/48 → 0/48). As separate turns the base
+  model already writes the answer line (48/48 on this task).
+- Addition only: on 2-digit addition *and* subtraction the base model is right 9/48 greedy and at least once
+  in 8 samples on a third of the questions, so most groups carry no signal; on addition it is right 16/48
+  greedy and at least once in 8 samples on 62% of the questions — learnable, not yet learned.
+- Format is worth only 0.1: the model already has it, so the reward is about being right (a format-heavy
+  reward started the held-out number at 0.67 and left little room to show learning).
+
+Tasks come from the ``basic_arithmetic`` generator of ``reasoning-gym`` (two terms, mostly of two digits, ``+``,
+no parentheses or negated terms), generated offline from a fixed seed. The train and held-out splits are
+disjoint by expression: the held-out questions are never trained on.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ SYSTEM_PROMPT = (
 EXAMPLE_QUESTION = "Calculate 47 + 25."
 EXAMPLE_ANSWER = "47 + 25 = 72\nAnswer: 72"
 
+FORMAT_REWARD = 0.1  # for a last line "Answer: <integer>"; the rest of 1.0 for the right number
 _ANSWER_LINE = re.compile(r"^\s*Answer:\s*(-?\d+)\s*\.?\s*$")
 
 
@@ -64,7 +72,7 @@ def make_tasks(split: str, n: int) -> list[dict[str, Any]]:
         max_terms=2,
         min_digits=2,
         max_digits=2,
-        operators=("+", "-"),
+        operators=("+",),
         allow_parentheses=False,
         allow_negation=False,
         size=_POOL_SIZE,
@@ -86,14 +94,19 @@ def make_tasks(split: str, n: int) -> list[dict[str, Any]]:
 
 
 def score(text: str, answer: str) -> float:
-    """0.5 for a last line ``Answer: <integer>``, plus 0.5 if the integer equals ``answer``."""
+    """``FORMAT_REWARD`` (0.1) for a last line ``Answer: <integer>``, 1.0 if the integer also equals ``answer``."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     if not lines:
         return 0.0
     match = _ANSWER_LINE.match(lines[-1])
     if match is None:
         return 0.0
-    return 0.5 + (0.5 if int(match.group(1)) == int(answer) else 0.0)
+    return 1.0 if int(match.group(1)) == int(answer) else FORMAT_REWARD
+
+
+def breakdown(rewards: list[float]) -> tuple[int, int]:
+    """(replies with the answer line, right answers) among the rewards :func:`score` gave."""
+    return sum(r >= FORMAT_REWARD - 1e-9 for r in rewards), sum(r >= 1.0 - 1e-9 for r in rewards)
 
 
 def messages_for(question: str) -> list[dict[str, str]]:

@@ -508,6 +508,7 @@ class _Run:
             "n": len(rewards),
             "failed_rollouts": sum(g[0].status.value == "failed" for g in groups),
             "val_s": round(time.monotonic() - t0, 3),
+            "val_rewards": rewards,  # per held-out task, in the order given (for breakdowns and paired tests)
         })
         # before the first stage's loop there is no progress display yet: the line is printed all the same
         (progress or StepProgress(None, enabled=cfg.progress)).validated(step, value)
