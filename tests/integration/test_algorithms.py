@@ -208,3 +208,4 @@ def test_dynamic_sampling_fills_the_step_with_informative_groups_and_stops_at_it
         assert h["used_groups"] >= 2 or h["sampled_groups"] >= 8  # full, or stopped at the cap
         assert h["generated_rollouts"] == 4 * h["sampled_groups"]
     assert sum(h["sampled_groups"] for h in result.history) > 4 * 2  # it did sample beyond batch_size
+

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"unknown side {side!r}: use tracerl and/or trl")
         info[side]["wall_s"] = round(time.monotonic() - t0, 1)
     n_val = args.n_val or settings["n_val"]
-    curves = {side: _evaluate(args.model, snaps, n_val) for side, snaps in snapshots.items()}
+    max_tokens = settings["trainer"]["max_tokens"]
+    curves = {side: _evaluate(args.model, snaps, n_val, max_tokens) for side, snaps in snapshots.items()}
     result = _summarise(curves, info, settings, budget_s, n_val)
     (out / "learn.json").write_text(json.dumps(result, indent=2))
     _plot(curves, out / "learn.png", title=f"{args.model}, {settings['task']} task, {args.minutes:g} min")
@@ -171,7 +172,9 @@ def _run_trl(
 # -- evaluation, summary --------------------------------------------------------------------------------
 
 
-def _evaluate(model_name: str, snaps: list[tuple[float, dict[str, Any]]], n_val: int) -> list[dict[str, float]]:
+def _evaluate(
+    model_name: str, snaps: list[tuple[float, dict[str, Any]]], n_val: int, max_tokens: int
+) -> list[dict[str, float]]:
     """Held-out greedy reward (and its format / correct parts) of every snapshot, by one evaluator."""
     from tracerl.engines.base import SamplingParams
     from tracerl.engines.models import load_model
@@ -181,7 +184,7 @@ def _evaluate(model_name: str, snaps: list[tuple[float, dict[str, Any]]], n_val:
     base, tokenizer = load_model(model_name)
     tasks = task.make_tasks("val", n_val)
     prompts = [render_chat(tokenizer, task.messages_for(t["question"]), []).ids for t in tasks]
-    params = SamplingParams(max_tokens=64, temperature=0.0)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)  # the completion length both sides trained with
     out: list[dict[str, float]] = [{"minutes": 0.0, **_score_model(base, tokenizer, prompts, tasks, params)}]
     for t, weights in snaps:
         model = copy.deepcopy(base)
@@ -205,11 +208,8 @@ def _score_model(model: Any, tokenizer: Any, prompts: list[list[int]], tasks: li
 
     texts = [tokenizer.decode(r[0].token_ids, skip_special_tokens=True) for r in asyncio.run(go())]
     scores = [task.score(text, t["answer"]) for text, t in zip(texts, tasks, strict=True)]
-    return {
-        "reward": sum(scores) / len(scores),
-        "format": sum(s >= 0.5 for s in scores) / len(scores),
-        "correct": sum(s == 1.0 for s in scores) / len(scores),
-    }
+    answer_lines, right = task.breakdown(scores)
+    return {"reward": sum(scores) / len(scores), "format": answer_lines / len(scores), "correct": right / len(scores)}
 
 
 def _summarise(curves: dict[str, list[dict[str, float]]], info: dict[str, Any], settings: dict[str, Any],
