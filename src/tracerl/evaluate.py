@@ -123,12 +123,14 @@ def evaluate(
     engine: EngineConfig | None = None,
     max_tokens: int = 256,
     timeout_s: float = 3600.0,
+    token: str | None = None,
 ) -> EvalResults:
     """Run ``agent`` once on each of ``tasks`` with ``model`` (greedy) and return the :class:`EvalResults`.
 
     ``store``: where rollouts and calls are recorded (default ``memory://``); ``runners``: agent worker
     processes; ``max_tokens``: the completion length for calls that do not set one; ``timeout_s``: the
-    limit for the whole evaluation.
+    limit for the whole evaluation; ``token``: the bearer token of a ``tracerl serve --token`` store
+    (default: ``TRACERL_TOKEN``).
     """
     from tracerl.agent import agent_ref
     from tracerl.engines.models import load_model
@@ -139,13 +141,14 @@ def evaluate(
     url = StoreConfig(store).url or "memory://"
     t0 = time.monotonic()
     with contextlib.ExitStack() as es:
-        st: Store = connect(url)
+        st: Store = connect(url, token=token)
         es.callback(st.close)
         hf_model, tokenizer = load_model(model)
         stack = es.enter_context(
             serving(
                 st, url, ref, model=hf_model, tokenizer=tokenizer, model_name=model, runners=runner_cfg,
                 engine=engine or EngineConfig(), max_tokens=max_tokens, sampling={"max_tokens": max_tokens},
+                token=token,
             )
         )
         groups = run_rollouts(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import tracerl
-from tracerl.errors import Unauthorized
+from tracerl.errors import ConfigError, Unauthorized
 from tracerl.server.testing import ServerProcess, start_server
 from tracerl.store.http import HttpStore
 from tracerl.types import RolloutQuery, RolloutSpec, RolloutStatus
@@ -86,3 +86,34 @@ def test_every_client_reads_the_token_from_the_environment(
         assert TOKEN not in repr(store)
     with pytest.raises(Unauthorized, match="wrong"):  # an explicit token wins over the variable
         HttpStore(server.url, token="other").get_rollout("ro-x")
+
+
+def test_trainer_and_evaluate_take_the_token_as_an_argument(
+    server: ServerProcess, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``TRACERL_TOKEN`` set, ``token=`` alone lets the Trainer and ``evaluate`` use a token server:
+    the trainer's store and every runner worker send it."""
+    from tracerl.tasks import toy
+
+    monkeypatch.delenv("TRACERL_TOKEN", raising=False)
+    tasks = toy.make_tasks("train", 4)
+    with pytest.raises(Unauthorized):  # without the token the server refuses the trainer's store
+        tracerl.Trainer(
+            agent=toy.digits_agent, algorithm=tracerl.GRPO(str(tiny_model_dir), group_size=2, lr=1e-3),
+            store=server.url, runners=1, run_dir=str(tmp_path / "no-token"), batch_size=2, max_steps=1,
+            val_every=0, max_tokens=4, progress=False,
+        ).fit(tasks)  # fmt: skip
+    result = tracerl.Trainer(
+        agent=toy.digits_agent, algorithm=tracerl.GRPO(str(tiny_model_dir), group_size=2, lr=1e-3),
+        store=server.url, runners=2, run_dir=str(tmp_path / "run"), batch_size=2, max_steps=1,
+        val_every=0, max_tokens=4, progress=False, token=TOKEN,
+    ).fit(tasks)  # fmt: skip
+    assert result.steps == 1 and result.history[0]["generated_rollouts"] == 4
+    evaluated = tracerl.evaluate(toy.digits_agent, tasks[:2], model=str(tiny_model_dir), store=server.url,
+                                 runners=1, max_tokens=4, token=TOKEN)  # fmt: skip
+    assert len(evaluated) == 2 and all(r.status == "succeeded" for r in evaluated)
+
+
+def test_a_token_for_a_store_that_takes_none_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="a token is for http:// stores"):
+        tracerl.connect(f"sqlite:///{tmp_path / 's.db'}", token=TOKEN)

@@ -59,6 +59,7 @@ class Runner:
         model, api_key, sampling: what the ``LLM`` handle carries unless the resources bundle overrides it
             (``"model"`` and ``"sampling"`` keys of the ``resources_name`` resource).
         grace_s: how long :meth:`stop` lets running rollouts finish before ending them as ``failed``.
+        token: bearer token of an ``http://`` store given by URL (default: ``TRACERL_TOKEN``).
     """
 
     def __init__(
@@ -78,6 +79,7 @@ class Runner:
         grace_s: float = DEFAULT_GRACE_S,
         claim_wait_s: float = 1.0,
         worker_prefix: str | None = None,
+        token: str | None = None,
     ) -> None:
         if not isinstance(n_workers, int) or n_workers < 1:
             raise ConfigError(f"n_workers must be an integer ≥ 1, got {n_workers!r}")
@@ -98,6 +100,7 @@ class Runner:
             modes_ = [Mode(m) for m in modes] if modes else None
         except ValueError:
             raise ConfigError(f"modes {modes!r} must be among {[m.value for m in Mode]}") from None
+        self._token = token
         self.config = WorkerConfig(
             agent=agent_ref(agent),
             gateway_url=gateway_url,
@@ -215,7 +218,7 @@ class Runner:
     def _store_for_worker(self) -> Store:
         if isinstance(self.store, Store):
             return self.store
-        store = connect(self.store)
+        store = connect(self.store, token=self._token)
         self._own_stores.append(store)
         return store
 

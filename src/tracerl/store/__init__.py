@@ -18,16 +18,21 @@ from tracerl.store.base import Store
 __all__ = ["Store", "connect"]
 
 
-def connect(url: str, *, create: bool = True, **options: Any) -> Store:
+def connect(url: str, *, create: bool = True, token: str | None = None, **options: Any) -> Store:
     """Open the store named by ``url`` (see the module docstring for the schemes).
 
     ``create=False`` is for commands that only read: a sqlite file that does not exist is refused
-    (:class:`ConfigError` naming the path) instead of being created empty."""
+    (:class:`ConfigError` naming the path) instead of being created empty. ``token``: the bearer token of
+    a ``tracerl serve --token`` store (``http://`` only; default: the ``TRACERL_TOKEN`` variable)."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
             f"store URL {url!r} has no scheme; use memory://, sqlite:///path.db, postgresql://... or http://host:port"
         )
     scheme = url.split("://", 1)[0].lower()
+    if token is not None and scheme not in ("http", "https"):
+        raise ConfigError(
+            f"a token is for http:// stores (a `tracerl serve --token` server); {scheme}:// stores take none"
+        )
     if scheme == "memory":
         from tracerl.store.memory import MemoryStore
 
@@ -43,7 +48,7 @@ def connect(url: str, *, create: bool = True, **options: Any) -> Store:
     if scheme in ("http", "https"):
         from tracerl.store.http import HttpStore
 
-        return HttpStore(url, **options)
+        return HttpStore(url, token=token, **options)
     raise ConfigError(
         f"unknown store scheme {scheme!r} in {url!r}; use memory://, sqlite:///path.db, postgresql://... or http://host:port"
     )

@@ -89,6 +89,7 @@ def serving(
     max_tokens: int,
     sampling: dict[str, Any] | None = None,
     device: str | None = None,
+    token: str | None = None,
 ) -> Iterator[Stack]:
     """Start engine, gateway and runners for ``agent`` on ``store``; stop them all on exit.
 
@@ -96,7 +97,7 @@ def serving(
     defaults the runners put on the agent's ``llm`` handle (``**llm.sampling``). The engine runs on
     ``engine.device`` if set, else on ``device`` (the trainer passes the learner's, so weight updates
     never cross devices), else on the CPU; in ``engine.dtype`` (None: bf16 where the device runs it
-    natively, else fp32).
+    natively, else fp32). ``token``: the bearer token the runners send to an ``http://`` store.
     """
     from tracerl.engines.hf import HFEngine
     from tracerl.gateway.app import start_gateway
@@ -124,6 +125,7 @@ def serving(
             sampling=dict(sampling or {}),
             resources_name=RESOURCES_NAME,
             grace_s=STOP_GRACE_S,
+            token=token,
         )
         stack.callback(_stop, pool, "runners")
         yield Stack(store=store, engine=hf, gateway=gateway, runners=pool, model_name=model_name)

@@ -129,7 +129,8 @@ class Trainer:
     ``store``: URL (default ``sqlite:///{run_dir}/store.db``); ``runners``: worker processes (or a
     :class:`RunnerConfig`); ``engine``: gateway/engine settings; ``config`` or keyword ``options``: the
     fields of :class:`TrainerConfig` (not both); ``callbacks``: functions called after every training step
-    with the step's metrics record and the algorithm (e.g. to snapshot weights or stop early by raising).
+    with the step's metrics record and the algorithm (e.g. to snapshot weights or stop early by raising);
+    ``token``: the bearer token of a ``tracerl serve --token`` store (default: ``TRACERL_TOKEN``).
     """
 
     def __init__(
@@ -142,6 +143,7 @@ class Trainer:
         engine: EngineConfig | None = None,
         config: TrainerConfig | None = None,
         callbacks: Sequence[Callable[[dict[str, Any], Any], None]] = (),
+        token: str | None = None,
         **options: Any,
     ) -> None:
         from tracerl.agent import agent_ref
@@ -169,6 +171,7 @@ class Trainer:
         self.engine = engine or EngineConfig()
         self.store_url = StoreConfig(store).url or f"sqlite:///{(config.run_path / 'store.db').resolve()}"
         self.callbacks = list(callbacks)
+        self.token = token
 
     @property
     def algorithm(self) -> Algorithm:
@@ -192,7 +195,7 @@ class Trainer:
         val = check_tasks(val_tasks, "val_tasks") if val_tasks is not None else None
         cfg.run_path.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as es:
-            store = _open_store(self.store_url)
+            store = _open_store(self.store_url, self.token)
             es.callback(store.close)
             store.bind_experiment(cfg.experiment)
             base, tokenizer = self._load_model(cfg.seed)
@@ -214,7 +217,7 @@ class Trainer:
                     store, self.store_url, self.agent_ref, model=run.engine_model, tokenizer=tokenizer,
                     model_name=self.model, runners=self.runners, engine=self.engine, max_tokens=cfg.max_tokens,
                     sampling={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
-                    device=run.algorithm.device,
+                    device=run.algorithm.device, token=self.token,
                 )
             )
             run.attach(stack)
@@ -581,12 +584,12 @@ def _mode(name: str) -> Any:
     return Mode(name)
 
 
-def _open_store(url: str) -> Store:
+def _open_store(url: str, token: str | None = None) -> Store:
     from tracerl.store import connect
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return connect(url)
+    return connect(url, token=token)
 
 
 def _tag(cfg: TrainerConfig, what: str) -> str:
