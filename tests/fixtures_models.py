@@ -68,3 +68,14 @@ def teach(model: Any, examples: list[tuple[list[int], list[int]]], margin: float
         bump = torch.zeros_like(z0)
         bump[rows, cols] = z0.max(-1).values - z0[rows, cols] + margin
         model.lm_head.weight.copy_((w0 + (torch.linalg.pinv(h) @ bump).T).float())
+
+
+#: an OpenAI-format tool definition the tool-calling tests share
+ADD_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
+    },
+}

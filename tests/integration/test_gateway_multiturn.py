@@ -17,6 +17,7 @@ from typing import Any
 import openai
 import pytest
 
+from fixtures_models import ADD_TOOL
 from tracerl.engines.base import Completion, SamplingParams, TokenEngine
 from tracerl.engines.models import load_model
 from tracerl.gateway import RunningGateway, start_gateway
@@ -25,16 +26,7 @@ from tracerl.store.memory import MemoryStore
 from tracerl.types import RolloutSpec, Span
 
 MODEL = "tiny-random"
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "add",
-            "description": "Add two integers.",
-            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
-        },
-    }
-]
+TOOLS = [ADD_TOOL]
 QUESTION = [{"role": "user", "content": "What is 17 + 25, plus 1?"}]
 # what the model writes: tool calls in compact JSON (json.dumps would write '{"a": 17, "b": 25}'), then text
 SCRIPT = [

@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 
-from fixtures_models import teach
+from fixtures_models import ADD_TOOL, teach
 from tracerl.engines.hf import HFEngine
 from tracerl.engines.models import load_model
 from tracerl.gateway import RunningGateway, start_gateway
@@ -27,16 +27,7 @@ from tracerl.store.memory import MemoryStore
 from tracerl.types import RolloutSpec, Span
 
 MODEL = "tiny-random"
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "add",
-            "description": "Add two integers.",
-            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
-        },
-    }
-]
+TOOLS = [ADD_TOOL]
 QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]
 CALL_TEXT = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
 # a second lesson: a call in compact JSON, which re-serialising the arguments would not give back

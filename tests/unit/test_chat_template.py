@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from fixtures_models import ADD_TOOL
 from tracerl.engines.models import load_model
 from tracerl.gateway.chat import (
     normalize_messages,
@@ -23,15 +24,6 @@ from tracerl.gateway.chat import (
 )
 from tracerl.gateway.errors import GatewayError
 from tracerl.gateway.toolcalls import parse_hermes
-
-ADD_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
-    },
-}
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,12 @@ from typing import Any
 
 import pytest
 
+from fixtures_models import ADD_TOOL
 from tracerl.engines.models import load_model
 from tracerl.gateway.chat import normalize_messages, normalize_tools, render_chat
 from tracerl.gateway.history import Call, TurnMemory, reply_key, splice
 from tracerl.gateway.toolcalls import parse_hermes
 
-ADD_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
-    },
-}
 TOOLS = normalize_tools([ADD_TOOL])
 QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
 COMPACT = '<tool_call>\n{"name":"add","arguments":{"a":17,"b":25}}\n</tool_call>'  # not json.dumps' spacing
