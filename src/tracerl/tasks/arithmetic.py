@@ -14,12 +14,13 @@ Why this task, prompt and reward (measured with SmolLM2-135M-Instruct, greedy, 4
 - The example is its own user/assistant exchange. With it inline in one user message the base model
   followed the format in 14/48 replies, and GRPO found a shortcut within 20 steps: it answered the example's
   number to every question (format reward kept, correct answers 8/48 → 0/48). As separate turns the base
-  model already writes the answer line (48/48 on this task).
+  model already writes the answer line (47/48 on this task).
 - Addition only: on 2-digit addition *and* subtraction the base model is right 9/48 greedy and at least once
   in 8 samples on a third of the questions, so most groups carry no signal; on addition it is right 16/48
   greedy and at least once in 8 samples on 62% of the questions — learnable, not yet learned.
-- Format is worth only 0.1: the model already has it, so the reward is about being right (a format-heavy
-  reward started the held-out number at 0.67 and left little room to show learning).
+- Format is worth only 0.1: the model already has it, so the reward is about being right (the earlier
+  0.5 + 0.5 reward would start this task at ≈0.67 = 0.5·47/48 + 0.5·16/48, leaving little room to show
+  learning).
 
 Tasks come from the ``basic_arithmetic`` generator of ``reasoning-gym`` (two terms, mostly of two digits, ``+``,
 no parentheses or negated terms), generated offline from a fixed seed. The train and held-out splits are
