@@ -30,6 +30,7 @@ from tracerl.store import Store, connect
 if TYPE_CHECKING:
     from tracerl.algorithms.grpo import GRPO
     from tracerl.algorithms.sft import SFT
+    from tracerl.demonstrations import record_demonstrations, tool_call
     from tracerl.tracing import emit_error, emit_message, emit_reward, emit_span
     from tracerl.train.trainer import Stage, Trainer
 
@@ -45,6 +46,8 @@ _LAZY: dict[str, str] = {
     "Stage": "tracerl.train.trainer",
     "GRPO": "tracerl.algorithms.grpo",
     "SFT": "tracerl.algorithms.sft",
+    "record_demonstrations": "tracerl.demonstrations",
+    "tool_call": "tracerl.demonstrations",
 }
 
 __all__ = [
@@ -64,6 +67,8 @@ __all__ = [
     "emit_reward",
     "emit_span",
     "evaluate",
+    "record_demonstrations",
+    "tool_call",
 ]
 
 
