@@ -33,6 +33,7 @@ import itertools
 import json
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -104,9 +105,12 @@ def record_demonstrations(
     """
     if not tasks:
         raise ConfigError("record_demonstrations needs at least one task")
+    from tracerl.tracing import TracingWarning
+
     fn = getattr(agent, "__wrapped__", agent)
     done: list[DemonstrationRun] = [] if runs is None else runs
-    with _scripted_endpoint(policy, tasks) as (url, calls):
+    with _scripted_endpoint(policy, tasks) as (url, calls), warnings.catch_warnings():
+        warnings.simplefilter("ignore", TracingWarning)  # emit_reward outside a run: nothing to record here
         for i, task in enumerate(tasks):
             rollout_id = f"demo-{i}"
             llm = LLM(gateway_url=url, rollout_id=rollout_id, attempt_id="a", model=model, mode="train")
