@@ -54,6 +54,7 @@ class Recipe:
     sft_lr: float = 5e-5
     sft_batch_size: int = 8
     grpo_minutes: float = 10.0
+    grpo_max_steps: int | None = None
     group_size: int = 8
     batch_size: int = 2
     grpo_lr: float = 2e-5
@@ -119,7 +120,8 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
                 algorithm=tracerl.GRPO(done["sft"]["model"], group_size=recipe.group_size, lr=recipe.grpo_lr,
                                        seed=seed, **recipe.grpo_options),
                 runners=recipe.runners, run_dir=str(folder / "grpo"), batch_size=recipe.batch_size,
-                time_budget_s=recipe.grpo_minutes * 60, val_every=recipe.val_every, max_tokens=recipe.max_tokens,
+                time_budget_s=recipe.grpo_minutes * 60, max_steps=recipe.grpo_max_steps, val_every=recipe.val_every,
+                max_tokens=recipe.max_tokens,
                 seed=seed, progress=False,
             ).fit(recipe.train, val_tasks=recipe.val)
             train_s = time.monotonic() - t0

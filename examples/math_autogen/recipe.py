@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--n-test", type=int, default=30, help="test tasks per source (default: 30)")
     p.add_argument("--n-val", type=int, default=8, help="val tasks per source (default: 8)")
-    p.add_argument("--demos", type=int, default=96, help="train tasks turned into demonstrations (default: 96)")
+    p.add_argument("--demos", type=int, default=48, help="train tasks turned into demonstrations (default: 48)")
+    p.add_argument("--sft-lr", type=float, default=1e-4, help="SFT learning rate (default: 1e-4)")
     p.add_argument("--sft-epochs", type=int, default=2)
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--group-size", type=int, default=8)
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> JSON:
     recipe = Recipe(
         name="math_autogen", agent="math_autogen.agent:math_agent", train=train, val=tasks("val", args.n_val),
         test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir), model=args.model,
-        demos=args.demos, sft_epochs=args.sft_epochs, grpo_minutes=args.grpo_minutes, group_size=args.group_size,
+        demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, grpo_minutes=args.grpo_minutes,
+        group_size=args.group_size,
         grpo_lr=args.lr, runners=args.runners, max_tokens=96,
     )
     return run_recipe(recipe, seeds=args.seeds)

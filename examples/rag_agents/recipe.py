@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{split}-questions", default=None, help=f"JSONL {split} questions (question, answers)")
     p.add_argument("--n-test", type=int, default=40, help="test questions (default: 40)")
     p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
-    p.add_argument("--demos", type=int, default=100, help="train questions turned into demonstrations (default: 100)")
+    p.add_argument("--demos", type=int, default=48, help="train questions turned into demonstrations (default: 48)")
+    p.add_argument("--sft-lr", type=float, default=1e-4, help="SFT learning rate (default: 1e-4)")
     p.add_argument("--sft-epochs", type=int, default=2)
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--group-size", type=int, default=8)
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> JSON:
     recipe = Recipe(
         name="rag_agents", agent="rag_agents.agent:rag_agent", train=tasks("train", None),
         val=tasks("val", args.n_val), test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir),
-        model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, grpo_minutes=args.grpo_minutes,
+        model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
+        grpo_minutes=args.grpo_minutes,
         group_size=args.group_size, grpo_lr=args.lr, runners=args.runners, max_tokens=64,
     )
     return run_recipe(recipe, seeds=args.seeds)

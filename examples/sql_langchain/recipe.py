@@ -39,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--questions", default=None, help="your JSONL questions (question, gold_sql, split)")
     p.add_argument("--db", default=None, help="your SQLite database file (default: Chinook)")
-    p.add_argument("--sft-epochs", type=int, default=3)
+    p.add_argument("--sft-lr", type=float, default=1e-4, help="SFT learning rate (default: 1e-4)")
+    p.add_argument("--demos", type=int, default=48, help="train questions turned into demonstrations (default: 48)")
+    p.add_argument("--sft-epochs", type=int, default=2)
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
@@ -56,10 +58,11 @@ def main(argv: list[str] | None = None) -> JSON:
         return load_tasks(split, n, questions=args.questions, db=args.db)
 
     train = tasks("train")
+    train.sort(key=lambda t: ("easy", "medium", "hard").index(t.get("difficulty", "easy")))  # demos: easiest first
     recipe = Recipe(
         name="sql_langchain", agent="sql_langchain.agent:sql_agent", train=train,
         val=tasks("val", min(args.n_val, len(tasks("val")))), test=tasks("test"), policy=gold,
-        run_dir=Path(args.run_dir), model=args.model, demos=len(train), sft_epochs=args.sft_epochs,
+        run_dir=Path(args.run_dir), model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr, runners=args.runners,
         max_tokens=128, grpo_options={"returns": "step"},
     )
