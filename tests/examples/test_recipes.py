@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))  # runner worker processes inherit this sys.path
@@ -16,6 +18,7 @@ from recipes import Recipe, report, run_recipe  # noqa: E402
 from tracerl.tasks import toy  # noqa: E402
 
 
+@pytest.mark.timeout(900)  # 3 evaluations and 2 trainers, each starting its runner processes
 def test_recipe_runs_every_stage_reports_and_resumes(tiny_model_dir: Path, tmp_path: Path) -> None:
     recipe = Recipe(
         name="toy", agent="tracerl.tasks.toy:digits_agent", train=toy.make_tasks("train", 16),
