@@ -11,11 +11,11 @@ It does not know the store: :func:`assign_credit` works on plain :class:`Rollout
 What is read from the store, for each rollout (only its last attempt: spans of failed earlier attempts are
 not part of the final result):
 
-* ``llm_call`` spans in ``seq`` order: ``prompt_ids``, ``response_ids``, ``logprobs`` and
-  ``attributes["weights_version"]`` (and ``prefix_reused``: calls where it is false, the agent having changed
-  a turn the model wrote, are counted as the ``rerendered_calls`` metric); calls without response ids are not
-  trainable and are left out.
-* ``reward`` spans: ``attributes["value"]`` at their ``seq``. The one named ``final`` (the runner's record
+* ``llm_call`` spans in store order (``position``: assigned by the store as spans arrive, by no clock):
+  ``prompt_ids``, ``response_ids``, ``logprobs`` and ``attributes["weights_version"]`` (and
+  ``prefix_reused``: calls where it is false, the agent having changed a turn the model wrote, are counted
+  as the ``rerendered_calls`` metric); calls without response ids are not trainable and are left out.
+* ``reward`` spans: ``attributes["value"]`` at their ``position``. The one named ``final`` (the runner's record
   of the agent's return value) *is* the final reward, not an intermediate one.
 * the final reward R: ``Rollout.reward``; if it is None, the last reward span's value (an agent that emits
   its reward instead of returning it). A rollout that ``failed`` (crash, timeout, out of attempts) counts as
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 import torch
 
 from tracerl import credit
+from tracerl.errors import ServerError
 from tracerl.store.base import Store
-from tracerl.types import AttemptStatus, RolloutStatus, SpanKind
+from tracerl.types import AttemptStatus, RolloutStatus, Span, SpanKind
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Transition:
 
 @dataclass(slots=True)
 class LLMCallRecord:
+    #: the call's place among its attempt's spans (the store's ``position``); rewards are placed against it
     seq: int
     prompt_ids: list[int]
     response_ids: list[int]
@@ -209,7 +211,7 @@ def read_rollout(store: Store, rollout_id: str) -> RolloutRecord | str:
             version = s.attributes.get("weights_version")
             calls.append(
                 LLMCallRecord(
-                    seq=s.seq,
+                    seq=_position(s),
                     prompt_ids=list(s.prompt_ids or []),
                     response_ids=list(s.response_ids),
                     logprobs=list(s.logprobs or []),
@@ -222,7 +224,7 @@ def read_rollout(store: Store, rollout_id: str) -> RolloutRecord | str:
             if s.name == FINAL_REWARD_NAME:
                 emitted_final = value
             else:
-                rewards.append((s.seq, value))
+                rewards.append((_position(s), value))
     if rollout.status is RolloutStatus.FAILED:
         final = 0.0
     elif rollout.reward is not None:
@@ -234,6 +236,12 @@ def read_rollout(store: Store, rollout_id: str) -> RolloutRecord | str:
     else:
         return "no_reward"
     return RolloutRecord(rollout.rollout_id, rollout.group_id, final, calls, rewards)
+
+
+def _position(span: Span) -> int:
+    if span.position is None:
+        raise ServerError(f"span {span.seq} of attempt {span.attempt_id!r} came from the store without a position")
+    return span.position
 
 
 def transitions_from_store(

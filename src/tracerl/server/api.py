@@ -207,6 +207,7 @@ _SPAN: JSON = {
     "base64(float64 LE)" + _DEEP,
     "properties": {
         "attempt_id": _ID, "seq": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}, "kind": _enum(SpanKind),
+        "position": _opt({**_INT64, "description": "assigned by the store (ignored on writes)"}),
         "name": _opt(_STR), "rollout_id": _opt(_STR), "parent_seq": _opt(_INT64),
         "start_time": _opt({"type": "number"}), "end_time": _opt({"type": "number"}), "attributes": _opt(_OBJ),
         "prompt_ids": _opt(_INTS), "response_ids": _opt(_INTS), "logprobs": _opt(_NUMBERS),

@@ -130,11 +130,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def add_spans(self, spans: Sequence[Span]) -> int:
         """Record spans of running or finished attempts. Idempotent on ``(attempt_id, seq)``: a span that
-        is already stored is left as it is. Returns how many were new. ``NotFound`` for unknown attempts."""
+        is already stored is left as it is (and keeps its position). Each new span gets the next
+        ``position`` of its attempt, in the order given (:mod:`tracerl.store.order`); a ``position`` sent
+        by the writer is ignored. Returns how many were new. ``NotFound`` for unknown attempts."""
 
     @abc.abstractmethod
     def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
-        """Spans of one attempt, or of every attempt of one rollout, ordered by (attempt number, seq)."""
+        """Spans of one attempt, or of every attempt of one rollout, ordered by (attempt number, position)."""
 
     # -- resources ---------------------------------------------------------------------------------
     @abc.abstractmethod

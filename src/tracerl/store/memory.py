@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tracerl.errors import ExperimentConflict, InvalidInput, NotFound
-from tracerl.store import codec
+from tracerl.store import codec, order
 from tracerl.store import status as sm
 from tracerl.store.base import (
     DEFAULT_LEASE_S,
@@ -276,21 +276,21 @@ class MemoryStore(Store):
     # -- spans -------------------------------------------------------------------------------------
     def add_spans(self, spans: Sequence[Span]) -> int:
         spans = [validate_span(s) for s in spans]
-        added = 0
         with self._lock:
             attempts = {s.attempt_id: self._attempt(s.attempt_id) for s in spans}  # all known, or write nothing
+            fresh: dict[tuple[str, int], Span] = {}
             for s in spans:
-                a = attempts[s.attempt_id]
-                bucket = self._spans.setdefault(s.attempt_id, {})
-                if s.seq in bucket:
-                    continue
+                if s.seq not in self._spans.get(s.attempt_id, {}):
+                    fresh.setdefault((s.attempt_id, s.seq), s)
+            new = list(fresh.values())
+            positions = order.assign_positions(new, lambda aid: len(self._spans.get(aid, {})))
+            for s, position in zip(new, positions, strict=True):
                 stored = copy.deepcopy(s)
-                stored.rollout_id = a.rollout_id
+                stored.rollout_id, stored.position = attempts[s.attempt_id].rollout_id, position
                 if stored.logprobs is not None:  # every backend keeps log-probs as float32
                     stored.logprobs = codec.round_f32(stored.logprobs)
-                bucket[s.seq] = stored
-                added += 1
-        return added
+                self._spans.setdefault(s.attempt_id, {})[s.seq] = stored  # insertion order = position order
+        return len(new)
 
     def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
         if (rollout_id is None) == (attempt_id is None):
@@ -306,8 +306,7 @@ class MemoryStore(Store):
                 attempt_ids = self._attempts_of.get(rollout_id, [])
             out: list[Span] = []
             for aid in attempt_ids:
-                bucket = self._spans.get(aid, {})
-                out.extend(copy.deepcopy(bucket[k]) for k in sorted(bucket))
+                out.extend(copy.deepcopy(s) for s in self._spans.get(aid, {}).values())
             return out
 
     # -- resources ---------------------------------------------------------------------------------

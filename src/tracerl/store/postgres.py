@@ -74,6 +74,12 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (name, version))""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ],
+    [  # 2: span order assigned by the store (tracerl.store.order); old spans keep their seq order
+        "ALTER TABLE spans ADD COLUMN position BIGINT NOT NULL DEFAULT -1",
+        "UPDATE spans SET position = (SELECT COUNT(*) FROM spans p WHERE p.attempt_id = spans.attempt_id "
+        "AND p.seq < spans.seq)",
+        "CREATE UNIQUE INDEX spans_position ON spans (attempt_id, position)",
+    ],
 ]
 
 MIGRATIONS_SQL: list[list[LiteralString]] = [[cast(LiteralString, q) for q in step] for step in MIGRATIONS]
@@ -282,6 +288,10 @@ class PostgresStore(SqlStore):
         if row is not None:
             self._rollout_tx(tx, row[0], lock=True)  # rollout before attempt: the lock order everywhere
         return super()._lock_attempt(tx, attempt_id)
+
+    def _lock_spans(self, tx: Tx, attempt_ids: Sequence[str]) -> None:
+        for aid in attempt_ids:  # sorted by the caller: one lock order, no deadlock between two writers
+            tx.send("SELECT pg_advisory_xact_lock(hashtext(?))", (f"tracerl-spans:{self.schema}:{aid}",))
 
     def _lock_resource(self, tx: Tx, name: str) -> None:
         tx.one("SELECT pg_advisory_xact_lock(hashtext(?))", (f"tracerl-resource:{self.schema}:{name}",))

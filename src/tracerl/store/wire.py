@@ -107,7 +107,7 @@ _ARRAYS = (("prompt_ids", "prompt_ids_b64", "i"), ("response_ids", "response_ids
            ("logprobs", "logprobs_b64", "d"))  # fmt: skip
 _SPAN_FIELDS = frozenset(
     {
-        "attempt_id", "seq", "kind", "name", "rollout_id", "parent_seq", "start_time", "end_time",
+        "attempt_id", "seq", "position", "kind", "name", "rollout_id", "parent_seq", "start_time", "end_time",
         "attributes", "prompt_ids", "response_ids", "logprobs", "prompt_ids_b64", "response_ids_b64",
         "logprobs_b64",
     }
@@ -129,6 +129,7 @@ def span_from_wire(d: object, where: str = "span") -> Span:
     return Span(
         attempt_id=req_str(d, "attempt_id", where),
         seq=req_int(d, "seq", where),
+        position=opt_int(d, "position", where),
         kind=enum_value(SpanKind, req(d, "kind", where), f"{where}.kind"),
         name=opt_str(d, "name", where) or "",
         rollout_id=opt_str(d, "rollout_id", where) or "",
