@@ -254,6 +254,16 @@ class Span:
 
 
 @dataclass(slots=True)
+class RolloutTrace:
+    """A rollout with its attempts (oldest first) and the spans, in store order, of the attempt whose result
+    counts (:func:`tracerl.store.status.final_attempt`): what :meth:`Store.get_traces` returns per rollout."""
+
+    rollout: Rollout
+    attempts: list[Attempt]
+    spans: list[Span]
+
+
+@dataclass(slots=True)
 class Resource:
     """An immutable versioned value. Versions of one name count 1, 2, 3, ... in write order."""
 

@@ -8,8 +8,9 @@ It does not know the store: :func:`assign_credit` works on plain :class:`Rollout
     batch = transitions_from_store(store, rollout_ids, returns="uniform", advantage="grpo")
     learner.update(batch.transitions)
 
-What is read from the store, for each rollout (only its last attempt: spans of failed earlier attempts are
-not part of the final result):
+What is read from the store (one :meth:`~tracerl.store.base.Store.get_traces` call for a whole step), for
+each rollout only its final attempt (the one that succeeded, else the last: spans of failed earlier attempts
+are not part of the final result):
 
 * ``llm_call`` spans in store order (``position``: assigned by the store as spans arrive, by no clock):
   ``prompt_ids``, ``response_ids``, ``logprobs`` and ``attributes["weights_version"]`` (and
@@ -32,8 +33,8 @@ import torch
 
 from tracerl import credit
 from tracerl.errors import ServerError
-from tracerl.store.base import Store
-from tracerl.types import AttemptStatus, RolloutStatus, Span, SpanKind
+from tracerl.store.base import MAX_QUERY_LIMIT, Store
+from tracerl.types import RolloutStatus, RolloutTrace, Span, SpanKind
 
 logger = logging.getLogger(__name__)
 
@@ -193,16 +194,21 @@ def assign_credit(
 
 def read_rollout(store: Store, rollout_id: str) -> RolloutRecord | str:
     """One rollout's record from the store, or the reason it cannot be trained on."""
-    rollout = store.get_rollout(rollout_id)
+    [trace] = store.get_traces([rollout_id])
+    return record_from_trace(trace)
+
+
+def record_from_trace(trace: RolloutTrace) -> RolloutRecord | str:
+    """A rollout's record from what :meth:`Store.get_traces` read (the spans of its final attempt), or the
+    reason it cannot be trained on."""
+    rollout = trace.rollout
     if rollout.status is RolloutStatus.CANCELLED:
         return "cancelled"
     if not rollout.status.is_final:
         return "not_finished"
-    attempts = store.get_attempts(rollout_id)
-    if not attempts:
+    if not trace.attempts:
         return "no_calls"
-    done = [a for a in attempts if a.status is AttemptStatus.SUCCEEDED] or attempts[-1:]
-    spans = store.get_spans(attempt_id=done[-1].attempt_id)
+    spans = trace.spans
     calls: list[LLMCallRecord] = []
     rewards: list[tuple[int, float]] = []
     emitted_final: float | None = None
@@ -254,11 +260,16 @@ def transitions_from_store(
     gamma: float = 1.0,
     eps: float = 1e-4,
 ) -> CreditBatch:
-    """Read the rollouts' llm calls and rewards from ``store`` and assign credit (module docstring)."""
+    """Read the rollouts' llm calls and rewards from ``store`` and assign credit (module docstring).
+
+    The reads are :meth:`Store.get_traces` calls, one per :data:`MAX_QUERY_LIMIT` rollouts: a step costs a
+    constant number of store calls, however many rollouts it holds."""
     records: list[RolloutRecord] = []
     skipped: dict[str, int] = {}
-    for rid in rollout_ids:
-        rec = read_rollout(store, rid)
+    ids = list(rollout_ids)
+    traces = [t for i in range(0, len(ids), MAX_QUERY_LIMIT) for t in store.get_traces(ids[i : i + MAX_QUERY_LIMIT])]
+    for trace in traces:
+        rec = record_from_trace(trace)
         if isinstance(rec, str):
             skipped[rec] = skipped.get(rec, 0) + 1
         else:

@@ -33,6 +33,7 @@ from tracerl.types import (
     RolloutQuery,
     RolloutSpec,
     RolloutStatus,
+    RolloutTrace,
     Span,
     SpanKind,
 )
@@ -137,6 +138,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
         """Spans of one attempt, or of every attempt of one rollout, ordered by (attempt number, position)."""
+
+    @abc.abstractmethod
+    def get_traces(self, rollout_ids: Sequence[str]) -> list[RolloutTrace]:
+        """For each of ``rollout_ids`` (at most :data:`MAX_QUERY_LIMIT`), in that order: the rollout, its
+        attempts and the spans of its final attempt (:class:`RolloutTrace`), read in one call and one
+        snapshot, so a trainer's step costs a constant number of store calls. ``NotFound`` for an unknown id."""
 
     # -- resources ---------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -347,3 +354,13 @@ def _short(value: object) -> str:
     """``repr(value)``, cut to 60 characters so a megabyte id does not end up in an error message."""
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:50]}...({len(text)} chars)"
+
+
+def validate_trace_ids(rollout_ids: Sequence[str]) -> list[str]:
+    """The ids of a :meth:`Store.get_traces` call, checked (each an id; at most :data:`MAX_QUERY_LIMIT`)."""
+    ids = validate_ids(rollout_ids, "rollout_ids")
+    if len(ids) > MAX_QUERY_LIMIT:
+        raise InvalidInput(
+            f"get_traces takes at most {MAX_QUERY_LIMIT} rollout ids, got {len(ids)}; read them in chunks"
+        )
+    return ids

@@ -29,6 +29,7 @@ from tracerl.store.base import (
     validate_resource_value,
     validate_span,
     validate_spec,
+    validate_trace_ids,
 )
 from tracerl.types import (
     Attempt,
@@ -41,6 +42,7 @@ from tracerl.types import (
     RolloutQuery,
     RolloutSpec,
     RolloutStatus,
+    RolloutTrace,
     Span,
 )
 
@@ -308,6 +310,17 @@ class MemoryStore(Store):
             for aid in attempt_ids:
                 out.extend(copy.deepcopy(s) for s in self._spans.get(aid, {}).values())
             return out
+
+    def get_traces(self, rollout_ids: Sequence[str]) -> list[RolloutTrace]:
+        ids = validate_trace_ids(rollout_ids)
+        out: list[RolloutTrace] = []
+        with self._lock:
+            for rid in ids:
+                attempts = [self._attempts[i] for i in self._attempts_of.get(rid, [])]
+                final = sm.final_attempt(attempts)
+                spans = list(self._spans.get(final.attempt_id, {}).values()) if final is not None else []
+                out.append(copy.deepcopy(RolloutTrace(self._rollout(rid), attempts, spans)))
+        return out
 
     # -- resources ---------------------------------------------------------------------------------
     def put_resource(self, name: str, value: dict[str, Any]) -> Resource:

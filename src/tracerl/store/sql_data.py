@@ -20,9 +20,27 @@ from typing import Any
 
 from tracerl.errors import ExperimentConflict, InvalidInput, NotFound
 from tracerl.store import codec, order
-from tracerl.store.base import validate_id, validate_resource_name, validate_resource_value, validate_span
-from tracerl.store.sql_rows import S_COLS, Tx, decode_spans, dumps, row_packed
-from tracerl.types import Resource, Rollout, Span, SpanKind
+from tracerl.store import status as sm
+from tracerl.store.base import (
+    validate_id,
+    validate_resource_name,
+    validate_resource_value,
+    validate_span,
+    validate_trace_ids,
+)
+from tracerl.store.sql_rows import (
+    A_COLS,
+    R_COLS,
+    S_COLS,
+    Row,
+    Tx,
+    decode_spans,
+    dumps,
+    row_attempt,
+    row_packed,
+    row_rollout,
+)
+from tracerl.types import Attempt, Resource, Rollout, RolloutTrace, Span, SpanKind
 
 CONTEXT_CACHE_SIZE = 256  # llm_call contexts kept per store for prefix reuse (old ones are re-read from disk)
 
@@ -154,6 +172,35 @@ class SqlDataMixin(abc.ABC):
                     (rollout_id,),
                 )
         return decode_spans(rows)
+
+    def get_traces(self, rollout_ids: Sequence[str]) -> list[RolloutTrace]:
+        ids = validate_trace_ids(rollout_ids)
+        if not ids:
+            return []
+        cond, param = self._in("rollout_id", list(dict.fromkeys(ids)))
+        with self._read() as tx:
+            found_rows = tx.all(f"SELECT {R_COLS} FROM rollouts WHERE {cond}", (param,))
+            rollouts = {row[0]: row_rollout(row) for row in found_rows}
+            for rid in ids:
+                if rid not in rollouts:
+                    raise NotFound(f"no rollout with id {rid!r}")
+            attempts: dict[str, list[Attempt]] = {rid: [] for rid in rollouts}
+            for row in tx.all(f"SELECT {A_COLS} FROM attempts WHERE {cond} ORDER BY number", (param,)):
+                attempts[row[1]].append(row_attempt(row))
+            finals = [a.attempt_id for a in map(sm.final_attempt, attempts.values()) if a is not None]
+            rows: list[Row] = []
+            if finals:
+                a_cond, a_param = self._in("attempt_id", finals)
+                rows = tx.all(f"SELECT {S_COLS} FROM spans WHERE {a_cond} ORDER BY attempt_id, position", (a_param,))
+        spans: dict[str, list[Span]] = {}
+        for s in decode_spans(rows):
+            spans.setdefault(s.attempt_id, []).append(s)
+        out: list[RolloutTrace] = []
+        for rid in ids:
+            final = sm.final_attempt(attempts[rid])
+            found = spans.get(final.attempt_id, []) if final is not None else []
+            out.append(RolloutTrace(rollouts[rid], attempts[rid], found))  # a repeated id shares its objects
+        return out
 
     # -- resources ---------------------------------------------------------------------------------
     def _lock_resource(self, tx: Tx, name: str) -> None:  # noqa: B027 - a hook; sqlite needs nothing

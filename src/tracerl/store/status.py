@@ -16,7 +16,7 @@ attempt as ``timeout``. Both, and ``failed``, are retryable.
 from __future__ import annotations
 
 from tracerl.errors import AttemptFinished, IllegalTransition
-from tracerl.types import AttemptStatus, RolloutStatus
+from tracerl.types import Attempt, AttemptStatus, RolloutStatus
 
 R, A = RolloutStatus, AttemptStatus
 
@@ -79,3 +79,9 @@ def rollout_after_attempt(status: AttemptStatus, attempts: int, max_attempts: in
     if status in RETRYABLE and attempts < max_attempts:
         return R.QUEUED
     return ROLLOUT_AFTER_ATTEMPT[status]
+
+
+def final_attempt(attempts: list[Attempt]) -> Attempt | None:
+    """The attempt whose result counts for its rollout: the one that succeeded, else the latest (``attempts``
+    oldest first); ``None`` for a rollout never claimed."""
+    return next((a for a in attempts if a.status is A.SUCCEEDED), attempts[-1] if attempts else None)

@@ -35,7 +35,18 @@ from tracerl.errors import (
     TracerlError,
     Unauthorized,
 )
-from tracerl.types import JSON, Attempt, Mode, Rollout, RolloutQuery, RolloutSpec, RolloutStatus, Span, SpanKind
+from tracerl.types import (
+    JSON,
+    Attempt,
+    Mode,
+    Rollout,
+    RolloutQuery,
+    RolloutSpec,
+    RolloutStatus,
+    RolloutTrace,
+    Span,
+    SpanKind,
+)
 
 try:  # orjson is ~5× faster on span-sized bodies; plain json keeps the core install light
     import orjson
@@ -307,3 +318,21 @@ def attempt_to_wire(a: Attempt) -> JSON:
         "ended_at": a.ended_at,
         "error": a.error,
     }
+
+
+def trace_to_wire(t: RolloutTrace, *, packed: bool = True) -> JSON:
+    """A :class:`RolloutTrace` as a JSON-ready dict (spans' id lists packed unless ``packed=False``)."""
+    return {
+        "rollout": rollout_to_wire(t.rollout),
+        "attempts": [attempt_to_wire(a) for a in t.attempts],
+        "spans": [span_to_wire(s, packed=packed) for s in t.spans],
+    }
+
+
+def trace_from_wire(d: JSON) -> RolloutTrace:
+    """The inverse of :func:`trace_to_wire` (for the HTTP client: the server's answer)."""
+    return RolloutTrace(
+        rollout=Rollout.from_json(d["rollout"]),
+        attempts=[Attempt.from_json(a) for a in d["attempts"]],
+        spans=[span_from_wire(s) for s in d["spans"]],
+    )
