@@ -245,15 +245,10 @@ class SqlStore(SqlDataMixin, Store):
                 return None, bool(expired)
             tx.send("DELETE FROM queue WHERE pos = ?", (head[0],))
             now = time.time()  # the claim's own time, not the transaction's start (the expiry pass took some)
-            r = row_rollout(head[1:])
-            sm.check_rollout(r.status, RolloutStatus.RUNNING, r.rollout_id)
-            r.status, r.attempts, r.updated_at = RolloutStatus.RUNNING, r.attempts + 1, now
+            r, a = sm.start_attempt(row_rollout(head[1:]), new_id("at"), worker_id, lease_s, now)
             tx.send(
                 "UPDATE rollouts SET status = ?, attempts = ?, updated_at = ? WHERE rollout_id = ?",
                 (r.status.value, r.attempts, now, r.rollout_id),
-            )
-            a = Attempt(
-                new_id("at"), r.rollout_id, r.attempts, worker_id, AttemptStatus.RUNNING, now + lease_s, now, now
             )
             tx.send(
                 f"INSERT INTO attempts ({A_COLS}) VALUES ({', '.join('?' * 10)})",
@@ -275,7 +270,7 @@ class SqlStore(SqlDataMixin, Store):
                 return row_attempt(row)
             a, r = self._lock_attempt(tx, attempt_id)
             if a.status is AttemptStatus.RUNNING:  # its lease ran out: expire it now, as claim would
-                self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", time.time())
+                a, r = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", time.time())
                 self._changed(tx)
         self._signal()
         sm.check_attempt(a.status, AttemptStatus.RUNNING, attempt_id)  # raises AttemptFinished: it has ended
@@ -294,11 +289,11 @@ class SqlStore(SqlDataMixin, Store):
         with self._write() as tx:
             a, r = self._lock_attempt(tx, attempt_id)
             now = time.time()  # read after the row locks: a wait for them counts against the lease
-            run_out = a.status is AttemptStatus.RUNNING and a.lease_expires_at < now
+            run_out = sm.lease_run_out(a, now)
             if run_out:  # ended as heartbeat would end it; the status check below then refuses the finish
-                self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
+                a, r = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
             else:
-                self._end_attempt_tx(tx, a, r, status, reward, error, now)
+                a, r = self._end_attempt_tx(tx, a, r, status, reward, error, now)
             self._changed(tx)
         self._signal()
         if run_out:
@@ -307,27 +302,20 @@ class SqlStore(SqlDataMixin, Store):
 
     def _end_attempt_tx(
         self, tx: Tx, a: Attempt, r: Rollout, status: AttemptStatus, reward: float | None, error: str | None, now: float
-    ) -> None:
-        """End ``a`` as ``status`` and move ``r`` on through the status machine (both updated in place)."""
-        sm.check_attempt(a.status, status, a.attempt_id)
-        nxt = sm.rollout_after_attempt(status, r.attempts, r.max_attempts)
-        sm.check_rollout(r.status, nxt, r.rollout_id)
-        a.status, a.ended_at, a.error = status, now, error
-        r.status, r.updated_at = nxt, now
-        if status is AttemptStatus.SUCCEEDED:
-            r.reward = reward
-        if error is not None:
-            r.error = error
+    ) -> tuple[Attempt, Rollout]:
+        """End ``a`` as ``status`` and move ``r`` on (:func:`status.end_attempt`); returns both as written."""
+        a, r = sm.end_attempt(a, r, status, reward=reward, error=error, now=now)
         tx.send(
             "UPDATE attempts SET status = ?, ended_at = ?, error = ? WHERE attempt_id = ?",
             (status.value, now, error, a.attempt_id),
         )
         tx.send(
             "UPDATE rollouts SET status = ?, updated_at = ?, reward = ?, error = ? WHERE rollout_id = ?",
-            (nxt.value, now, r.reward, r.error, r.rollout_id),
+            (r.status.value, now, r.reward, r.error, r.rollout_id),
         )
-        if nxt is RolloutStatus.QUEUED:
+        if r.status is RolloutStatus.QUEUED:
             tx.send("INSERT INTO queue (rollout_id, mode) VALUES (?, ?)", (r.rollout_id, r.mode.value))
+        return a, r
 
     def cancel(self, rollout_id: str) -> Rollout:
         validate_id(rollout_id, "rollout_id")
@@ -342,11 +330,10 @@ class SqlStore(SqlDataMixin, Store):
                     (rollout_id,),
                 )
                 for row in rows:
-                    self._end_attempt_tx(tx, row_attempt(row), r, AttemptStatus.CANCELLED, None, None, now)
+                    _, r = self._end_attempt_tx(tx, row_attempt(row), r, AttemptStatus.CANCELLED, None, None, now)
             else:
-                sm.check_rollout(r.status, RolloutStatus.CANCELLED, rollout_id)
+                r = sm.cancel_queued(r, now)
                 assert removed == 1, f"queued rollout {rollout_id} had no queue row"
-                r.status, r.updated_at = RolloutStatus.CANCELLED, now
                 tx.run(
                     "UPDATE rollouts SET status = ?, updated_at = ? WHERE rollout_id = ?",
                     (r.status.value, now, rollout_id),
@@ -452,6 +439,7 @@ class SqlStore(SqlDataMixin, Store):
         out: list[Attempt] = []
         for row in rows:
             a, r = row_attempt(row[N_R:]), row_rollout(row[:N_R])
-            self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired without heartbeat", now)
+            why = "lease expired without heartbeat"
+            a, _ = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, why, now)
             out.append(a)
         return out
