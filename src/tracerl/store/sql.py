@@ -260,18 +260,18 @@ class SqlStore(SqlDataMixin, Store):
         lease_s = validate_lease(lease_s)
         validate_id(attempt_id, "attempt_id")
         with self._write() as tx:
-            now = time.time()
-            row = tx.one(
-                "UPDATE attempts SET heartbeat_at = ?, lease_expires_at = ? "
-                f"WHERE attempt_id = ? AND status = ? AND lease_expires_at >= ? RETURNING {A_COLS}",
-                (now, now + lease_s, attempt_id, RUNNING, now),
-            )
-            if row is not None:
-                return row_attempt(row)
             a, r = self._lock_attempt(tx, attempt_id)
-            if a.status is AttemptStatus.RUNNING:  # its lease ran out: expire it now, as claim would
-                a, r = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", time.time())
+            now = time.time()  # read after the row locks: a wait for them counts against the lease
+            if sm.lease_run_out(a, now):  # over, whether or not anything expired it yet: end it, as claim would
+                a, r = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
                 self._changed(tx)
+            elif a.status is AttemptStatus.RUNNING:
+                a.heartbeat_at, a.lease_expires_at = now, now + lease_s
+                tx.send(
+                    "UPDATE attempts SET heartbeat_at = ?, lease_expires_at = ? WHERE attempt_id = ?",
+                    (now, a.lease_expires_at, attempt_id),
+                )
+                return a
         self._signal()
         sm.check_attempt(a.status, AttemptStatus.RUNNING, attempt_id)  # raises AttemptFinished: it has ended
         return a
