@@ -1,6 +1,6 @@
-"""``Store.get_traces``: a step's rollouts, attempts and final-attempt spans in one call, on every backend;
-and the trainer's reader (``transitions_from_store``) making the same number of store calls for 2 rollouts
-as for 24."""
+"""Batch operations on every backend: ``Store.get_traces`` (a step's rollouts, attempts and final-attempt spans
+in one call) and ``claim_many``; and the trainer's reader (``transitions_from_store``) making the same number
+of store calls for 2 rollouts as for 24."""
 
 from __future__ import annotations
 
@@ -88,3 +88,18 @@ def test_a_steps_store_calls_do_not_grow_with_its_rollouts(store: Store) -> None
         assert batch.rollouts == n and len(batch.transitions) == sum(1 + i % 3 for i in range(n))
         calls.append(counting.calls)
     assert calls[0] == calls[1] == Counter(get_traces=1)
+
+
+def test_claim_many_takes_the_oldest_queued_rollouts_at_once(store: Store) -> None:
+    rollouts = store.enqueue([RolloutSpec(task={"i": i}) for i in range(5)])
+    first = store.claim_many("w", 3, lease_s=30)
+    assert [c.rollout.rollout_id for c in first] == [r.rollout_id for r in rollouts[:3]]
+    assert all(c.rollout.status is RolloutStatus.RUNNING and c.attempt.number == 1 for c in first)
+    assert len({c.attempt.attempt_id for c in first}) == 3
+    rest = store.claim_many("w", 10, lease_s=30)
+    assert [c.rollout.rollout_id for c in rest] == [r.rollout_id for r in rollouts[3:]]
+    assert store.claim_many("w", 10) == [] and store.claim("w") is None
+    store.finish(first[0].attempt.attempt_id, AttemptStatus.SUCCEEDED, reward=1.0)  # claims are real attempts
+    assert store.get_rollout(rollouts[0].rollout_id).status is RolloutStatus.SUCCEEDED
+    with pytest.raises(InvalidInput, match=r"claim_many takes a count in \[1, 1000\], got 0"):
+        store.claim_many("w", 0)

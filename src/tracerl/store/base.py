@@ -41,6 +41,7 @@ from tracerl.types import (
 DEFAULT_LEASE_S = 60.0
 MAX_LEASE_S = 86_400.0
 MAX_QUERY_LIMIT = 10_000
+MAX_CLAIM_MANY = 1_000
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # token ids are stored packed as int32
 MAX_JSON_DEPTH = 64
 """Deepest nesting of a stored JSON value (task, metadata, span attributes, resource value); the top-level
@@ -82,6 +83,21 @@ class Store(abc.ABC):
         """Atomically take the oldest queued rollout (of ``modes``, if given) and start a new attempt with
         a lease of ``lease_s`` seconds. Two claimers never get the same rollout. Waits up to ``wait_s`` for
         one to be enqueued; returns ``None`` if none came."""
+
+    def claim_many(
+        self, worker_id: str, n: int, *, lease_s: float = DEFAULT_LEASE_S, modes: Sequence[Mode] | None = None
+    ) -> list[Claim]:
+        """Up to ``n`` (≤ :data:`MAX_CLAIM_MANY`) queued rollouts claimed at once, oldest first, without
+        waiting: what :meth:`claim` does ``n`` times, which is how this default does it. The SQL backends
+        override it with one transaction (one commit for the lot, the claim rule unchanged)."""
+        validate_claim_count(n)
+        out: list[Claim] = []
+        for _ in range(n):
+            c = self.claim(worker_id, lease_s=lease_s, modes=modes)
+            if c is None:
+                break
+            out.append(c)
+        return out
 
     @abc.abstractmethod
     def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
@@ -364,3 +380,10 @@ def validate_trace_ids(rollout_ids: Sequence[str]) -> list[str]:
             f"get_traces takes at most {MAX_QUERY_LIMIT} rollout ids, got {len(ids)}; read them in chunks"
         )
     return ids
+
+
+def validate_claim_count(n: int) -> int:
+    """``n`` if it is a count :meth:`Store.claim_many` accepts: an integer in [1, :data:`MAX_CLAIM_MANY`]."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLAIM_MANY:
+        raise InvalidInput(f"claim_many takes a count in [1, {MAX_CLAIM_MANY}], got {n!r}")
+    return n

@@ -34,6 +34,7 @@ from tracerl.store.base import (
     DEFAULT_LEASE_S,
     Store,
     new_id,
+    validate_claim_count,
     validate_finish,
     validate_id,
     validate_ids,
@@ -230,31 +231,58 @@ class SqlStore(SqlDataMixin, Store):
             )
 
     def _claim_once(self, worker_id: str, lease_s: float, mode_sql: str, modes: list[str]) -> tuple[Claim | None, bool]:
+        claims, expired = self._claim_n(worker_id, 1, lease_s, mode_sql, modes)
+        return (claims[0] if claims else None), expired
+
+    def _claim_n(
+        self, worker_id: str, n: int, lease_s: float, mode_sql: str, modes: list[str]
+    ) -> tuple[list[Claim], bool]:
+        """Up to ``n`` queue heads claimed in one transaction (one commit, statements pipelined)."""
         with self._write() as tx:
             now = time.time()
             expired = self._expire_tx(tx, now)
             if expired:
                 self._changed(tx)
             lock = " FOR UPDATE OF q, r SKIP LOCKED" if self.SKIP_LOCKED else ""
-            head = tx.one(
+            heads = tx.all(
                 f"SELECT q.pos, {R_ALIASED} FROM queue q JOIN rollouts r ON r.rollout_id = q.rollout_id"
-                f"{mode_sql.replace('mode', 'q.mode')} ORDER BY q.pos LIMIT 1{lock}",
-                modes,
+                f"{mode_sql.replace('mode', 'q.mode')} ORDER BY q.pos LIMIT ?{lock}",
+                [*modes, n],
             )
-            if head is None:
-                return None, bool(expired)
-            tx.send("DELETE FROM queue WHERE pos = ?", (head[0],))
+            if not heads:
+                return [], bool(expired)
+            cond, param = self._in("pos", [h[0] for h in heads])
+            tx.send(f"DELETE FROM queue WHERE {cond}", (param,))
             now = time.time()  # the claim's own time, not the transaction's start (the expiry pass took some)
-            r, a = sm.start_attempt(row_rollout(head[1:]), new_id("at"), worker_id, lease_s, now)
-            tx.send(
-                "UPDATE rollouts SET status = ?, attempts = ?, updated_at = ? WHERE rollout_id = ?",
-                (r.status.value, r.attempts, now, r.rollout_id),
-            )
-            tx.send(
-                f"INSERT INTO attempts ({A_COLS}) VALUES ({', '.join('?' * 10)})",
-                (a.attempt_id, a.rollout_id, a.number, a.worker_id, RUNNING, a.lease_expires_at, now, now, None, None),
-            )
-            return Claim(rollout=r, attempt=a), bool(expired)
+            started = [sm.start_attempt(row_rollout(h[1:]), new_id("at"), worker_id, lease_s, now) for h in heads]
+            claims = [Claim(rollout=r, attempt=a) for r, a in started]
+            for c in claims:
+                r, a = c.rollout, c.attempt
+                tx.send(
+                    "UPDATE rollouts SET status = ?, attempts = ?, updated_at = ? WHERE rollout_id = ?",
+                    (r.status.value, r.attempts, now, r.rollout_id),
+                )
+                tx.send(
+                    f"INSERT INTO attempts ({A_COLS}) VALUES ({', '.join('?' * 10)})",
+                    (a.attempt_id, a.rollout_id, a.number, a.worker_id, RUNNING, a.lease_expires_at, now, now, None,
+                     None),
+                )  # fmt: skip
+            return claims, bool(expired)
+
+    def claim_many(
+        self, worker_id: str, n: int, *, lease_s: float = DEFAULT_LEASE_S, modes: Sequence[Mode] | None = None
+    ) -> list[Claim]:
+        lease_s, n = validate_lease(lease_s), validate_claim_count(n)
+        validate_id(worker_id, "worker_id")
+        try:
+            wanted = sorted({Mode(m).value for m in modes}) if modes else []
+        except ValueError:
+            raise InvalidInput(f"claim modes {modes!r} must be among {[m.value for m in Mode]}") from None
+        mode_sql = f" WHERE mode IN ({', '.join('?' * len(wanted))})" if wanted else ""
+        claims, expired = self._claim_n(worker_id, n, lease_s, mode_sql, wanted)
+        if expired:
+            self._signal()
+        return claims
 
     def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
         lease_s = validate_lease(lease_s)
