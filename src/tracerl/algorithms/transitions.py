@@ -244,6 +244,14 @@ def record_from_trace(trace: RolloutTrace) -> RolloutRecord | str:
     return RolloutRecord(rollout.rollout_id, rollout.group_id, final, calls, rewards)
 
 
+def read_records(store: Store, rollout_ids: Sequence[str]) -> list[RolloutRecord | str]:
+    """:func:`record_from_trace` of each rollout, read with one :meth:`Store.get_traces` call per
+    :data:`MAX_QUERY_LIMIT` rollouts (a step costs a constant number of store calls)."""
+    ids = list(rollout_ids)
+    chunks = [ids[i : i + MAX_QUERY_LIMIT] for i in range(0, len(ids), MAX_QUERY_LIMIT)]
+    return [record_from_trace(t) for chunk in chunks for t in store.get_traces(chunk)]
+
+
 def _position(span: Span) -> int:
     if span.position is None:
         raise ServerError(f"span {span.seq} of attempt {span.attempt_id!r} came from the store without a position")
@@ -266,10 +274,7 @@ def transitions_from_store(
     constant number of store calls, however many rollouts it holds."""
     records: list[RolloutRecord] = []
     skipped: dict[str, int] = {}
-    ids = list(rollout_ids)
-    traces = [t for i in range(0, len(ids), MAX_QUERY_LIMIT) for t in store.get_traces(ids[i : i + MAX_QUERY_LIMIT])]
-    for trace in traces:
-        rec = record_from_trace(trace)
+    for rec in read_records(store, rollout_ids):
         if isinstance(rec, str):
             skipped[rec] = skipped.get(rec, 0) + 1
         else:
