@@ -45,7 +45,8 @@ ZERO_VARIANCE_TOL = 1e-6
 def attach_rewards(call_positions: Tensor, reward_positions: Tensor, reward_values: Tensor) -> Tensor:
     """Sum each intermediate reward onto the latest llm call that precedes it.
 
-    Positions are the span sequence numbers within the attempt (calls sorted ascending). A reward at
+    Positions are the spans' places within the attempt, assigned by the store as they were written
+    (``Span.position``, :mod:`tracerl.store.order`; calls sorted ascending). A reward at
     position p goes to call ``t(p) = max{t : call_positions[t] < p}``. A reward recorded *before the
     first call* has no preceding call; it goes to the first call (t = 1) rather than being dropped, so
     every reward the agent emitted counts somewhere.

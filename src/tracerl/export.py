@@ -2,9 +2,12 @@
 
 One row per ``llm_call`` span of the chosen rollouts (by default the succeeded ones of every mode)::
 
-    {"rollout_id", "attempt_id", "group_id", "mode", "seq", "call_index", "prompt_ids", "response_ids",
-     "logprobs", "finish_reason", "weights_version", "prefix_reused", "final_reward",
-     "rewards": [{"name", "value", "seq"}], "task"}
+    {"rollout_id", "attempt_id", "group_id", "mode", "seq", "position", "call_index", "prompt_ids",
+     "response_ids", "logprobs", "finish_reason", "weights_version", "prefix_reused", "final_reward",
+     "rewards": [{"name", "value", "seq", "position"}], "task"}
+
+``seq`` is a span's identity; ``position`` its place among the attempt's spans, assigned by the store as they
+were written (:mod:`tracerl.store.order`): order calls and rewards by ``position``.
 
 ``prefix_reused`` is true when the call's prompt starts with the prompt + response ids of the earlier call
 of the attempt whose turn it continues (usually the previous one: the gateway fed the model's own turn
@@ -30,7 +33,7 @@ from typing import Any
 
 from tracerl.errors import ConfigError
 from tracerl.store import Store, connect
-from tracerl.types import AttemptStatus, Mode, RolloutQuery, RolloutStatus, SpanKind
+from tracerl.types import Mode, RolloutQuery, RolloutStatus, SpanKind
 
 log = logging.getLogger(__name__)
 PAGE = 500
@@ -43,14 +46,10 @@ def iter_transitions(
     query = RolloutQuery(status=statuses or [RolloutStatus.SUCCEEDED], mode=mode, limit=PAGE)
     while True:
         page = store.query_rollouts(query)
-        for rollout in page.items:
-            attempts = store.get_attempts(rollout.rollout_id)
-            finished = [a for a in attempts if a.status is AttemptStatus.SUCCEEDED] or attempts[-1:]
-            if not finished:
-                continue
-            spans = store.get_spans(attempt_id=finished[-1].attempt_id)
+        for trace in store.get_traces([r.rollout_id for r in page.items]) if page.items else []:
+            rollout, spans = trace.rollout, trace.spans  # the spans of the attempt that finished the rollout
             rewards = [
-                {"name": s.name, "value": s.attributes.get("value"), "seq": s.seq}
+                {"name": s.name, "value": s.attributes.get("value"), "seq": s.seq, "position": s.position}
                 for s in spans
                 if s.kind is SpanKind.REWARD
             ]
@@ -62,6 +61,7 @@ def iter_transitions(
                     "group_id": rollout.group_id,
                     "mode": rollout.mode.value,
                     "seq": s.seq,
+                    "position": s.position,
                     "call_index": index,
                     "prompt_ids": s.prompt_ids,
                     "response_ids": s.response_ids,

@@ -22,29 +22,18 @@ nothing but issue a :class:`TracingWarning` once per call site, so the same agen
 and without tracerl. Invalid values (a NaN reward, attributes that are not JSON) raise
 :class:`~tracerl.errors.InvalidInput` whether or not a run is active.
 
-Sequence numbers (``seq``) — shared with the gateway
------------------------------------------------------
-Spans of one attempt are written by several processes: the runner's worker process (rewards, messages,
-errors, custom spans) and the gateway (``llm_call`` spans). ``(attempt_id, seq)`` is a span's identity and
-writes are idempotent, and ordering by seq must give the order in which things happened (credit
-assignment attaches each reward to the latest preceding call). Every writer uses time as the counter,
-the scheme of :mod:`tracerl.gateway.recording`::
+Order and identity of spans
+---------------------------
+Each span gets a random identity ``seq`` when it is recorded (:func:`tracerl.store.order.new_seq`), so a
+retried write is recognised by the store and ignored; its order within the attempt (``position``) is
+assigned by the store when it is written, never from a clock (:mod:`tracerl.store.order`). For the store's
+order to be the order things happened, a span must be stored before the agent goes on: the runner writes
+each span it receives from the agent's worker process at once and only then lets the ``emit_*`` call return.
 
-    seq = max(⌊Unix time in µs⌋, previous seq of this process + 1)          (:func:`next_seq`)
-
-Strictly increasing within a process, ordered by time across processes (up to clock skew between
-machines, far below an LLM call's latency), ≈ 1.8·10¹⁵ today: a signed 64-bit integer, JSON-exact below
-2⁵³ until the year 2255. Two processes can still pick the same microsecond. Whoever writes second sees
-``add_spans`` report fewer new spans than it sent, reads the attempt's spans back, and moves each of its
-spans whose seq holds a *different* span to a fresh seq (:meth:`SpanWriter.flush`; the gateway does the
-same for its calls). A span found under its own seq with the same kind, name and attributes is a retried
-write that already landed, and is left alone. (OTLP ingest keys spans by ``2^62 + span id hash``, far
-above this range.)
-
-Writing to the store is batched: :class:`SpanWriter` buffers spans and writes them with one
-``add_spans`` call per batch (when ``batch_size`` spans are waiting, when the oldest waited
-``max_delay_s``, and on :meth:`SpanWriter.flush`, which the runner calls before it finishes the attempt,
-so no span is lost on a normal exit).
+Writing to the store: :class:`SpanWriter` buffers spans and writes them with one ``add_spans`` call per
+batch (when ``batch_size`` spans are waiting, when the oldest waited ``max_delay_s``, and on
+:meth:`SpanWriter.flush`, which the runner calls for every span the agent emits and before it finishes the
+attempt). While the store is unreachable spans stay buffered, in order.
 """
 
 from __future__ import annotations
@@ -62,14 +51,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tracerl.errors import InvalidInput, ServerError, StoreUnavailable
+from tracerl.errors import InvalidInput, StoreUnavailable
+from tracerl.store import order
 from tracerl.store.base import Store
 from tracerl.types import JSON, Span, SpanKind
 
 logger = logging.getLogger(__name__)
-
-#: how often :meth:`SpanWriter.flush` moves spans whose seq another writer took before giving up
-MAX_SEQ_MOVES = 8
 
 #: the name of the reward span the runner writes for the agent's final reward
 FINAL_REWARD = "final"
@@ -77,33 +64,6 @@ FINAL_REWARD = "final"
 
 class TracingWarning(UserWarning):
     """An ``emit_*`` call was made outside an agent run, so nothing was recorded."""
-
-
-# -- sequence numbers --------------------------------------------------------------------------------
-
-_seq_lock = threading.Lock()
-_last_seq = 0
-
-
-def next_seq() -> int:
-    """A fresh span seq: ``max(⌊Unix time in µs⌋, previous + 1)`` (see the module docstring)."""
-    global _last_seq
-    with _seq_lock:
-        _last_seq = max(time.time_ns() // 1000, _last_seq + 1)
-        return _last_seq
-
-
-def advance_seq_past(seq: int) -> None:
-    """Make this process's later seqs larger than ``seq``, which another process allocated for the same
-    attempt (the runner does this before it records an error for a worker process it killed)."""
-    global _last_seq
-    with _seq_lock:
-        _last_seq = max(_last_seq, seq)
-
-
-def seq_time(seq: int) -> float:
-    """The Unix time (seconds) at which :func:`next_seq` allocated ``seq`` (to the microsecond)."""
-    return seq / 1e6
 
 
 # -- the trace context ---------------------------------------------------------------------------------
@@ -146,7 +106,7 @@ class TraceContext:
         now = time.time()
         span = Span(
             attempt_id=self.attempt_id,
-            seq=next_seq(),
+            seq=order.new_seq(),
             kind=kind,
             name=name,
             rollout_id=self.rollout_id,
@@ -352,17 +312,16 @@ class SpanWriter:
             return self._oldest + self.max_delay_s - time.monotonic()
 
     def flush(self, *, raise_unavailable: bool = False) -> int:
-        """Write every buffered span; returns how many were new to the store. Spans whose seq another
-        writer already used for a different span are moved to fresh seqs and written again."""
+        """Write every buffered span; returns how many were new to the store (see
+        :func:`tracerl.store.order.write_spans` for a seq that another writer took)."""
         with self._lock:
             batch, self._buffer = self._buffer, []
         if not batch:
             return 0
         try:
-            added = self.store.add_spans(batch)
-            if added < len(batch):
-                added += self._move_taken(batch)
-            return added
+            return order.write_spans(
+                self.store.add_spans, lambda aid: self.store.get_spans(attempt_id=aid), batch, _same
+            )
         except StoreUnavailable:
             with self._lock:
                 self._buffer[:0] = batch
@@ -371,34 +330,11 @@ class SpanWriter:
             logger.warning("store unavailable; %d spans stay buffered for the next flush", len(batch))
             return 0
 
-    def _move_taken(self, batch: list[Span]) -> int:
-        """Re-seq and rewrite the spans of ``batch`` whose seq holds another span; returns how many landed."""
-        added = 0
-        pending = batch
-        for _ in range(MAX_SEQ_MOVES):
-            stored: dict[tuple[str, int], Span] = {}
-            for attempt_id in {s.attempt_id for s in pending}:
-                stored.update({(s.attempt_id, s.seq): s for s in self.store.get_spans(attempt_id=attempt_id)})
-            taken = [s for s in pending if not _same(stored.get((s.attempt_id, s.seq)), s)]
-            if not taken:
-                return added
-            advance_seq_past(max(s.seq for s in taken))
-            for span in taken:
-                logger.info("seq %d of attempt %s is taken by another writer; moving a span", span.seq, span.attempt_id)
-                span.seq = next_seq()
-            added += self.store.add_spans(taken)
-            pending = taken
-        raise ServerError(
-            f"could not find a free span seq for {len(pending)} spans of attempt {pending[0].attempt_id!r}"
-        )
-
     def __len__(self) -> int:
         with self._lock:
             return len(self._buffer)
 
 
-def _same(stored: Span | None, span: Span) -> bool:
+def _same(stored: Span, span: Span) -> bool:
     """Whether ``stored`` is ``span`` written earlier (a retried write), not another writer's span."""
-    if stored is None:
-        return False
     return (stored.kind, stored.name, stored.attributes) == (span.kind, span.name, span.attributes)

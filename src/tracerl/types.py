@@ -193,6 +193,10 @@ class Claim:
 class Span:
     """One recorded event of an attempt. ``(attempt_id, seq)`` is its identity; writes are idempotent.
 
+    ``seq`` is chosen by the writer (a random id, :func:`tracerl.store.order.new_seq`); ``position`` is the
+    span's order within its attempt (0, 1, …), assigned by the store when the span is first written and
+    ``None`` on a span that was not read from a store (see :mod:`tracerl.store.order`).
+
     For ``llm_call`` spans, ``prompt_ids``/``response_ids`` are the exact token ids sent to and sampled by
     the engine and ``logprobs`` the log-probabilities of the sampled tokens (``len == len(response_ids)``).
     Backends store the id lists packed (int32 arrays), and a prompt that extends the previous call's
@@ -211,11 +215,13 @@ class Span:
     prompt_ids: list[int] | None = None
     response_ids: list[int] | None = None
     logprobs: list[float] | None = None
+    position: int | None = None
 
     def to_json(self) -> JSON:
         return {
             "attempt_id": self.attempt_id,
             "seq": self.seq,
+            "position": self.position,
             "kind": SpanKind(self.kind).value,
             "name": self.name,
             "rollout_id": self.rollout_id,
@@ -243,7 +249,18 @@ class Span:
             prompt_ids=d.get("prompt_ids"),
             response_ids=d.get("response_ids"),
             logprobs=d.get("logprobs"),
+            position=d.get("position"),
         )
+
+
+@dataclass(slots=True)
+class RolloutTrace:
+    """A rollout with its attempts (oldest first) and the spans, in store order, of the attempt whose result
+    counts (:func:`tracerl.store.status.final_attempt`): what :meth:`Store.get_traces` returns per rollout."""
+
+    rollout: Rollout
+    attempts: list[Attempt]
+    spans: list[Span]
 
 
 @dataclass(slots=True)

@@ -78,7 +78,7 @@ def test_standalone_gateway_records_into_a_store_over_http(engine: HFEngine, tmp
         replies = [client.chat.completions.create(model=MODEL, messages=HI, max_tokens=5) for _ in range(2)]
         spans = backing.get_spans(attempt_id=aid)
         assert [s.attributes["call_id"] for s in spans] == [r.id for r in replies]
-        assert spans[0].seq < spans[1].seq
+        assert [s.position for s in spans] == [0, 1]
     finally:
         gateway.stop()
         store.close()

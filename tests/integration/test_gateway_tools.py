@@ -139,7 +139,7 @@ def test_agent_loop_sends_tool_result_back_and_prompt_extends_the_previous_call(
     ]
     client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=8)  # type: ignore
     first, second = env.spans(aid)
-    assert second.seq > first.seq
+    assert (first.position, second.position) == (0, 1)
     # The tool call re-rendered in the Hermes convention gives back exactly the sampled tokens, so the
     # second prompt is the first prompt + the first response + the new turns (no re-tokenization drift).
     before = (first.prompt_ids or []) + (first.response_ids or [])

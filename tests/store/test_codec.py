@@ -92,9 +92,3 @@ def test_a_reference_to_a_missing_span_is_reported() -> None:
     packed = codec.encode_tokens([*range(20), 1], None, None, previous=(3, list(range(20))))
     with pytest.raises(InvalidInput, match="seq 3"):
         codec.decode_prompt(packed, {})
-
-
-def test_previous_llm_seq() -> None:
-    assert codec.previous_llm_seq([0, 2, 5], 4) == 2
-    assert codec.previous_llm_seq([0, 2, 5], 0) is None
-    assert codec.previous_llm_seq([], 3) is None

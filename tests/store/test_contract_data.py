@@ -73,8 +73,8 @@ def test_multi_turn_prompts_round_trip_with_prefix_reuse(store: Store) -> None:
     r3 = [10]
     p4 = [4, 4, 4]  # unrelated prompt
     store.add_spans([llm(aid, 0, p1, r1), Span(aid, 1, SpanKind.TOOL, attributes={"out": "x"})])
-    store.add_spans([llm(aid, 2, p2, r2), llm(aid, 5, p4, [1])])  # one call, two turns
-    store.add_spans([llm(aid, 3, p3, r3)])  # written after seq 5: refers back to seq 2
+    store.add_spans([llm(aid, 2, p2, r2)])
+    store.add_spans([llm(aid, 3, p3, r3), llm(aid, 5, p4, [1])])  # p3 refers to stored seq 2, p4 to p3
     want = {0: (p1, r1), 2: (p2, r2), 3: (p3, r3), 5: (p4, [1])}
     for spans in (store.get_spans(attempt_id=aid), store.get_spans(rollout_id=c.rollout.rollout_id)):
         assert [s.seq for s in spans] == [0, 1, 2, 3, 5]
@@ -96,7 +96,7 @@ def test_add_spans_is_idempotent_on_attempt_and_seq(store: Store) -> None:
     assert got[1].prompt_ids == [*range(40), 1, 2, 3]
 
 
-def test_get_spans_of_a_rollout_are_ordered_by_attempt_then_seq(store: Store) -> None:
+def test_get_spans_of_a_rollout_are_ordered_by_attempt_then_position(store: Store) -> None:
     c1 = claimed(store, max_attempts=2)
     rid = c1.rollout.rollout_id
     store.add_spans([Span(c1.attempt.attempt_id, s, SpanKind.MESSAGE, name=f"a1-{s}") for s in (3, 1)])
@@ -105,8 +105,10 @@ def test_get_spans_of_a_rollout_are_ordered_by_attempt_then_seq(store: Store) ->
     assert c2 is not None and c2.rollout.rollout_id == rid
     store.add_spans([Span(c2.attempt.attempt_id, s, SpanKind.MESSAGE, name=f"a2-{s}") for s in (2, 0)])
     store.add_spans([Span(c1.attempt.attempt_id, 2, SpanKind.ERROR, name="a1-2")])  # a late write to attempt 1
-    assert [s.name for s in store.get_spans(rollout_id=rid)] == ["a1-1", "a1-2", "a1-3", "a2-0", "a2-2"]
-    assert [s.name for s in store.get_spans(attempt_id=c2.attempt.attempt_id)] == ["a2-0", "a2-2"]
+    spans = store.get_spans(rollout_id=rid)  # arrival order within each attempt, whatever the seqs
+    assert [s.name for s in spans] == ["a1-3", "a1-1", "a1-2", "a2-2", "a2-0"]
+    assert [s.position for s in spans] == [0, 1, 2, 0, 1]
+    assert [s.name for s in store.get_spans(attempt_id=c2.attempt.attempt_id)] == ["a2-2", "a2-0"]
     assert {s.rollout_id for s in store.get_spans(rollout_id=rid)} == {rid}
     other = claimed(store)
     assert store.get_spans(rollout_id=other.rollout.rollout_id) == []
@@ -244,3 +246,16 @@ def test_unknown_ids_raise_not_found(store: Store) -> None:
         store.get_rollout("ro-unknown")
     with pytest.raises(NotFound):
         store.get_attempts("ro-unknown")
+
+
+def test_the_store_assigns_positions_in_arrival_order_and_retries_keep_them(store: Store) -> None:
+    """The order is the store's (``tracerl.store.order``): a writer's seq or position decides nothing, and
+    a retried write neither duplicates a span nor moves it."""
+    aid = claimed(store).attempt.attempt_id
+    first = [Span(aid, 900, SpanKind.LLM_CALL, name="call-1", position=7), Span(aid, 5, SpanKind.REWARD, name="r")]
+    assert store.add_spans(first) == 2
+    assert store.add_spans([Span(aid, 1, SpanKind.LLM_CALL, name="call-2")]) == 1
+    assert store.add_spans([*first, Span(aid, 3, SpanKind.MESSAGE, name="m")]) == 1  # a retry plus one new span
+    spans = store.get_spans(attempt_id=aid)
+    assert [(s.name, s.seq, s.position) for s in spans] == [("call-1", 900, 0), ("r", 5, 1), ("call-2", 1, 2),
+                                                           ("m", 3, 3)]  # fmt: skip

@@ -37,7 +37,8 @@ def test_export_keeps_only_the_finishing_attempt(tmp_path: Path) -> None:
     assert [row["call_index"] for row in rows] == [0, 1]
     assert rows[1]["prompt_ids"] == [1, 2, 1]
     assert rows[0]["final_reward"] == 1.0
-    assert rows[0]["rewards"] == [{"name": "valid", "value": 0.1, "seq": 2}]
+    assert rows[0]["rewards"] == [{"name": "valid", "value": 0.1, "seq": 2, "position": 2}]
+    assert [row["position"] for row in rows] == [0, 1]  # the store's order: call, call, reward
     assert rows[0]["weights_version"] == 3
     assert [row["prefix_reused"] for row in rows] == [None, True]
     assert {row["rollout_id"] for row in rows} == {r.rollout_id}

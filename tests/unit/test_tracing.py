@@ -1,4 +1,4 @@
-"""The tracing API (emit_*), its context rules, seq allocation, batched writes, the LLM handle and @agent."""
+"""The tracing API (emit_*), its context rules, span identities, batched writes, the LLM handle and @agent."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import math
 import threading
-import time
 import warnings
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from tracerl.agent import LLM, AgentRef, agent, agent_ref, load_agent
 from tracerl.errors import ConfigError, InvalidInput
 from tracerl.store.memory import MemoryStore
+from tracerl.store.order import new_seq
 from tracerl.tracing import (
     SpanWriter,
     TraceContext,
@@ -23,8 +23,6 @@ from tracerl.tracing import (
     emit_message,
     emit_reward,
     emit_span,
-    next_seq,
-    seq_time,
 )
 from tracerl.types import RolloutSpec, Span, SpanKind
 
@@ -56,7 +54,7 @@ def test_emits_record_spans_of_the_active_attempt() -> None:
     assert spans[1].attributes == {"value": 1.0}
     assert spans[2].attributes == {"text": "retrying", "step": 2}
     assert spans[3].attributes == {"query": "cats"}
-    assert [s.seq for s in spans] == sorted(s.seq for s in spans)
+    assert len({s.seq for s in spans}) == len(spans)  # distinct identities (the store gives the order)
     assert len({s.seq for s in spans}) == 5
 
 
@@ -208,16 +206,13 @@ def test_plain_thread_with_two_active_runs_is_not_guessed() -> None:
     assert any("several runs are active" in str(w.message) for w in caught)
 
 
-# -- seqs shared with the gateway -------------------------------------------------------------------------
+# -- span identities ---------------------------------------------------------------------------------------
 
 
-def test_seqs_are_strictly_increasing_microsecond_times() -> None:
-    before = time.time()
-    seqs = [next_seq() for _ in range(1000)]
-    after = time.time()
-    assert seqs == sorted(seqs) and len(set(seqs)) == 1000
-    assert before - 1e-3 <= seq_time(seqs[0]) <= after + 1e-3
-    assert seqs[-1] < 2**53  # exact in JSON numbers
+def test_seqs_are_random_json_exact_identities() -> None:
+    seqs = [new_seq() for _ in range(1000)]
+    assert len(set(seqs)) == 1000 and all(0 <= s < 2**53 for s in seqs)  # exact in JSON numbers
+    assert seqs != sorted(seqs)  # an identity, not an order: the store orders spans
 
 
 def test_a_span_whose_seq_another_writer_took_is_moved_not_lost() -> None:
@@ -226,19 +221,20 @@ def test_a_span_whose_seq_another_writer_took_is_moved_not_lost() -> None:
     claim = store.claim("w", lease_s=30)
     assert claim is not None
     aid = claim.attempt.attempt_id
-    # the gateway (another process, same microsecond) already wrote an llm_call span under this seq
-    seq = next_seq()
+    # the gateway (another process, by a one-in-2^53 chance) already wrote an llm_call span under this seq
+    seq = new_seq()
     store.add_spans([Span(aid, seq, SpanKind.LLM_CALL, name="chat")])
     writer = SpanWriter(store)
     writer.add(Span(aid, seq, SpanKind.REWARD, name="r", attributes={"value": 1.0}))
-    writer.add(Span(aid, next_seq(), SpanKind.MESSAGE, name="message", attributes={"text": "x"}))
+    writer.add(Span(aid, new_seq(), SpanKind.MESSAGE, name="message", attributes={"text": "x"}))
     assert writer.flush() == 2
     spans = store.get_spans(attempt_id=aid)
     assert [(s.kind, s.name) for s in spans] == [
         (SpanKind.LLM_CALL, "chat"),
         (SpanKind.MESSAGE, "message"),
-        (SpanKind.REWARD, "r"),  # moved to a fresh seq, after the others
+        (SpanKind.REWARD, "r"),  # moved to a fresh seq, stored after the others
     ]
+    assert spans[2].seq != seq
     # writing the same spans again (a retry of an acknowledged write) adds nothing and moves nothing
     for span in spans[1:]:
         writer.add(span)
@@ -275,7 +271,7 @@ def test_span_writer_says_when_its_oldest_span_is_due() -> None:
     store = MemoryStore()
     writer = SpanWriter(store, max_delay_s=0.0)
     assert writer.due_in() is None
-    writer.add(Span("at-x", next_seq(), SpanKind.MESSAGE))
+    writer.add(Span("at-x", new_seq(), SpanKind.MESSAGE))
     assert writer.due_in() <= 0  # type: ignore[operator]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tracerl.algorithms.sft import SFTBatch, SFTExample
-from tracerl.algorithms.transitions import read_rollout
+from tracerl.algorithms.transitions import read_records
 from tracerl.errors import ConfigError, TracerlError
 from tracerl.store.base import Store
 from tracerl.types import Mode, RolloutQuery, RolloutStatus, SpanKind
@@ -75,13 +75,10 @@ def assistant_weights(messages: Any, where: str) -> list[int]:
 
 def calls_of_rollout(store: Store, rollout_id: str, tokenizer: Any | None = None) -> list[SFTExample]:
     """The recorded LLM calls of a rollout's counted attempt as examples."""
-    spans = store.get_spans(rollout_id=rollout_id)
-    attempts = store.get_attempts(rollout_id)
-    counted = ([a for a in attempts if a.status.value == "succeeded"] or attempts[-1:])
-    keep = {a.attempt_id for a in counted[-1:]}
+    [trace] = store.get_traces([rollout_id])  # the spans of the counted attempt
     out: list[SFTExample] = []
-    for s in spans:
-        if s.kind is not SpanKind.LLM_CALL or s.attempt_id not in keep:
+    for s in trace.spans:
+        if s.kind is not SpanKind.LLM_CALL:
             continue
         if s.prompt_ids and s.response_ids:
             out.append(SFTExample(list(s.prompt_ids), list(s.response_ids), rollout_id))
@@ -130,10 +127,10 @@ def batch_from_rollouts(store: Store, rollout_ids: Sequence[str], min_reward: fl
     groups: dict[str, bool] = {}
     rewards: list[float] = []
     tokens = 0
-    for rid in rollout_ids:
-        record = read_rollout(store, rid)
+    for record in read_records(store, rollout_ids):  # one store call for the step
         if isinstance(record, str):
             continue
+        rid = record.rollout_id
         rewards.append(record.final_reward)
         tokens += sum(len(c.response_ids) for c in record.calls)
         good = record.final_reward >= min_reward

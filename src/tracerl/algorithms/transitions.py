@@ -8,14 +8,15 @@ It does not know the store: :func:`assign_credit` works on plain :class:`Rollout
     batch = transitions_from_store(store, rollout_ids, returns="uniform", advantage="grpo")
     learner.update(batch.transitions)
 
-What is read from the store, for each rollout (only its last attempt: spans of failed earlier attempts are
-not part of the final result):
+What is read from the store (one :meth:`~tracerl.store.base.Store.get_traces` call for a whole step), for
+each rollout only its final attempt (the one that succeeded, else the last: spans of failed earlier attempts
+are not part of the final result):
 
-* ``llm_call`` spans in ``seq`` order: ``prompt_ids``, ``response_ids``, ``logprobs`` and
-  ``attributes["weights_version"]`` (and ``prefix_reused``: calls where it is false, the agent having changed
-  a turn the model wrote, are counted as the ``rerendered_calls`` metric); calls without response ids are not
-  trainable and are left out.
-* ``reward`` spans: ``attributes["value"]`` at their ``seq``. The one named ``final`` (the runner's record
+* ``llm_call`` spans in store order (``position``: assigned by the store as spans arrive, by no clock):
+  ``prompt_ids``, ``response_ids``, ``logprobs`` and ``attributes["weights_version"]`` (and
+  ``prefix_reused``: calls where it is false, the agent having changed a turn the model wrote, are counted
+  as the ``rerendered_calls`` metric); calls without response ids are not trainable and are left out.
+* ``reward`` spans: ``attributes["value"]`` at their ``position``. The one named ``final`` (the runner's record
   of the agent's return value) *is* the final reward, not an intermediate one.
 * the final reward R: ``Rollout.reward``; if it is None, the last reward span's value (an agent that emits
   its reward instead of returning it). A rollout that ``failed`` (crash, timeout, out of attempts) counts as
@@ -31,8 +32,9 @@ from dataclasses import dataclass, field
 import torch
 
 from tracerl import credit
-from tracerl.store.base import Store
-from tracerl.types import AttemptStatus, RolloutStatus, SpanKind
+from tracerl.errors import ServerError
+from tracerl.store.base import MAX_QUERY_LIMIT, Store
+from tracerl.types import RolloutStatus, RolloutTrace, Span, SpanKind
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class Transition:
 
 @dataclass(slots=True)
 class LLMCallRecord:
+    #: the call's place among its attempt's spans (the store's ``position``); rewards are placed against it
     seq: int
     prompt_ids: list[int]
     response_ids: list[int]
@@ -191,16 +194,21 @@ def assign_credit(
 
 def read_rollout(store: Store, rollout_id: str) -> RolloutRecord | str:
     """One rollout's record from the store, or the reason it cannot be trained on."""
-    rollout = store.get_rollout(rollout_id)
+    [trace] = store.get_traces([rollout_id])
+    return record_from_trace(trace)
+
+
+def record_from_trace(trace: RolloutTrace) -> RolloutRecord | str:
+    """A rollout's record from what :meth:`Store.get_traces` read (the spans of its final attempt), or the
+    reason it cannot be trained on."""
+    rollout = trace.rollout
     if rollout.status is RolloutStatus.CANCELLED:
         return "cancelled"
     if not rollout.status.is_final:
         return "not_finished"
-    attempts = store.get_attempts(rollout_id)
-    if not attempts:
+    if not trace.attempts:
         return "no_calls"
-    done = [a for a in attempts if a.status is AttemptStatus.SUCCEEDED] or attempts[-1:]
-    spans = store.get_spans(attempt_id=done[-1].attempt_id)
+    spans = trace.spans
     calls: list[LLMCallRecord] = []
     rewards: list[tuple[int, float]] = []
     emitted_final: float | None = None
@@ -209,7 +217,7 @@ def read_rollout(store: Store, rollout_id: str) -> RolloutRecord | str:
             version = s.attributes.get("weights_version")
             calls.append(
                 LLMCallRecord(
-                    seq=s.seq,
+                    seq=_position(s),
                     prompt_ids=list(s.prompt_ids or []),
                     response_ids=list(s.response_ids),
                     logprobs=list(s.logprobs or []),
@@ -222,7 +230,7 @@ def read_rollout(store: Store, rollout_id: str) -> RolloutRecord | str:
             if s.name == FINAL_REWARD_NAME:
                 emitted_final = value
             else:
-                rewards.append((s.seq, value))
+                rewards.append((_position(s), value))
     if rollout.status is RolloutStatus.FAILED:
         final = 0.0
     elif rollout.reward is not None:
@@ -236,6 +244,20 @@ def read_rollout(store: Store, rollout_id: str) -> RolloutRecord | str:
     return RolloutRecord(rollout.rollout_id, rollout.group_id, final, calls, rewards)
 
 
+def read_records(store: Store, rollout_ids: Sequence[str]) -> list[RolloutRecord | str]:
+    """:func:`record_from_trace` of each rollout, read with one :meth:`Store.get_traces` call per
+    :data:`MAX_QUERY_LIMIT` rollouts (a step costs a constant number of store calls)."""
+    ids = list(rollout_ids)
+    chunks = [ids[i : i + MAX_QUERY_LIMIT] for i in range(0, len(ids), MAX_QUERY_LIMIT)]
+    return [record_from_trace(t) for chunk in chunks for t in store.get_traces(chunk)]
+
+
+def _position(span: Span) -> int:
+    if span.position is None:
+        raise ServerError(f"span {span.seq} of attempt {span.attempt_id!r} came from the store without a position")
+    return span.position
+
+
 def transitions_from_store(
     store: Store,
     rollout_ids: Sequence[str],
@@ -246,11 +268,13 @@ def transitions_from_store(
     gamma: float = 1.0,
     eps: float = 1e-4,
 ) -> CreditBatch:
-    """Read the rollouts' llm calls and rewards from ``store`` and assign credit (module docstring)."""
+    """Read the rollouts' llm calls and rewards from ``store`` and assign credit (module docstring).
+
+    The reads are :meth:`Store.get_traces` calls, one per :data:`MAX_QUERY_LIMIT` rollouts: a step costs a
+    constant number of store calls, however many rollouts it holds."""
     records: list[RolloutRecord] = []
     skipped: dict[str, int] = {}
-    for rid in rollout_ids:
-        rec = read_rollout(store, rid)
+    for rec in read_records(store, rollout_ids):
         if isinstance(rec, str):
             skipped[rec] = skipped.get(rec, 0) + 1
         else:

@@ -13,6 +13,7 @@ import sys
 
 BENCHMARKS: dict[str, str] = {
     "store": "store lifecycle throughput per backend (memory, sqlite, postgres, http)",
+    "claims": "postgres claims/s with N claiming processes (claim vs claim_many) and double claims counted",
     "gateway": "gateway overhead per call and hf engine tokens/s through the gateway",
     "grpo": "GRPO update step time against TRL's GRPOTrainer on the same batch",
     "learn": "held-out reward against training time on the demo task, tracerl beside TRL's GRPOTrainer",

@@ -1,40 +1,27 @@
 """Which attempt a call belongs to, and writing it to the store as ``llm_call`` spans.
 
-**Sequence numbers.** A span's identity is ``(attempt_id, seq)`` and writes are idempotent, so two
-writers that pick the same ``seq`` for one attempt would silently lose a span. Spans of one attempt are
-written by several processes (this gateway, the runner emitting rewards, maybe a second gateway), so a
-per-process counter is not enough. The gateway uses time as the counter:
-
-    seq = max(⌊unix time in µs⌋, previous seq in this process + 1)
-
-which is strictly increasing within a process, ordered by time across processes (so "the latest call
-before this reward" means the same thing to everyone) and fits in a signed 64-bit integer (≈ 1.8·10¹⁵ in
-2026; JSON-safe below 2⁵³ until the year 2255). Two processes could still pick the same microsecond: a
-write that :meth:`Store.add_spans` reports as not new is read back, and when the stored span is not
-this call's (different ``call_id``) the gateway moves to the next free ``seq`` and writes again.
-
-The counter is :func:`tracerl.tracing.next_seq`, shared with the tracing API (rewards, messages) so that
-one process never has two counters. n > 1 choices become n spans with increasing seqs, one choice each.
+Each choice of a call becomes one span with a fresh random identity (``seq``,
+:func:`tracerl.store.order.new_seq`); the store gives it its position in the attempt when it is written,
+which the gateway does before it answers the call, so the store's order is the order of the calls
+(:mod:`tracerl.store.order`). A retried write of the same call is recognised by its ``call_id`` and
+``choice_index`` and left alone. n > 1 choices become n spans in choice order.
 """
 
 from __future__ import annotations
 
 import logging
 
-from tracerl.errors import AttemptFinished, NotFound, ServerError
+from tracerl.errors import AttemptFinished, NotFound
+from tracerl.store import order
 from tracerl.store.base import Store
-from tracerl.tracing import next_seq
 from tracerl.types import AttemptStatus, Span
 
 log = logging.getLogger(__name__)
 
-MAX_SEQ_RETRIES = 8
 
-
-def next_seqs(count: int = 1) -> list[int]:
-    """``count`` fresh, increasing span seqs from the process-wide counter :func:`tracerl.tracing.next_seq`
-    (one counter per process, so a gateway and a runner in one process never pick the same seq)."""
-    return [next_seq() for _ in range(count)]
+def new_seqs(count: int = 1) -> list[int]:
+    """``count`` fresh span identities (:func:`tracerl.store.order.new_seq`)."""
+    return [order.new_seq() for _ in range(count)]
 
 
 def check_attempt(store: Store, rollout_id: str, attempt_id: str) -> None:
@@ -64,21 +51,5 @@ def _same_call(a: Span, b: Span) -> bool:
 
 
 def write_spans(store: Store, spans: list[Span]) -> None:
-    """Write one call's spans (all of one attempt), moving any whose seq another writer already took."""
-    if not spans or store.add_spans(spans) == len(spans):
-        return
-    # Some were not new: another writer holds that seq, or an earlier try of ours landed (HTTP retry).
-    stored = {s.seq: s for s in store.get_spans(attempt_id=spans[0].attempt_id)}
-    for span in spans:
-        for _ in range(MAX_SEQ_RETRIES):
-            there = stored.get(span.seq)
-            if there is not None and _same_call(there, span):
-                break
-            if there is not None:
-                log.info("seq %d of attempt %s is taken by another writer; moving this span", span.seq, span.attempt_id)
-                span.seq = next_seqs()[0]
-            if store.add_spans([span]) == 1:
-                break
-            stored = {s.seq: s for s in store.get_spans(attempt_id=span.attempt_id)}
-        else:
-            raise ServerError(f"could not find a free span seq for attempt {span.attempt_id!r}")
+    """Write one call's spans (all of one attempt); a retried write of the same call adds nothing."""
+    order.write_spans(store.add_spans, lambda aid: store.get_spans(attempt_id=aid), spans, _same_call)

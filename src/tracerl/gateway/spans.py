@@ -28,14 +28,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracerl.gateway.recording import next_seqs
+from tracerl.gateway.recording import new_seqs
 from tracerl.gateway.service import CallResult
 from tracerl.types import Span, SpanKind
 
 
 def build_spans(result: CallResult, *, rollout_id: str, attempt_id: str) -> list[Span]:
-    """One ``llm_call`` span per choice of ``result``, with fresh increasing seqs."""
-    seqs = next_seqs(len(result.samples))
+    """One ``llm_call`` span per choice of ``result``, each with a fresh seq (its identity)."""
+    seqs = new_seqs(len(result.samples))
     response = result.response
     usage = response.get("usage") or {}
     spans = []

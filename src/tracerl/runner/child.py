@@ -89,8 +89,12 @@ def serve(conn: Connection) -> int:
     send_lock = threading.Lock()
 
     def sink(span: Span) -> None:
+        """Send ``span`` to the runner and wait until it is stored (see :mod:`tracerl.store.order`)."""
         with send_lock:
             conn.send(("span", span))
+            reply = conn.recv()
+            if reply != ("ack",):
+                raise RuntimeError(f"the runner answered a span with {reply!r} instead of an acknowledgement")
 
     while True:
         try:

@@ -111,6 +111,13 @@ class AgentProcess:
         except OSError as e:
             raise WorkerDied(f"agent worker {self.pid} is gone ({e})") from None
 
+    def ack(self) -> None:
+        """Tell the worker its last span is stored (its ``emit_*`` call then returns)."""
+        try:
+            self._require().send(("ack",))
+        except OSError as e:
+            raise WorkerDied(f"agent worker {self.pid} is gone ({e})") from None
+
     def recv(self, timeout_s: float) -> tuple[str, Any] | None:
         """The next message (``("span", Span)`` or ``("done", result)``), or ``None`` after ``timeout_s``.
         Raises :class:`WorkerDied` if the process exited."""

@@ -5,7 +5,9 @@ killed at a timeout is waited for first), so no lease runs out while the agent i
 attempt the thread builds the :class:`~tracerl.agent.LLM` handle, hands the task to its
 :class:`~tracerl.runner.process.AgentProcess`, and while the agent runs it
 
-* writes the spans the agent emits to the store in batches (:class:`~tracerl.tracing.SpanWriter`),
+* writes each span the agent emits to the store at once and only then acknowledges it, so the ``emit_*``
+  call returns after its span is stored and the store's order is the order things happened
+  (:mod:`tracerl.store.order`; spans stay buffered, in order, while the store is unreachable),
 * heartbeats the lease every ``lease_s / 3`` seconds (a lost lease — expired, or the rollout cancelled —
   kills the agent: its result could no longer be recorded),
 * kills the process when the agent overruns ``timeout_s`` and finishes the attempt as ``timeout``,
@@ -27,8 +29,9 @@ from typing import Any, TypeVar
 from tracerl.agent import LLM, AgentRef
 from tracerl.errors import AttemptFinished, NotFound, StoreUnavailable, TracerlError
 from tracerl.runner.process import AgentProcess, WorkerDied
+from tracerl.store import order
 from tracerl.store.base import Store
-from tracerl.tracing import SpanWriter, advance_seq_past, next_seq
+from tracerl.tracing import SpanWriter
 from tracerl.types import AttemptStatus, Claim, Mode, Span, SpanKind
 
 logger = logging.getLogger(__name__)
@@ -170,14 +173,13 @@ class Worker(threading.Thread):
         started = time.monotonic()
         deadline = started + self.config.timeout_s
         next_heartbeat = started + self.config.lease_s / 3
-        last_seq = -1
         result: dict[str, Any] = {}
         try:
             process.run(llm, rollout.task)
             while True:
                 if self._aborting.is_set():
                     self._kill_process()
-                    self._fail(writer, aid, AttemptStatus.FAILED, "runner_stopped", _stopped_message(), last_seq)
+                    self._fail(writer, aid, AttemptStatus.FAILED, "runner_stopped", _stopped_message())
                     return
                 now = time.monotonic()
                 wake = min(deadline, next_heartbeat, now + TICK_S)
@@ -191,14 +193,15 @@ class Worker(threading.Thread):
                         result = payload
                         break
                     span: Span = payload
-                    last_seq = max(last_seq, span.seq)
                     writer.add(span)
+                    writer.flush()  # stored before the agent goes on: the store's order is the order of events
+                    process.ack()
                 # the checks run after every message too, so an agent that emits without pause still times out
                 now = time.monotonic()
                 if now >= deadline:
                     self._kill_process()
                     message = f"the agent ran past its {self.config.timeout_s:g}s timeout and was killed"
-                    self._fail(writer, aid, AttemptStatus.TIMEOUT, "timeout", message, last_seq)
+                    self._fail(writer, aid, AttemptStatus.TIMEOUT, "timeout", message)
                     return
                 if now >= next_heartbeat:
                     try:
@@ -212,7 +215,7 @@ class Worker(threading.Thread):
                     writer.flush()
         except WorkerDied as e:
             self._kill_process()
-            self._fail(writer, aid, AttemptStatus.FAILED, "worker_died", str(e), last_seq)
+            self._fail(writer, aid, AttemptStatus.FAILED, "worker_died", str(e))
             return
         except (AttemptFinished, NotFound) as e:
             # the lease ran out or the rollout was cancelled: nothing this attempt does can count any more
@@ -243,15 +246,12 @@ class Worker(threading.Thread):
         status: AttemptStatus,
         name: str,
         message: str,
-        last_seq: int = -1,
     ) -> None:
         """Record an ``error`` span written by the runner itself and end the attempt with ``status``."""
-        if last_seq >= 0:
-            advance_seq_past(last_seq)  # the worker process allocated seqs up to here
         writer.add(
             Span(
                 attempt_id=attempt_id,
-                seq=next_seq(),
+                seq=order.new_seq(),
                 kind=SpanKind.ERROR,
                 name=name,
                 attributes={"type": name, "message": message},

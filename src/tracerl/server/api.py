@@ -14,6 +14,7 @@ POST     /api/v1/rollouts/query                     ``query_rollouts`` — a Rol
 POST     /api/v1/rollouts/wait                      ``wait`` — ``{"rollout_ids", "timeout_s"}``
 POST     /api/v1/spans                              ``add_spans`` — ``{"spans": [span, ...]}``
 GET      /api/v1/spans?rollout_id=|attempt_id=      ``get_spans`` (``&encoding=packed`` for base64 ids)
+POST     /api/v1/rollouts/traces                    ``get_traces`` — ``{"rollout_ids": [...], "encoding"?}``
 PUT      /api/v1/resources/{name}                   ``put_resource`` — ``{"value": {...}}``
 GET      /api/v1/resources/{name}[?version=N]       ``get_resource``
 POST     /api/v1/experiment                         ``bind_experiment`` — ``{"name"}``
@@ -77,6 +78,7 @@ from tracerl.store.wire import (
     span_from_wire,
     span_to_wire,
     spec_from_wire,
+    trace_to_wire,
 )
 from tracerl.types import JSON, AttemptStatus, Mode, RolloutStatus, SpanKind
 
@@ -207,6 +209,7 @@ _SPAN: JSON = {
     "base64(float64 LE)" + _DEEP,
     "properties": {
         "attempt_id": _ID, "seq": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}, "kind": _enum(SpanKind),
+        "position": _opt({**_INT64, "description": "assigned by the store (ignored on writes)"}),
         "name": _opt(_STR), "rollout_id": _opt(_STR), "parent_seq": _opt(_INT64),
         "start_time": _opt({"type": "number"}), "end_time": _opt({"type": "number"}), "attributes": _opt(_OBJ),
         "prompt_ids": _opt(_INTS), "response_ids": _opt(_INTS), "logprobs": _opt(_NUMBERS),
@@ -266,6 +269,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/api/v1/rollouts/wait", "wait", "wait until rollouts are final",
              _obj(["rollout_ids"], rollout_ids={"type": "array", "items": _ID}, timeout_s=_WAIT)),
     Endpoint("POST", "/api/v1/rollouts/{rollout_id}/cancel", "cancel", "cancel a queued or running rollout"),
+    Endpoint("POST", "/api/v1/rollouts/traces", "get_traces",
+             "rollouts with their attempts and their final attempt's spans, in one call",
+             _obj(["rollout_ids"], rollout_ids={"type": "array", "items": _ID, "maxItems": MAX_QUERY_LIMIT},
+                  encoding=_opt({"type": "string", "enum": ["json", "packed"]}))),
     Endpoint("GET", "/api/v1/rollouts/{rollout_id}", "get_rollout", "one rollout"),
     Endpoint("GET", "/api/v1/rollouts/{rollout_id}/attempts", "get_attempts", "a rollout's attempts, oldest first"),
     Endpoint("POST", "/api/v1/spans", "add_spans", "record spans (idempotent on (attempt_id, seq))",
@@ -350,6 +357,17 @@ def handlers(store: Store) -> dict[str, Handler]:
         spans = await call(store.get_spans, rollout_id=q.get("rollout_id"), attempt_id=q.get("attempt_id"))
         return {"spans": [span_to_wire(s, packed=encoding == "packed") for s in spans]}
 
+    async def get_traces(request: ApiRequest) -> Any:
+        body = request.json()
+        ids = _list(body, "rollout_ids")
+        if not all(isinstance(i, str) for i in ids):
+            raise InvalidInput("body.rollout_ids must be a list of strings")
+        encoding = body.get("encoding") or "json"
+        if encoding not in ("json", "packed"):
+            raise InvalidInput(f"body.encoding {encoding!r} is not one of ['json', 'packed']")
+        traces = await call(store.get_traces, ids)
+        return {"traces": [trace_to_wire(t, packed=encoding == "packed") for t in traces]}
+
     async def put_resource(request: ApiRequest) -> Any:
         value = request.json().get("value")
         if not isinstance(value, dict):
@@ -373,7 +391,7 @@ def handlers(store: Store) -> dict[str, Handler]:
         return {"attempts": [attempt_to_wire(a) for a in await call(store.expire_leases)]}
 
     handlers = (enqueue, claim, heartbeat, finish, query, wait, cancel, get_rollout, get_attempts, add_spans,
-                get_spans, put_resource, get_resource, bind_experiment, expire_leases)  # fmt: skip
+                get_spans, get_traces, put_resource, get_resource, bind_experiment, expire_leases)  # fmt: skip
     return {fn.__name__: fn for fn in handlers}
 
 

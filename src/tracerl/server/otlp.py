@@ -9,13 +9,15 @@ keys, hex trace/span ids, 64-bit integers as strings); ``Content-Encoding: gzip`
 
 Mapping of one OTel span to a :class:`~tracerl.types.Span`:
 
-* ``seq`` comes from the 8-byte OTel span id, so a re-sent batch lands on the same keys and is ignored::
+* ``seq`` (the span's identity) comes from the 8-byte OTel span id, so a re-sent batch lands on the same
+  keys and is ignored, and a parent's seq is computable from its span id alone (``parent_seq``) even when
+  it arrives in another batch::
 
       seq = 2**62 + (int.from_bytes(span_id, "big") mod 2**62)
 
-  The high range never meets the small counters the gateway and ``tracerl.emit_*`` use, and a parent's
-  seq is computable from its span id alone (``parent_seq``) even when it arrives in another batch.
-  Store order is by seq, so OTLP spans are ordered by this hash, not by time: sort by ``start_time``.
+  The high range never meets the seqs other writers draw (below 2^53, :mod:`tracerl.store.order`).
+* order: each batch is written sorted by start time, so the store gives an attempt's OTLP spans positions
+  in start-time order (a batch that arrives later is placed after the spans already stored).
 * ``kind``: the attribute ``tracerl.span.kind`` when it names a :class:`SpanKind`; otherwise
   ``tool`` for ``gen_ai.operation.name = execute_tool``, ``llm_call`` for any other ``gen_ai.*``
   attribute, else ``custom``.
@@ -46,6 +48,7 @@ from starlette.routing import Route
 
 from tracerl.errors import InvalidInput, NotFound, PayloadTooLarge, TracerlError
 from tracerl.server.calls import Calls
+from tracerl.store import order
 from tracerl.store.base import MAX_JSON_DEPTH, Store, validate_span
 from tracerl.store.wire import dumps, error_body, loads
 from tracerl.types import JSON, Span, SpanKind
@@ -375,7 +378,7 @@ def routes(store: Store, *, max_body_bytes: int = 8 * 1024 * 1024) -> list[Route
         groups, rejected, reasons = _by_attempt(spans)
         for attempt_id, group in groups.items():
             try:
-                await call(store.add_spans, group)
+                await call(store.add_spans, order.by_start_time(group))
             except NotFound:
                 rejected += len(group)
                 reasons.append(f"unknown attempt {attempt_id!r} ({len(group)} spans)")

@@ -33,6 +33,7 @@ from tracerl.types import (
     RolloutQuery,
     RolloutSpec,
     RolloutStatus,
+    RolloutTrace,
     Span,
     SpanKind,
 )
@@ -40,6 +41,7 @@ from tracerl.types import (
 DEFAULT_LEASE_S = 60.0
 MAX_LEASE_S = 86_400.0
 MAX_QUERY_LIMIT = 10_000
+MAX_CLAIM_MANY = 1_000
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # token ids are stored packed as int32
 MAX_JSON_DEPTH = 64
 """Deepest nesting of a stored JSON value (task, metadata, span attributes, resource value); the top-level
@@ -81,6 +83,21 @@ class Store(abc.ABC):
         """Atomically take the oldest queued rollout (of ``modes``, if given) and start a new attempt with
         a lease of ``lease_s`` seconds. Two claimers never get the same rollout. Waits up to ``wait_s`` for
         one to be enqueued; returns ``None`` if none came."""
+
+    def claim_many(
+        self, worker_id: str, n: int, *, lease_s: float = DEFAULT_LEASE_S, modes: Sequence[Mode] | None = None
+    ) -> list[Claim]:
+        """Up to ``n`` (≤ :data:`MAX_CLAIM_MANY`) queued rollouts claimed at once, oldest first, without
+        waiting: what :meth:`claim` does ``n`` times, which is how this default does it. The SQL backends
+        override it with one transaction (one commit for the lot, the claim rule unchanged)."""
+        validate_claim_count(n)
+        out: list[Claim] = []
+        for _ in range(n):
+            c = self.claim(worker_id, lease_s=lease_s, modes=modes)
+            if c is None:
+                break
+            out.append(c)
+        return out
 
     @abc.abstractmethod
     def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
@@ -130,11 +147,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def add_spans(self, spans: Sequence[Span]) -> int:
         """Record spans of running or finished attempts. Idempotent on ``(attempt_id, seq)``: a span that
-        is already stored is left as it is. Returns how many were new. ``NotFound`` for unknown attempts."""
+        is already stored is left as it is (and keeps its position). Each new span gets the next
+        ``position`` of its attempt, in the order given (:mod:`tracerl.store.order`); a ``position`` sent
+        by the writer is ignored. Returns how many were new. ``NotFound`` for unknown attempts."""
 
     @abc.abstractmethod
     def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
-        """Spans of one attempt, or of every attempt of one rollout, ordered by (attempt number, seq)."""
+        """Spans of one attempt, or of every attempt of one rollout, ordered by (attempt number, position)."""
+
+    @abc.abstractmethod
+    def get_traces(self, rollout_ids: Sequence[str]) -> list[RolloutTrace]:
+        """For each of ``rollout_ids`` (at most :data:`MAX_QUERY_LIMIT`), in that order: the rollout, its
+        attempts and the spans of its final attempt (:class:`RolloutTrace`), read in one call and one
+        snapshot, so a trainer's step costs a constant number of store calls. ``NotFound`` for an unknown id."""
 
     # -- resources ---------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -345,3 +370,20 @@ def _short(value: object) -> str:
     """``repr(value)``, cut to 60 characters so a megabyte id does not end up in an error message."""
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:50]}...({len(text)} chars)"
+
+
+def validate_trace_ids(rollout_ids: Sequence[str]) -> list[str]:
+    """The ids of a :meth:`Store.get_traces` call, checked (each an id; at most :data:`MAX_QUERY_LIMIT`)."""
+    ids = validate_ids(rollout_ids, "rollout_ids")
+    if len(ids) > MAX_QUERY_LIMIT:
+        raise InvalidInput(
+            f"get_traces takes at most {MAX_QUERY_LIMIT} rollout ids, got {len(ids)}; read them in chunks"
+        )
+    return ids
+
+
+def validate_claim_count(n: int) -> int:
+    """``n`` if it is a count :meth:`Store.claim_many` accepts: an integer in [1, :data:`MAX_CLAIM_MANY`]."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLAIM_MANY:
+        raise InvalidInput(f"claim_many takes a count in [1, {MAX_CLAIM_MANY}], got {n!r}")
+    return n

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,9 +164,3 @@ class ContextTracker:
         if is_llm_call:
             self.contexts[seq] = context_of(prompt, response)
         return prompt, response, logprobs
-
-
-def previous_llm_seq(seqs: Iterable[int], seq: int) -> int | None:
-    """The highest of ``seqs`` below ``seq`` (the span a prompt at ``seq`` may reuse), or ``None``."""
-    below = [s for s in seqs if s < seq]
-    return max(below) if below else None

@@ -52,9 +52,22 @@ from tracerl.store.base import (
     validate_resource_value,
     validate_reward,
     validate_span,
+    validate_trace_ids,
 )
-from tracerl.store.wire import dumps, error_from_response, loads, span_from_wire, span_to_wire
-from tracerl.types import Attempt, AttemptStatus, Claim, Mode, Page, Resource, Rollout, RolloutQuery, RolloutSpec, Span
+from tracerl.store.wire import dumps, error_from_response, loads, span_from_wire, span_to_wire, trace_from_wire
+from tracerl.types import (
+    Attempt,
+    AttemptStatus,
+    Claim,
+    Mode,
+    Page,
+    Resource,
+    Rollout,
+    RolloutQuery,
+    RolloutSpec,
+    RolloutTrace,
+    Span,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -433,6 +446,13 @@ class HttpStore(Store):
             params["attempt_id"] = attempt_id
         out = self._call("GET", f"/spans?{urlencode(params)}", idempotent=True)
         return [span_from_wire(s) for s in out["spans"]]
+
+    def get_traces(self, rollout_ids: Sequence[str]) -> list[RolloutTrace]:
+        ids = validate_trace_ids(rollout_ids)
+        if not ids:
+            return []
+        out = self._call("POST", "/rollouts/traces", {"rollout_ids": ids, "encoding": "packed"}, idempotent=True)
+        return [trace_from_wire(t) for t in out["traces"]]
 
     # -- resources ---------------------------------------------------------------------------------
     def put_resource(self, name: str, value: dict[str, Any]) -> Resource:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tracerl.errors import ExperimentConflict, InvalidInput, NotFound
-from tracerl.store import codec
+from tracerl.store import codec, order
 from tracerl.store import status as sm
 from tracerl.store.base import (
     DEFAULT_LEASE_S,
@@ -29,6 +29,7 @@ from tracerl.store.base import (
     validate_resource_value,
     validate_span,
     validate_spec,
+    validate_trace_ids,
 )
 from tracerl.types import (
     Attempt,
@@ -41,6 +42,7 @@ from tracerl.types import (
     RolloutQuery,
     RolloutSpec,
     RolloutStatus,
+    RolloutTrace,
     Span,
 )
 
@@ -119,23 +121,9 @@ class MemoryStore(Store):
                 self._lock.wait(min(remaining, 1.0))
 
     def _start_attempt_locked(self, rid: str, worker_id: str, lease_s: float) -> Claim:
-        r = self._rollouts[rid]
-        sm.check_rollout(r.status, RolloutStatus.RUNNING, rid)
+        r, a = sm.start_attempt(self._rollouts[rid], new_id("at"), worker_id, lease_s, time.time())
         del self._queue[rid]
-        now = time.time()
-        r.status = RolloutStatus.RUNNING
-        r.attempts += 1
-        r.updated_at = now
-        a = Attempt(
-            attempt_id=new_id("at"),
-            rollout_id=rid,
-            number=r.attempts,
-            worker_id=worker_id,
-            status=AttemptStatus.RUNNING,
-            lease_expires_at=now + lease_s,
-            heartbeat_at=now,
-            started_at=now,
-        )
+        self._rollouts[rid] = r
         self._attempts[a.attempt_id] = a
         self._attempts_of.setdefault(rid, []).append(a.attempt_id)
         return Claim(rollout=copy.deepcopy(r), attempt=copy.deepcopy(a))
@@ -144,9 +132,8 @@ class MemoryStore(Store):
         lease_s = validate_lease(lease_s)
         validate_id(attempt_id, "attempt_id")
         with self._lock:
-            a = self._attempt(attempt_id)
             now = time.time()
-            self._end_if_run_out_locked(a, now)
+            a = self._end_if_run_out_locked(self._attempt(attempt_id), now)
             if a.status is not AttemptStatus.RUNNING:
                 sm.check_attempt(a.status, AttemptStatus.RUNNING, attempt_id)
             a.heartbeat_at = now
@@ -164,35 +151,27 @@ class MemoryStore(Store):
         status, reward, error = validate_finish(status, reward, error)
         validate_id(attempt_id, "attempt_id")
         with self._lock:
-            a = self._attempt(attempt_id)
             now = time.time()
-            self._end_if_run_out_locked(a, now)  # then the check below refuses, as heartbeat does
-            r = self._end_attempt_locked(a, status, reward, error, now)
+            a = self._end_if_run_out_locked(self._attempt(attempt_id), now)  # then the end below refuses
+            _, r = self._end_attempt_locked(a, status, reward, error, now)
             self._lock.notify_all()
             return copy.deepcopy(r)
 
-    def _end_if_run_out_locked(self, a: Attempt, now: float) -> None:
-        """End a running attempt whose lease ran out as ``unresponsive`` (as ``expire_leases`` would)."""
-        if a.status is AttemptStatus.RUNNING and a.lease_expires_at < now:
-            self._end_attempt_locked(a, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
-            self._lock.notify_all()
+    def _end_if_run_out_locked(self, a: Attempt, now: float) -> Attempt:
+        """``a``, ended as ``unresponsive`` if its lease ran out (as ``expire_leases`` would)."""
+        if not sm.lease_run_out(a, now):
+            return a
+        self._lock.notify_all()
+        return self._end_attempt_locked(a, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)[0]
 
     def _end_attempt_locked(
         self, a: Attempt, status: AttemptStatus, reward: float | None, error: str | None, now: float
-    ) -> Rollout:
-        sm.check_attempt(a.status, status, a.attempt_id)
-        r = self._rollouts[a.rollout_id]
-        nxt = sm.rollout_after_attempt(status, r.attempts, r.max_attempts)
-        sm.check_rollout(r.status, nxt, r.rollout_id)
-        a.status, a.ended_at, a.error = status, now, error
-        r.status, r.updated_at = nxt, now
-        if status is AttemptStatus.SUCCEEDED:
-            r.reward = reward
-        if error is not None:
-            r.error = error
-        if nxt is RolloutStatus.QUEUED:
+    ) -> tuple[Attempt, Rollout]:
+        a, r = sm.end_attempt(a, self._rollouts[a.rollout_id], status, reward=reward, error=error, now=now)
+        self._attempts[a.attempt_id], self._rollouts[r.rollout_id] = a, r
+        if r.status is RolloutStatus.QUEUED:
             self._queue[r.rollout_id] = None
-        return r
+        return a, r
 
     def cancel(self, rollout_id: str) -> Rollout:
         validate_id(rollout_id, "rollout_id")
@@ -206,11 +185,10 @@ class MemoryStore(Store):
                     if self._attempts[i].status is AttemptStatus.RUNNING
                 ]
                 for a in running:
-                    self._end_attempt_locked(a, AttemptStatus.CANCELLED, None, None, now)
+                    _, r = self._end_attempt_locked(a, AttemptStatus.CANCELLED, None, None, now)
             else:
-                sm.check_rollout(r.status, RolloutStatus.CANCELLED, rollout_id)
+                r = self._rollouts[rollout_id] = sm.cancel_queued(r, now)
                 self._queue.pop(rollout_id, None)
-                r.status, r.updated_at = RolloutStatus.CANCELLED, now
             self._lock.notify_all()
             return copy.deepcopy(r)
 
@@ -266,31 +244,29 @@ class MemoryStore(Store):
             return out
 
     def _expire_locked(self, now: float) -> list[Attempt]:
-        expired = [
-            a for a in self._attempts.values() if a.status is AttemptStatus.RUNNING and a.lease_expires_at < now
-        ]
-        for a in expired:
-            self._end_attempt_locked(a, AttemptStatus.UNRESPONSIVE, None, "lease expired without heartbeat", now)
-        return [copy.deepcopy(a) for a in expired]
+        expired = [a for a in self._attempts.values() if sm.lease_run_out(a, now)]
+        why = "lease expired without heartbeat"
+        ended = [self._end_attempt_locked(a, AttemptStatus.UNRESPONSIVE, None, why, now)[0] for a in expired]
+        return [copy.deepcopy(a) for a in ended]
 
     # -- spans -------------------------------------------------------------------------------------
     def add_spans(self, spans: Sequence[Span]) -> int:
         spans = [validate_span(s) for s in spans]
-        added = 0
         with self._lock:
             attempts = {s.attempt_id: self._attempt(s.attempt_id) for s in spans}  # all known, or write nothing
+            fresh: dict[tuple[str, int], Span] = {}
             for s in spans:
-                a = attempts[s.attempt_id]
-                bucket = self._spans.setdefault(s.attempt_id, {})
-                if s.seq in bucket:
-                    continue
+                if s.seq not in self._spans.get(s.attempt_id, {}):
+                    fresh.setdefault((s.attempt_id, s.seq), s)
+            new = list(fresh.values())
+            positions = order.assign_positions(new, lambda aid: len(self._spans.get(aid, {})))
+            for s, position in zip(new, positions, strict=True):
                 stored = copy.deepcopy(s)
-                stored.rollout_id = a.rollout_id
+                stored.rollout_id, stored.position = attempts[s.attempt_id].rollout_id, position
                 if stored.logprobs is not None:  # every backend keeps log-probs as float32
                     stored.logprobs = codec.round_f32(stored.logprobs)
-                bucket[s.seq] = stored
-                added += 1
-        return added
+                self._spans.setdefault(s.attempt_id, {})[s.seq] = stored  # insertion order = position order
+        return len(new)
 
     def get_spans(self, *, rollout_id: str | None = None, attempt_id: str | None = None) -> list[Span]:
         if (rollout_id is None) == (attempt_id is None):
@@ -306,9 +282,19 @@ class MemoryStore(Store):
                 attempt_ids = self._attempts_of.get(rollout_id, [])
             out: list[Span] = []
             for aid in attempt_ids:
-                bucket = self._spans.get(aid, {})
-                out.extend(copy.deepcopy(bucket[k]) for k in sorted(bucket))
+                out.extend(copy.deepcopy(s) for s in self._spans.get(aid, {}).values())
             return out
+
+    def get_traces(self, rollout_ids: Sequence[str]) -> list[RolloutTrace]:
+        ids = validate_trace_ids(rollout_ids)
+        out: list[RolloutTrace] = []
+        with self._lock:
+            for rid in ids:
+                attempts = [self._attempts[i] for i in self._attempts_of.get(rid, [])]
+                final = sm.final_attempt(attempts)
+                spans = list(self._spans.get(final.attempt_id, {}).values()) if final is not None else []
+                out.append(copy.deepcopy(RolloutTrace(self._rollout(rid), attempts, spans)))
+        return out
 
     # -- resources ---------------------------------------------------------------------------------
     def put_resource(self, name: str, value: dict[str, Any]) -> Resource:

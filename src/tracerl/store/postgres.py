@@ -10,7 +10,8 @@ Needs ``tracerl[postgres]`` (psycopg 3). The contract is implemented once in ``s
 * **Wake-ups.** Every enqueue, finish, cancel or lease expiry sends ``NOTIFY tracerl_<schema>``; a store
   that waits (``claim(wait_s=...)``, ``wait()``) keeps one extra connection on ``LISTEN`` and wakes at once,
   without polling. A slow re-check every ``poll_s`` seconds catches leases that run out.
-* **Connections.** A small pool (``pool_size`` connections, opened on demand) shared by the threads.
+* **Connections.** A small pool (``pool_size`` connections, opened on demand) shared by the threads; a
+  thread that finds them all busy for ``pool_timeout_s`` gets ``StoreUnavailable`` (``pg_pool.py``).
 * **Errors.** Driver errors become :mod:`tracerl.errors`; an unreachable server is ``StoreUnavailable``
   naming the URL without its password.
 
@@ -20,7 +21,6 @@ Lease times use the clock of the machine that calls the store: keep the machines
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -38,9 +38,10 @@ try:
     import psycopg
     from psycopg import errors as pg_errors
     from psycopg import sql as pgsql
-    from psycopg.pq import TransactionStatus
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ConfigError("the postgres store needs psycopg 3: pip install 'tracerl[postgres]'") from e
+
+from tracerl.store.pg_pool import DEFAULT_TIMEOUT_S, Pool
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,12 @@ MIGRATIONS: list[list[str]] = [
             name TEXT NOT NULL, version BIGINT NOT NULL, value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (name, version))""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+    [  # 2: span order assigned by the store (tracerl.store.order); old spans keep their seq order
+        "ALTER TABLE spans ADD COLUMN position BIGINT NOT NULL DEFAULT -1",
+        "UPDATE spans SET position = (SELECT COUNT(*) FROM spans p WHERE p.attempt_id = spans.attempt_id "
+        "AND p.seq < spans.seq)",
+        "CREATE UNIQUE INDEX spans_position ON spans (attempt_id, position)",
     ],
 ]
 
@@ -145,71 +152,15 @@ def parse_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(scheme=scheme, query=urlencode(rest, quote_via=quote))), schema
 
 
-class _Pool:
-    """At most ``size`` connections, opened on demand and reused; broken ones are dropped."""
-
-    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], size: int) -> None:
-        self._connect, self._size = connect, size
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._open = 0
-        self._cond = threading.Condition()
-        self._pid = os.getpid()
-        self._abandoned: list[psycopg.Connection[Any]] = []
-
-    def _check_fork(self) -> None:
-        """After ``fork`` the child must not touch the parent's sockets: start an empty pool."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._abandoned.extend(self._idle)  # never closed here: closing would end the parent's sessions
-            self._idle, self._open, self._cond = [], 0, threading.Condition()
-
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        self._check_fork()
-        with self._cond:
-            while not self._idle and self._open >= self._size:
-                self._cond.wait()
-            conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                self._open += 1
-        if conn is None:
-            try:
-                conn = self._connect()
-            except BaseException:
-                self._release(None)
-                raise
-        try:
-            yield conn
-        finally:
-            if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
-                conn.close()
-                self._release(None)
-            else:
-                self._release(conn)
-
-    def _release(self, conn: psycopg.Connection[Any] | None) -> None:
-        with self._cond:
-            if conn is None:
-                self._open -= 1
-            else:
-                self._idle.append(conn)
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            for conn in self._idle:
-                conn.close()
-            self._open -= len(self._idle)
-            self._idle.clear()
-
-
 class PostgresStore(SqlStore):
     """The store in a PostgreSQL schema. See the module docstring."""
 
     FOR_UPDATE = " FOR UPDATE"
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, url: str, *, pool_size: int = 8, poll_s: float = 1.0) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 8, pool_timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 1.0
+    ) -> None:
         super().__init__()
         self.url = redact(url)
         self._conninfo, self.schema = parse_url(url)
@@ -218,7 +169,7 @@ class PostgresStore(SqlStore):
         self._closed = False
         self._listener: threading.Thread | None = None
         self._listener_lock = threading.Lock()
-        self._pool = _Pool(self._connect, pool_size)
+        self._pool = Pool(self._connect, pool_size, timeout_s=pool_timeout_s, name=f"postgres store {self.url}")
         try:
             self._migrate()
         except psycopg.Error as e:
@@ -282,6 +233,10 @@ class PostgresStore(SqlStore):
         if row is not None:
             self._rollout_tx(tx, row[0], lock=True)  # rollout before attempt: the lock order everywhere
         return super()._lock_attempt(tx, attempt_id)
+
+    def _lock_spans(self, tx: Tx, attempt_ids: Sequence[str]) -> None:
+        for aid in attempt_ids:  # sorted by the caller: one lock order, no deadlock between two writers
+            tx.send("SELECT pg_advisory_xact_lock(hashtext(?))", (f"tracerl-spans:{self.schema}:{aid}",))
 
     def _lock_resource(self, tx: Tx, name: str) -> None:
         tx.one("SELECT pg_advisory_xact_lock(hashtext(?))", (f"tracerl-resource:{self.schema}:{name}",))

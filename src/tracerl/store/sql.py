@@ -34,6 +34,7 @@ from tracerl.store.base import (
     DEFAULT_LEASE_S,
     Store,
     new_id,
+    validate_claim_count,
     validate_finish,
     validate_id,
     validate_ids,
@@ -230,53 +231,75 @@ class SqlStore(SqlDataMixin, Store):
             )
 
     def _claim_once(self, worker_id: str, lease_s: float, mode_sql: str, modes: list[str]) -> tuple[Claim | None, bool]:
+        claims, expired = self._claim_n(worker_id, 1, lease_s, mode_sql, modes)
+        return (claims[0] if claims else None), expired
+
+    def _claim_n(
+        self, worker_id: str, n: int, lease_s: float, mode_sql: str, modes: list[str]
+    ) -> tuple[list[Claim], bool]:
+        """Up to ``n`` queue heads claimed in one transaction (one commit, statements pipelined)."""
         with self._write() as tx:
             now = time.time()
             expired = self._expire_tx(tx, now)
             if expired:
                 self._changed(tx)
             lock = " FOR UPDATE OF q, r SKIP LOCKED" if self.SKIP_LOCKED else ""
-            head = tx.one(
+            heads = tx.all(
                 f"SELECT q.pos, {R_ALIASED} FROM queue q JOIN rollouts r ON r.rollout_id = q.rollout_id"
-                f"{mode_sql.replace('mode', 'q.mode')} ORDER BY q.pos LIMIT 1{lock}",
-                modes,
+                f"{mode_sql.replace('mode', 'q.mode')} ORDER BY q.pos LIMIT ?{lock}",
+                [*modes, n],
             )
-            if head is None:
-                return None, bool(expired)
-            tx.send("DELETE FROM queue WHERE pos = ?", (head[0],))
+            if not heads:
+                return [], bool(expired)
+            cond, param = self._in("pos", [h[0] for h in heads])
+            tx.send(f"DELETE FROM queue WHERE {cond}", (param,))
             now = time.time()  # the claim's own time, not the transaction's start (the expiry pass took some)
-            r = row_rollout(head[1:])
-            sm.check_rollout(r.status, RolloutStatus.RUNNING, r.rollout_id)
-            r.status, r.attempts, r.updated_at = RolloutStatus.RUNNING, r.attempts + 1, now
-            tx.send(
-                "UPDATE rollouts SET status = ?, attempts = ?, updated_at = ? WHERE rollout_id = ?",
-                (r.status.value, r.attempts, now, r.rollout_id),
-            )
-            a = Attempt(
-                new_id("at"), r.rollout_id, r.attempts, worker_id, AttemptStatus.RUNNING, now + lease_s, now, now
-            )
-            tx.send(
-                f"INSERT INTO attempts ({A_COLS}) VALUES ({', '.join('?' * 10)})",
-                (a.attempt_id, a.rollout_id, a.number, a.worker_id, RUNNING, a.lease_expires_at, now, now, None, None),
-            )
-            return Claim(rollout=r, attempt=a), bool(expired)
+            started = [sm.start_attempt(row_rollout(h[1:]), new_id("at"), worker_id, lease_s, now) for h in heads]
+            claims = [Claim(rollout=r, attempt=a) for r, a in started]
+            for c in claims:
+                r, a = c.rollout, c.attempt
+                tx.send(
+                    "UPDATE rollouts SET status = ?, attempts = ?, updated_at = ? WHERE rollout_id = ?",
+                    (r.status.value, r.attempts, now, r.rollout_id),
+                )
+                tx.send(
+                    f"INSERT INTO attempts ({A_COLS}) VALUES ({', '.join('?' * 10)})",
+                    (a.attempt_id, a.rollout_id, a.number, a.worker_id, RUNNING, a.lease_expires_at, now, now, None,
+                     None),
+                )  # fmt: skip
+            return claims, bool(expired)
+
+    def claim_many(
+        self, worker_id: str, n: int, *, lease_s: float = DEFAULT_LEASE_S, modes: Sequence[Mode] | None = None
+    ) -> list[Claim]:
+        lease_s, n = validate_lease(lease_s), validate_claim_count(n)
+        validate_id(worker_id, "worker_id")
+        try:
+            wanted = sorted({Mode(m).value for m in modes}) if modes else []
+        except ValueError:
+            raise InvalidInput(f"claim modes {modes!r} must be among {[m.value for m in Mode]}") from None
+        mode_sql = f" WHERE mode IN ({', '.join('?' * len(wanted))})" if wanted else ""
+        claims, expired = self._claim_n(worker_id, n, lease_s, mode_sql, wanted)
+        if expired:
+            self._signal()
+        return claims
 
     def heartbeat(self, attempt_id: str, *, lease_s: float = DEFAULT_LEASE_S) -> Attempt:
         lease_s = validate_lease(lease_s)
         validate_id(attempt_id, "attempt_id")
         with self._write() as tx:
-            now = time.time()
-            row = tx.one(
-                "UPDATE attempts SET heartbeat_at = ?, lease_expires_at = ? "
-                f"WHERE attempt_id = ? AND status = ? AND lease_expires_at >= ? RETURNING {A_COLS}",
-                (now, now + lease_s, attempt_id, RUNNING, now),
-            )
-            if row is not None:
-                return row_attempt(row)
             a, r = self._lock_attempt(tx, attempt_id)
-            if a.status is AttemptStatus.RUNNING:  # its lease ran out: expire it now, as claim would
-                self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", time.time())
+            now = time.time()  # read after the row locks: a wait for them counts against the lease
+            if sm.lease_run_out(a, now):  # over, whether or not anything expired it yet: end it, as claim would
+                a, r = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
                 self._changed(tx)
+            elif a.status is AttemptStatus.RUNNING:
+                a.heartbeat_at, a.lease_expires_at = now, now + lease_s
+                tx.send(
+                    "UPDATE attempts SET heartbeat_at = ?, lease_expires_at = ? WHERE attempt_id = ?",
+                    (now, a.lease_expires_at, attempt_id),
+                )
+                return a
         self._signal()
         sm.check_attempt(a.status, AttemptStatus.RUNNING, attempt_id)  # raises AttemptFinished: it has ended
         return a
@@ -294,11 +317,11 @@ class SqlStore(SqlDataMixin, Store):
         with self._write() as tx:
             a, r = self._lock_attempt(tx, attempt_id)
             now = time.time()  # read after the row locks: a wait for them counts against the lease
-            run_out = a.status is AttemptStatus.RUNNING and a.lease_expires_at < now
+            run_out = sm.lease_run_out(a, now)
             if run_out:  # ended as heartbeat would end it; the status check below then refuses the finish
-                self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
+                a, r = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
             else:
-                self._end_attempt_tx(tx, a, r, status, reward, error, now)
+                a, r = self._end_attempt_tx(tx, a, r, status, reward, error, now)
             self._changed(tx)
         self._signal()
         if run_out:
@@ -307,27 +330,20 @@ class SqlStore(SqlDataMixin, Store):
 
     def _end_attempt_tx(
         self, tx: Tx, a: Attempt, r: Rollout, status: AttemptStatus, reward: float | None, error: str | None, now: float
-    ) -> None:
-        """End ``a`` as ``status`` and move ``r`` on through the status machine (both updated in place)."""
-        sm.check_attempt(a.status, status, a.attempt_id)
-        nxt = sm.rollout_after_attempt(status, r.attempts, r.max_attempts)
-        sm.check_rollout(r.status, nxt, r.rollout_id)
-        a.status, a.ended_at, a.error = status, now, error
-        r.status, r.updated_at = nxt, now
-        if status is AttemptStatus.SUCCEEDED:
-            r.reward = reward
-        if error is not None:
-            r.error = error
+    ) -> tuple[Attempt, Rollout]:
+        """End ``a`` as ``status`` and move ``r`` on (:func:`status.end_attempt`); returns both as written."""
+        a, r = sm.end_attempt(a, r, status, reward=reward, error=error, now=now)
         tx.send(
             "UPDATE attempts SET status = ?, ended_at = ?, error = ? WHERE attempt_id = ?",
             (status.value, now, error, a.attempt_id),
         )
         tx.send(
             "UPDATE rollouts SET status = ?, updated_at = ?, reward = ?, error = ? WHERE rollout_id = ?",
-            (nxt.value, now, r.reward, r.error, r.rollout_id),
+            (r.status.value, now, r.reward, r.error, r.rollout_id),
         )
-        if nxt is RolloutStatus.QUEUED:
+        if r.status is RolloutStatus.QUEUED:
             tx.send("INSERT INTO queue (rollout_id, mode) VALUES (?, ?)", (r.rollout_id, r.mode.value))
+        return a, r
 
     def cancel(self, rollout_id: str) -> Rollout:
         validate_id(rollout_id, "rollout_id")
@@ -342,11 +358,10 @@ class SqlStore(SqlDataMixin, Store):
                     (rollout_id,),
                 )
                 for row in rows:
-                    self._end_attempt_tx(tx, row_attempt(row), r, AttemptStatus.CANCELLED, None, None, now)
+                    _, r = self._end_attempt_tx(tx, row_attempt(row), r, AttemptStatus.CANCELLED, None, None, now)
             else:
-                sm.check_rollout(r.status, RolloutStatus.CANCELLED, rollout_id)
+                r = sm.cancel_queued(r, now)
                 assert removed == 1, f"queued rollout {rollout_id} had no queue row"
-                r.status, r.updated_at = RolloutStatus.CANCELLED, now
                 tx.run(
                     "UPDATE rollouts SET status = ?, updated_at = ? WHERE rollout_id = ?",
                     (r.status.value, now, rollout_id),
@@ -452,6 +467,7 @@ class SqlStore(SqlDataMixin, Store):
         out: list[Attempt] = []
         for row in rows:
             a, r = row_attempt(row[N_R:]), row_rollout(row[:N_R])
-            self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired without heartbeat", now)
+            why = "lease expired without heartbeat"
+            a, _ = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, why, now)
             out.append(a)
         return out

@@ -1,7 +1,8 @@
 """Spans, resources and the experiment binding over SQL: the data half of :class:`~tracerl.store.sql.SqlStore`.
 
 Spans are keyed by ``(attempt_id, seq)`` and written with ``ON CONFLICT DO NOTHING`` after a check of which
-keys exist, so a retried write never duplicates or changes a span. Token ids are packed by ``codec``; an
+keys exist, so a retried write never duplicates, changes or moves a span; new spans get the next positions of
+their attempt (:mod:`tracerl.store.order`). Token ids are packed by ``codec``; an
 ``llm_call`` prompt that repeats the previous call's prompt+response is stored as a reference plus the new
 suffix. The previous call's full context comes from this batch, from a small per-store cache, or is decoded
 from the attempt's stored spans.
@@ -18,10 +19,28 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from tracerl.errors import ExperimentConflict, InvalidInput, NotFound
-from tracerl.store import codec
-from tracerl.store.base import validate_id, validate_resource_name, validate_resource_value, validate_span
-from tracerl.store.sql_rows import S_COLS, Tx, decode_spans, dumps, row_packed
-from tracerl.types import Resource, Rollout, Span, SpanKind
+from tracerl.store import codec, order
+from tracerl.store import status as sm
+from tracerl.store.base import (
+    validate_id,
+    validate_resource_name,
+    validate_resource_value,
+    validate_span,
+    validate_trace_ids,
+)
+from tracerl.store.sql_rows import (
+    A_COLS,
+    R_COLS,
+    S_COLS,
+    Row,
+    Tx,
+    decode_spans,
+    dumps,
+    row_attempt,
+    row_packed,
+    row_rollout,
+)
+from tracerl.types import Attempt, Resource, Rollout, RolloutTrace, Span, SpanKind
 
 CONTEXT_CACHE_SIZE = 256  # llm_call contexts kept per store for prefix reuse (old ones are re-read from disk)
 
@@ -47,14 +66,18 @@ class SqlDataMixin(abc.ABC):
     def _rollout_tx(self, tx: Tx, rollout_id: str, *, lock: bool = False) -> Rollout: ...
 
     # -- spans -------------------------------------------------------------------------------------
+    def _lock_spans(self, tx: Tx, attempt_ids: Sequence[str]) -> None:  # noqa: B027 - a hook; sqlite needs nothing
+        """Serialise position numbering of these attempts' spans (sqlite's write lock already does)."""
+
     def add_spans(self, spans: Sequence[Span]) -> int:
         spans = [validate_span(s) for s in spans]
         if not spans:
             return 0
         attrs = [dumps(s.attributes, "span attributes") for s in spans]
-        attempt_ids = list(dict.fromkeys(s.attempt_id for s in spans))
+        attempt_ids = sorted({s.attempt_id for s in spans})
         new_contexts: dict[tuple[str, int], list[int]] = {}
         with self._write() as tx:
+            self._lock_spans(tx, attempt_ids)
             cond, param = self._in("attempt_id", attempt_ids)
             rollout_of = {
                 row[0]: row[1] for row in tx.all(f"SELECT attempt_id, rollout_id FROM attempts WHERE {cond}", (param,))
@@ -69,21 +92,24 @@ class SqlDataMixin(abc.ABC):
                 key = (s.attempt_id, s.seq)
                 if key not in stored and key not in fresh:
                     fresh[key] = (s, a)
+            if not fresh:
+                return 0
+            new = [s for s, _ in fresh.values()]
+            last_sql = f"SELECT attempt_id, MAX(position) FROM spans WHERE {cond} GROUP BY attempt_id"
+            last = dict(tx.all(last_sql, (param,)))
+            positions = order.assign_positions(new, lambda aid: 0 if last.get(aid) is None else last[aid] + 1)
             rows: list[tuple[Any, ...]] = []
-            for key in sorted(fresh):  # seq order within each attempt, so earlier turns can be referenced
-                s, a = fresh[key]
+            for i, ((s, a), position) in enumerate(zip(fresh.values(), positions, strict=True)):
                 previous = None
                 if s.kind is SpanKind.LLM_CALL and s.prompt_ids is not None:
-                    previous = self._previous_context(tx, s.attempt_id, s.seq, new_contexts)
+                    previous = self._previous_context(tx, new, i, new_contexts)
                 packed = codec.encode_tokens(s.prompt_ids, s.response_ids, s.logprobs, previous)
                 if s.kind is SpanKind.LLM_CALL:
-                    new_contexts[key] = codec.context_of(s.prompt_ids, s.response_ids)
+                    new_contexts[(s.attempt_id, s.seq)] = codec.context_of(s.prompt_ids, s.response_ids)
                 rows.append((s.attempt_id, s.seq, rollout_of[s.attempt_id], s.kind.value, s.name, s.parent_seq,
-                             s.start_time, s.end_time, a, packed.prompt, packed.prompt_ref, packed.prefix_len,
-                             packed.response, packed.logprobs))  # fmt: skip
-            added = tx.many(
-                f"INSERT INTO spans ({S_COLS}) VALUES ({', '.join('?' * 14)}) ON CONFLICT DO NOTHING", rows
-            ) if rows else 0  # fmt: skip
+                             s.start_time, s.end_time, a, position, packed.prompt, packed.prompt_ref,
+                             packed.prefix_len, packed.response, packed.logprobs))  # fmt: skip
+            added = tx.many(f"INSERT INTO spans ({S_COLS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING", rows)
         with self._contexts_lock:
             for key, ctx in new_contexts.items():
                 self._remember_context(key, ctx)
@@ -96,17 +122,18 @@ class SqlDataMixin(abc.ABC):
             self._contexts.popitem(last=False)
 
     def _previous_context(
-        self, tx: Tx, attempt_id: str, seq: int, new: dict[tuple[str, int], list[int]]
+        self, tx: Tx, batch: list[Span], i: int, new: dict[tuple[str, int], list[int]]
     ) -> tuple[int, list[int]] | None:
-        """``(seq', context)`` of the llm_call span just below ``seq`` in this attempt, stored or new."""
-        row = tx.one(
-            "SELECT MAX(seq) FROM spans WHERE attempt_id = ? AND kind = ? AND seq < ?",
-            (attempt_id, SpanKind.LLM_CALL.value, seq),
-        )
-        candidates = [k[1] for k in new if k[0] == attempt_id and k[1] < seq]
-        if row is not None and row[0] is not None:
-            candidates.append(row[0])
-        prev = codec.previous_llm_seq(candidates, seq)
+        """``(seq, context)`` of the llm_call span just before ``batch[i]`` in store order, new or stored."""
+        attempt_id = batch[i].attempt_id
+        stored_last: int | None = None
+        if not any(s.attempt_id == attempt_id and s.kind is SpanKind.LLM_CALL for s in batch[:i]):
+            row = tx.one(
+                "SELECT seq FROM spans WHERE attempt_id = ? AND kind = ? ORDER BY position DESC LIMIT 1",
+                (attempt_id, SpanKind.LLM_CALL.value),
+            )
+            stored_last = None if row is None else row[0]
+        prev = order.previous_llm_call(stored_last, batch, i)
         if prev is None:
             return None
         key = (attempt_id, prev)
@@ -116,8 +143,8 @@ class SqlDataMixin(abc.ABC):
             ctx = self._contexts.get(key)
         if ctx is None:
             rows = tx.all(
-                f"SELECT {S_COLS} FROM spans WHERE attempt_id = ? AND kind = ? AND seq <= ? ORDER BY seq",
-                (attempt_id, SpanKind.LLM_CALL.value, prev),
+                f"SELECT {S_COLS} FROM spans WHERE attempt_id = ? AND kind = ? ORDER BY position",
+                (attempt_id, SpanKind.LLM_CALL.value),
             )
             tracker = codec.ContextTracker()
             for r in rows:
@@ -135,16 +162,45 @@ class SqlDataMixin(abc.ABC):
             if attempt_id is not None:
                 if tx.one("SELECT 1 FROM attempts WHERE attempt_id = ?", (attempt_id,)) is None:
                     raise NotFound(f"no attempt with id {attempt_id!r}")
-                rows = tx.all(f"SELECT {S_COLS} FROM spans WHERE attempt_id = ? ORDER BY seq", (attempt_id,))
+                rows = tx.all(f"SELECT {S_COLS} FROM spans WHERE attempt_id = ? ORDER BY position", (attempt_id,))
             else:
                 self._rollout_tx(tx, str(rollout_id))
                 cols = ", ".join(f"s.{c.strip()}" for c in S_COLS.split(","))
                 rows = tx.all(
                     f"SELECT {cols} FROM spans s JOIN attempts a ON a.attempt_id = s.attempt_id "
-                    "WHERE a.rollout_id = ? ORDER BY a.number, s.seq",
+                    "WHERE a.rollout_id = ? ORDER BY a.number, s.position",
                     (rollout_id,),
                 )
         return decode_spans(rows)
+
+    def get_traces(self, rollout_ids: Sequence[str]) -> list[RolloutTrace]:
+        ids = validate_trace_ids(rollout_ids)
+        if not ids:
+            return []
+        cond, param = self._in("rollout_id", list(dict.fromkeys(ids)))
+        with self._read() as tx:
+            found_rows = tx.all(f"SELECT {R_COLS} FROM rollouts WHERE {cond}", (param,))
+            rollouts = {row[0]: row_rollout(row) for row in found_rows}
+            for rid in ids:
+                if rid not in rollouts:
+                    raise NotFound(f"no rollout with id {rid!r}")
+            attempts: dict[str, list[Attempt]] = {rid: [] for rid in rollouts}
+            for row in tx.all(f"SELECT {A_COLS} FROM attempts WHERE {cond} ORDER BY number", (param,)):
+                attempts[row[1]].append(row_attempt(row))
+            finals = [a.attempt_id for a in map(sm.final_attempt, attempts.values()) if a is not None]
+            rows: list[Row] = []
+            if finals:
+                a_cond, a_param = self._in("attempt_id", finals)
+                rows = tx.all(f"SELECT {S_COLS} FROM spans WHERE {a_cond} ORDER BY attempt_id, position", (a_param,))
+        spans: dict[str, list[Span]] = {}
+        for s in decode_spans(rows):
+            spans.setdefault(s.attempt_id, []).append(s)
+        out: list[RolloutTrace] = []
+        for rid in ids:
+            final = sm.final_attempt(attempts[rid])
+            found = spans.get(final.attempt_id, []) if final is not None else []
+            out.append(RolloutTrace(rollouts[rid], attempts[rid], found))  # a repeated id shares its objects
+        return out
 
     # -- resources ---------------------------------------------------------------------------------
     def _lock_resource(self, tx: Tx, name: str) -> None:  # noqa: B027 - a hook; sqlite needs nothing

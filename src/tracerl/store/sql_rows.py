@@ -24,7 +24,7 @@ A_COLS = (
     "attempt_id, rollout_id, number, worker_id, status, lease_expires_at, heartbeat_at, started_at, ended_at, error"
 )
 S_COLS = (
-    "attempt_id, seq, rollout_id, kind, name, parent_seq, start_time, end_time, attributes, "
+    "attempt_id, seq, rollout_id, kind, name, parent_seq, start_time, end_time, attributes, position, "
     "prompt, prompt_ref, prefix_len, response, logprobs"
 )
 R_ALIASED = ", ".join(f"r.{c.strip()}" for c in R_COLS.split(","))
@@ -99,7 +99,7 @@ def row_packed(row: Row) -> codec.PackedTokens:
 
 
 def decode_spans(rows: Sequence[Row]) -> list[Span]:
-    """Span rows (``S_COLS``, each attempt's rows in seq order) → spans with full token lists."""
+    """Span rows (``S_COLS``, each attempt's rows in position order) → spans with full token lists."""
     trackers: dict[str, codec.ContextTracker] = {}
     out: list[Span] = []
     for row in rows:
@@ -120,6 +120,7 @@ def decode_spans(rows: Sequence[Row]) -> list[Span]:
                 prompt_ids=prompt,
                 response_ids=response,
                 logprobs=logprobs,
+                position=row[9],
             )
         )
     return out

@@ -63,6 +63,12 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (name, version))""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ],
+    [  # 2: span order assigned by the store (tracerl.store.order); old spans keep their seq order
+        "ALTER TABLE spans ADD COLUMN position INTEGER NOT NULL DEFAULT -1",
+        "UPDATE spans SET position = (SELECT COUNT(*) FROM spans p WHERE p.attempt_id = spans.attempt_id "
+        "AND p.seq < spans.seq)",
+        "CREATE UNIQUE INDEX spans_position ON spans (attempt_id, position)",
+    ],
 ]
 
 

@@ -11,12 +11,18 @@ Rollouts::
 Attempts start ``running`` and end exactly once in one of the other statuses. A lease that runs out is
 ended as ``unresponsive`` by :meth:`Store.expire_leases`; a runner that kills an overrunning agent ends its
 attempt as ``timeout``. Both, and ``failed``, are retryable.
+
+The moves themselves — start an attempt, end one (moving its rollout on), cancel a queued rollout — are the
+pure functions :func:`start_attempt`, :func:`end_attempt` and :func:`cancel_queued`: objects in, new objects
+out, checked against the tables below. Every backend calls them and only stores what they return.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tracerl.errors import AttemptFinished, IllegalTransition
-from tracerl.types import AttemptStatus, RolloutStatus
+from tracerl.types import Attempt, AttemptStatus, Rollout, RolloutStatus
 
 R, A = RolloutStatus, AttemptStatus
 
@@ -79,3 +85,50 @@ def rollout_after_attempt(status: AttemptStatus, attempts: int, max_attempts: in
     if status in RETRYABLE and attempts < max_attempts:
         return R.QUEUED
     return ROLLOUT_AFTER_ATTEMPT[status]
+
+
+def final_attempt(attempts: list[Attempt]) -> Attempt | None:
+    """The attempt whose result counts for its rollout: the one that succeeded, else the latest (``attempts``
+    oldest first); ``None`` for a rollout never claimed."""
+    return next((a for a in attempts if a.status is A.SUCCEEDED), attempts[-1] if attempts else None)
+
+
+def lease_run_out(a: Attempt, now: float) -> bool:
+    """Whether ``a`` is running on a lease that ended before ``now`` (it is over, expired or not yet)."""
+    return a.status is A.RUNNING and a.lease_expires_at < now
+
+
+def start_attempt(r: Rollout, attempt_id: str, worker_id: str, lease_s: float, now: float) -> tuple[Rollout, Attempt]:
+    """A claim: the queued rollout ``r`` becomes ``running`` with one more attempt, and that attempt
+    (number ``r.attempts + 1``, leased until ``now + lease_s``)."""
+    check_rollout(r.status, R.RUNNING, r.rollout_id)
+    moved = replace(r, status=R.RUNNING, attempts=r.attempts + 1, updated_at=now)
+    attempt = Attempt(attempt_id, r.rollout_id, moved.attempts, worker_id, A.RUNNING, now + lease_s, now, now)
+    return moved, attempt
+
+
+def end_attempt(
+    a: Attempt, r: Rollout, status: AttemptStatus, *, reward: float | None = None, error: str | None = None,
+    now: float,
+) -> tuple[Attempt, Rollout]:  # fmt: skip
+    """End the running attempt ``a`` of ``r`` as ``status`` at ``now``: the ended attempt and the rollout
+    moved on by :func:`rollout_after_attempt`. The rollout keeps ``reward`` only from a success and records
+    ``error`` when one is given. ``AttemptFinished`` if ``a`` already ended."""
+    check_attempt(a.status, status, a.attempt_id)
+    nxt = rollout_after_attempt(status, r.attempts, r.max_attempts)
+    check_rollout(r.status, nxt, r.rollout_id)
+    ended = replace(a, status=status, ended_at=now, error=error)
+    moved = replace(
+        r,
+        status=nxt,
+        updated_at=now,
+        reward=reward if status is A.SUCCEEDED else r.reward,
+        error=error if error is not None else r.error,
+    )
+    return ended, moved
+
+
+def cancel_queued(r: Rollout, now: float) -> Rollout:
+    """The queued rollout ``r`` cancelled at ``now`` (a running one is cancelled by ending its attempt)."""
+    check_rollout(r.status, R.CANCELLED, r.rollout_id)
+    return replace(r, status=R.CANCELLED, updated_at=now)

@@ -35,7 +35,18 @@ from tracerl.errors import (
     TracerlError,
     Unauthorized,
 )
-from tracerl.types import JSON, Attempt, Mode, Rollout, RolloutQuery, RolloutSpec, RolloutStatus, Span, SpanKind
+from tracerl.types import (
+    JSON,
+    Attempt,
+    Mode,
+    Rollout,
+    RolloutQuery,
+    RolloutSpec,
+    RolloutStatus,
+    RolloutTrace,
+    Span,
+    SpanKind,
+)
 
 try:  # orjson is ~5× faster on span-sized bodies; plain json keeps the core install light
     import orjson
@@ -107,7 +118,7 @@ _ARRAYS = (("prompt_ids", "prompt_ids_b64", "i"), ("response_ids", "response_ids
            ("logprobs", "logprobs_b64", "d"))  # fmt: skip
 _SPAN_FIELDS = frozenset(
     {
-        "attempt_id", "seq", "kind", "name", "rollout_id", "parent_seq", "start_time", "end_time",
+        "attempt_id", "seq", "position", "kind", "name", "rollout_id", "parent_seq", "start_time", "end_time",
         "attributes", "prompt_ids", "response_ids", "logprobs", "prompt_ids_b64", "response_ids_b64",
         "logprobs_b64",
     }
@@ -129,6 +140,7 @@ def span_from_wire(d: object, where: str = "span") -> Span:
     return Span(
         attempt_id=req_str(d, "attempt_id", where),
         seq=req_int(d, "seq", where),
+        position=opt_int(d, "position", where),
         kind=enum_value(SpanKind, req(d, "kind", where), f"{where}.kind"),
         name=opt_str(d, "name", where) or "",
         rollout_id=opt_str(d, "rollout_id", where) or "",
@@ -306,3 +318,21 @@ def attempt_to_wire(a: Attempt) -> JSON:
         "ended_at": a.ended_at,
         "error": a.error,
     }
+
+
+def trace_to_wire(t: RolloutTrace, *, packed: bool = True) -> JSON:
+    """A :class:`RolloutTrace` as a JSON-ready dict (spans' id lists packed unless ``packed=False``)."""
+    return {
+        "rollout": rollout_to_wire(t.rollout),
+        "attempts": [attempt_to_wire(a) for a in t.attempts],
+        "spans": [span_to_wire(s, packed=packed) for s in t.spans],
+    }
+
+
+def trace_from_wire(d: JSON) -> RolloutTrace:
+    """The inverse of :func:`trace_to_wire` (for the HTTP client: the server's answer)."""
+    return RolloutTrace(
+        rollout=Rollout.from_json(d["rollout"]),
+        attempts=[Attempt.from_json(a) for a in d["attempts"]],
+        spans=[span_from_wire(s) for s in d["spans"]],
+    )
