@@ -29,6 +29,8 @@ from tracerl.store import Store, connect
 
 if TYPE_CHECKING:
     from tracerl.algorithms.grpo import GRPO
+    from tracerl.algorithms.ppo import PPO, REINFORCEpp
+    from tracerl.algorithms.rloo import RLOO
     from tracerl.algorithms.sft import SFT
     from tracerl.tracing import emit_error, emit_message, emit_reward, emit_span
     from tracerl.train.trainer import Stage, Trainer
@@ -45,13 +47,19 @@ _LAZY: dict[str, str] = {
     "Stage": "tracerl.train.trainer",
     "GRPO": "tracerl.algorithms.grpo",
     "SFT": "tracerl.algorithms.sft",
+    "PPO": "tracerl.algorithms.ppo",
+    "REINFORCEpp": "tracerl.algorithms.ppo",
+    "RLOO": "tracerl.algorithms.rloo",
 }
 
 __all__ = [
     "GRPO",
     "LLM",
+    "PPO",
+    "RLOO",
     "SFT",
     "EvalResults",
+    "REINFORCEpp",
     "Stage",
     "Store",
     "TracerlError",

@@ -16,7 +16,8 @@ A whole run can be written as a TOML file and started with ``tracerl train run.t
     n = 4
 
     [algorithm]                                # the keyword arguments of tracerl.GRPO
-    model = "smollm2-135m"                     # (name = "sft" picks tracerl.SFT instead)
+    model = "smollm2-135m"                     # (name = "sft", "ppo", "reinforce++" or "rloo" picks
+                                               #  tracerl.SFT, PPO, REINFORCEpp or RLOO instead)
     group_size = 4
     lr = 1e-5
 
@@ -234,7 +235,7 @@ class TrainerConfig:
 STAGE_FIELDS = ("epochs", "max_steps", "time_budget_s", "batch_size", "val_every", "temperature", "max_tokens")
 
 #: algorithm names a run config may use
-ALGORITHMS = ("grpo", "sft")
+ALGORITHMS = ("grpo", "sft", "ppo", "reinforce++", "rloo")
 
 
 @dataclass

@@ -108,6 +108,8 @@ class GRPO:
     """
 
     name = "grpo"
+    #: the config this algorithm validates its options with (RLOO narrows it)
+    config_class: type[GRPOConfig] = GRPOConfig
 
     def __init__(
         self,
@@ -119,12 +121,12 @@ class GRPO:
         **options: Any,
     ) -> None:
         self.config: GRPOConfig = build_config(
-            GRPOConfig, "GRPO", model=model, group_size=group_size, lr=lr, lora=lora, **options
+            self.config_class, type(self).__name__, model=model, group_size=group_size, lr=lr, lora=lora, **options
         )
         self.learner: GRPOLearner | None = None
 
     def __repr__(self) -> str:
-        return f"GRPO({self.config!r})"
+        return f"{type(self).__name__}({self.config!r})"
 
     # -- the Algorithm protocol ------------------------------------------------------------------
     @property

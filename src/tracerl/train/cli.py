@@ -39,6 +39,18 @@ def build_algorithm(spec: StageSpec) -> Any:
         from tracerl.algorithms.sft import SFT
 
         return SFT(model, **options)
+    if spec.algorithm == "ppo":
+        from tracerl.algorithms.ppo import PPO
+
+        return PPO(model, **options)
+    if spec.algorithm == "reinforce++":
+        from tracerl.algorithms.ppo import REINFORCEpp
+
+        return REINFORCEpp(model, **options)
+    if spec.algorithm == "rloo":
+        from tracerl.algorithms.rloo import RLOO
+
+        return RLOO(model, **options)
     from tracerl.algorithms.grpo import GRPO
 
     return GRPO(model, **options)
