@@ -122,7 +122,7 @@ class ReturnsLearner(Policy, Generic[C]):
             for k, mb in enumerate(mbs):
                 loss = self.micro_loss(k, mb, pre, acc, policy)
                 loss.backward()
-                acc["loss"] += float(loss)
+                acc["loss"] += float(loss.detach())
             acc["grad_norm"] = self.optimizer_step() if policy else 0.0
             self.extra_step(acc)
             epochs.append(acc)
