@@ -130,3 +130,32 @@ def test_configs_refuse_bad_values_with_the_fix() -> None:
     with pytest.raises(ConfigError, match="unknown PPO option"):
         PPO(model="tiny-random", advantage="grpo")
     assert (tracerl.PPO, tracerl.REINFORCEpp, tracerl.RLOO) == (PPO, REINFORCEpp, tracerl.algorithms.rloo.RLOO)
+
+
+def test_a_run_config_names_ppo_and_its_options(tmp_path: Path) -> None:
+    from tracerl.config import load_run_config
+    from tracerl.train.cli import build_stages
+
+    (tmp_path / "run.toml").write_text(
+        """
+agent = "tracerl.tasks.toy:digits_agent"
+train_tasks = "demo-toy:train"
+
+[[stages]]
+algorithm = "ppo"
+[stages.options]
+model = "tiny-random"
+critic = "model"
+lam = 0.9
+critic_warmup_steps = 3
+
+[[stages]]
+algorithm = "reinforce++"
+[stages.options]
+kl_coef = 0.01
+"""
+    )
+    ppo, rpp = (s.algorithm for s in build_stages(load_run_config(tmp_path / "run.toml")))
+    assert isinstance(ppo, PPO) and isinstance(rpp, REINFORCEpp)
+    assert (ppo.config.critic, ppo.config.lam, ppo.config.critic_warmup_steps) == ("model", 0.9, 3)
+    assert (rpp.model, rpp.config.kl_coef) == ("tiny-random", 0.01)

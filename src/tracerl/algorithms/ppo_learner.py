@@ -166,9 +166,11 @@ class ReturnsLearner(Policy, Generic[C]):
     def micro_loss(self, k: int, mb: MicroBatch, pre: _Pre, acc: dict[str, float], policy: bool) -> Tensor:
         """The loss of micro-batch ``k`` (its share of the batch loss); accumulates statistics in ``acc``."""
         c = self.config
-        if not policy:
-            with torch.no_grad():
-                _, state = self.logprobs_and_state(mb)
+        if not policy:  # critic warm-up: only the critic learns (a value head reads the detached state)
+            state = torch.zeros(0)
+            if self.needs_policy_state():
+                with torch.no_grad():
+                    _, state = self.logprobs_and_state(mb)
             out = self.extra_loss(k, mb, state.detach(), acc)
             assert out is not None
             return out
@@ -194,6 +196,10 @@ class ReturnsLearner(Policy, Generic[C]):
         return loss if extra is None else loss + extra
 
     def kl_in_loss(self) -> bool:
+        return True
+
+    def needs_policy_state(self) -> bool:
+        """Whether the extra loss reads the policy's hidden state (a value head on the policy)."""
         return True
 
     # -- checkpoints ---------------------------------------------------------------------------------
@@ -254,6 +260,9 @@ class PPOLearner(ReturnsLearner[PPOConfig]):
 
     def trains_policy(self) -> bool:
         return self.updates >= self.config.critic_warmup_steps
+
+    def needs_policy_state(self) -> bool:
+        return self.critic.backbone is None
 
     def prepass_values(self, mb: MicroBatch, state: Tensor) -> Tensor:
         return self.critic.values(mb, state, self.autocast()).detach()
