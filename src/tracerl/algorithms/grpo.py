@@ -56,6 +56,9 @@ class GRPOConfig(PolicyConfig):
       kernels) is not exactly the learner; each on-policy token's loss is weighted by
       ``min(π_learner(x) / π_sampler(x), tis_cap)`` so that gap cannot bias the update unseen. None: off
       (the gap is measured and logged either way: ``mismatch_*`` metrics).
+    * ``train_models``: an agent with several roles names a model per role (:mod:`tracerl.gateway.routing`);
+      only the calls answered by these model names are trained (None: every call). Credit is assigned over
+      all of a rollout's calls first.
     """
 
     group_size: int = 4
@@ -71,9 +74,18 @@ class GRPOConfig(PolicyConfig):
     loss_norm: str = "rollout"
     max_staleness: int = 1
     tis_cap: float | None = 2.0
+    train_models: list[str] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.train_models is not None and (
+            not isinstance(self.train_models, list) or not self.train_models
+            or not all(isinstance(m, str) and m for m in self.train_models)
+        ):
+            raise ConfigError(
+                f"train_models must be None or a non-empty list of model names such as ['solver'], "
+                f"got {self.train_models!r}"
+            )
         int_at_least("group_size", self.group_size, 1)
         int_at_least("epochs", self.epochs, 1)
         int_at_least("max_staleness", self.max_staleness, 0)
@@ -174,7 +186,7 @@ class GRPO:
         c = self.config
         return transitions_from_store(
             store, rollout_ids, returns=c.returns, advantage=c.advantage, scale=c.scale,  # type: ignore[arg-type]
-            gamma=c.gamma, eps=c.adv_eps,
+            gamma=c.gamma, eps=c.adv_eps, models=c.train_models,
         )
 
     def update(self, batch: CreditBatch) -> StepResult:
