@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = [_run_one(name, settings, args.minutes * 60, args.seed, args.kl, out) for name in names]
     result = {
         "task": settings["task"], "model": settings["model"], "minutes": args.minutes, "seed": args.seed,
-        "n_val": settings["n_val"], "settings": {k: settings[k] for k in ("algorithm", "trainer", "runners")},
-        "rows": rows,
+        "n_val": settings["n_val"], "kl_coef": args.kl, "algorithm": settings["algorithm"],
+        "trainer": trainer_settings(settings), "runners": settings["runners"], "rows": rows,
     }  # fmt: skip
     (out / "algorithms.json").write_text(json.dumps(result, indent=2))
     table = markdown_table(result)
@@ -73,12 +73,11 @@ def _run_one(name: str, settings: dict[str, Any], budget_s: float, seed: int, kl
     if kl:
         options["kl_coef"] = kl
     algorithm = build_algorithm(StageSpec(name, options))
-    trainer_settings = {k: v for k, v in settings["trainer"].items() if k not in ("val_every", "max_steps")}
     trainer = tracerl.Trainer(
         agent=task.AGENT, algorithm=algorithm, runners=RunnerConfig(n=settings["runners"]),
         config=TrainerConfig(
             run_dir=str(out / name.replace("+", "p")), experiment=f"bench-{name}", seed=seed, time_budget_s=budget_s,
-            progress=False, resume=False, checkpoint_at_end=False, val_every=0, **trainer_settings,
+            progress=False, resume=False, checkpoint_at_end=False, val_every=0, **trainer_settings(settings),
         ),
     )  # fmt: skip
     t0 = time.monotonic()
@@ -91,6 +90,12 @@ def _run_one(name: str, settings: dict[str, Any], budget_s: float, seed: int, kl
         "s_per_step": round(train_s / fit.steps, 2) if fit.steps else None,
         "train_reward_last": fit.history[-1].get("reward_mean") if fit.history else None,
     }  # fmt: skip
+
+
+def trainer_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The demo's trainer settings every algorithm shares: its own, less the step cap and the periodic
+    validation (the budget is time; held-out reward is measured once before and once after)."""
+    return {k: v for k, v in settings["trainer"].items() if k not in ("val_every", "max_steps")}
 
 
 class _Task:
