@@ -26,7 +26,7 @@ from tracerl.engines.models import load_model
 from tracerl.errors import ConfigError
 from tracerl.gateway import start_gateway
 from tracerl.store import connect
-from tracerl.types import AttemptStatus, RolloutSpec, SpanKind
+from tracerl.types import AttemptStatus, RolloutQuery, RolloutSpec, SpanKind
 
 TASKS = ["add two numbers", "name a colour"]
 GROUP = 4
@@ -115,3 +115,75 @@ def test_train_models_is_validated() -> None:
         GRPO(model="tiny-random", train_models=[])
     with pytest.raises(ConfigError, match="train_models"):
         GRPO(model="tiny-random", train_models="solver")  # type: ignore[arg-type]
+
+
+AGENTS = '''
+from openai import OpenAI
+
+import tracerl
+
+
+@tracerl.agent
+def plan_then_solve(task, llm):
+    client = OpenAI(base_url=llm.base_url, api_key=llm.api_key)
+    plan = client.chat.completions.create(
+        model="planner", messages=[{"role": "user", "content": task["question"]}], max_tokens=4, temperature=0.0
+    )
+    reply = client.chat.completions.create(
+        model="solver", messages=[{"role": "user", "content": plan.choices[0].message.content or "?"}],
+        **llm.sampling,
+    )
+    text = (reply.choices[0].message.content or "").replace(" ", "")
+    return sum(c.isalpha() for c in text) / max(1, len(text))
+'''
+
+
+def test_the_trainer_serves_a_frozen_role_beside_the_trained_one(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import textwrap
+
+    import tracerl
+    from tracerl.tasks import toy
+
+    folder = tmp_path / "agents"
+    folder.mkdir()
+    (folder / "roles_test_agents.py").write_text(textwrap.dedent(AGENTS))
+    monkeypatch.syspath_prepend(str(folder))
+    run_dir = tmp_path / "run"
+    trainer = tracerl.Trainer(
+        agent="roles_test_agents:plan_then_solve",
+        algorithm=GRPO(model=str(tiny_model_dir), group_size=4, lr=1e-3, train_models=["solver"]),
+        roles={"solver": None, "planner": str(tiny_model_dir)},
+        runners=2, run_dir=str(run_dir), batch_size=1, max_tokens=8, val_every=0, seed=0, progress=False,
+        max_steps=2,
+    )  # fmt: skip
+    result = trainer.fit(toy.make_tasks("train", 4))
+    assert result.steps == 2 and result.history[-1]["weights_version"] == 2
+    store = connect(f"sqlite:///{run_dir / 'store.db'}")
+    try:
+        rollouts = store.query_rollouts(RolloutQuery(limit=1000)).items
+        assert len(rollouts) == 8
+        calls = [s for r in rollouts for s in store.get_spans(rollout_id=r.rollout_id) if s.kind is SpanKind.LLM_CALL]
+    finally:
+        store.close()
+    versions: dict[str, set[int]] = {}
+    for s in calls:
+        versions.setdefault(s.attributes["model"], set()).add(s.attributes["weights_version"])
+    # the planner's engine never received weights; the solver's served each update (steps 1 and 2 sampled
+    # with versions 0 and 1)
+    assert versions == {"planner": {0}, "solver": {0, 1}}
+
+
+def test_roles_must_name_a_trained_role_that_matches_train_models(tiny_model_dir: Path) -> None:
+    import tracerl
+    from tracerl.tasks import toy
+
+    def trainer(roles: dict[str, str | None], train_models: list[str] | None) -> None:
+        tracerl.Trainer(agent=toy.digits_agent, roles=roles,
+                        algorithm=GRPO(model=str(tiny_model_dir), train_models=train_models))  # fmt: skip
+
+    with pytest.raises(ConfigError, match="names no trained role"):
+        trainer({"planner": "tiny-random"}, None)
+    with pytest.raises(ConfigError, match="make train_models the roles mapped to None"):
+        trainer({"solver": None, "planner": "tiny-random"}, ["planner"])
