@@ -100,3 +100,31 @@ def test_rloo_advantages_by_hand() -> None:
     assert [x.advantage for x in batch.transitions] == pytest.approx([0.75, -0.75, 0.0])
     with pytest.raises(ConfigError, match="leave-one-out"):
         RLOO(model="tiny-random", advantage="grpo")
+
+
+def test_rollouts_batch_keeps_one_models_calls_and_moves_the_others_rewards() -> None:
+    # calls: planner@1, solver@3, planner@5, solver@7; rewards 0.1@2 (planner 1), 0.2@4 (solver 3),
+    # 0.3@6 (planner 5); final 1.0. Kept: the solver's calls. 0.1 precedes every solver call → first kept
+    # (seq 3); 0.3 follows planner 5 → the kept call before it (seq 3); final on the last kept call (seq 7).
+    def call(seq: int, model: str) -> LLMCallRecord:
+        return LLMCallRecord(seq=seq, prompt_ids=[1], response_ids=[2], logprobs=[-1.0], model=model)
+
+    record = RolloutRecord("a", "g", 1.0, [call(1, "planner"), call(3, "solver"), call(5, "planner"),
+                                           call(7, "solver")], [(2, 0.1), (4, 0.2), (6, 0.3)])  # fmt: skip
+    batch = rollouts_batch([record, RolloutRecord("b", "g", 0.0, [call(1, "planner")])], models=["solver"])
+    assert [(x.model, x.call_index) for x in batch.transitions] == [("solver", 0), ("solver", 1)]
+    assert batch.call_rewards == pytest.approx([0.1 + 0.2 + 0.3, 1.0])
+    assert batch.skipped_rollouts == {"no_calls": 1}  # rollout b has no solver call
+
+
+def test_grpo_credit_with_train_models_keeps_only_that_models_calls() -> None:
+    # two rollouts of one group, R = [1, 0]: GRPO advantages ±1/(0.5 + 1e-4) on every call; only the
+    # solver's calls become transitions, the planner's are credit context only
+    def rec(rid: str, final: float) -> RolloutRecord:
+        calls = [LLMCallRecord(seq=s, prompt_ids=[1], response_ids=[2], logprobs=[-1.0], model=m)
+                 for s, m in ((1, "planner"), (2, "solver"))]  # fmt: skip
+        return RolloutRecord(rid, "g", final, calls)
+
+    batch = assign_credit([rec("a", 1.0), rec("b", 0.0)], models=["solver"])
+    assert [(x.rollout_id, x.model) for x in batch.transitions] == [("a", "solver"), ("b", "solver")]
+    assert [x.advantage for x in batch.transitions] == pytest.approx([1 / 0.5001, -1 / 0.5001])

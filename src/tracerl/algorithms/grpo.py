@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracerl.algorithms.base import JSON, StepResult
-from tracerl.algorithms.config import LoRAConfig, PolicyConfig, build_config, choice, int_at_least, number
+from tracerl.algorithms.config import (
+    LoRAConfig,
+    PolicyConfig,
+    build_config,
+    choice,
+    int_at_least,
+    model_names,
+    number,
+)
 from tracerl.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -78,14 +86,7 @@ class GRPOConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.train_models is not None and (
-            not isinstance(self.train_models, list) or not self.train_models
-            or not all(isinstance(m, str) and m for m in self.train_models)
-        ):
-            raise ConfigError(
-                f"train_models must be None or a non-empty list of model names such as ['solver'], "
-                f"got {self.train_models!r}"
-            )
+        model_names("train_models", self.train_models)
         int_at_least("group_size", self.group_size, 1)
         int_at_least("epochs", self.epochs, 1)
         int_at_least("max_staleness", self.max_staleness, 0)

@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracerl.algorithms.base import JSON, StepResult
-from tracerl.algorithms.config import LoRAConfig, PolicyConfig, build_config, choice, int_at_least, number
+from tracerl.algorithms.config import (
+    LoRAConfig,
+    PolicyConfig,
+    build_config,
+    choice,
+    int_at_least,
+    model_names,
+    number,
+)
 from tracerl.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,9 +64,11 @@ class _ClipConfig(PolicyConfig):
     loss_norm: str = "rollout"
     max_staleness: int = 1
     tis_cap: float | None = 2.0
+    train_models: list[str] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        model_names("train_models", self.train_models)
         int_at_least("group_size", self.group_size, 1)
         int_at_least("epochs", self.epochs, 1)
         int_at_least("max_staleness", self.max_staleness, 0)
@@ -85,6 +95,9 @@ class PPOConfig(_ClipConfig):
     * ``value_clip``: c of the clipped value loss (None: unclipped).
     * ``critic_warmup_steps``: first updates that train only the critic.
     * ``whiten_advantages``: normalise the batch's advantages to mean 0, std 1.
+    * ``train_models``: train only the calls answered by these model names (an agent with several roles;
+      the other calls' rewards move to the kept call before them, see
+      :func:`~tracerl.algorithms.rollout_batch.rollouts_batch`). None: every call.
     """
 
     lam: float = 0.95
@@ -201,7 +214,7 @@ class _ReturnsAlgorithm:
         """Whole rollouts with per-call rewards; advantages come in :meth:`update` (they need the model)."""
         from tracerl.algorithms.rollout_batch import rollouts_from_store
 
-        return rollouts_from_store(store, rollout_ids)
+        return rollouts_from_store(store, rollout_ids, self.config.train_models)
 
     def update(self, batch: RolloutBatch) -> StepResult:
         result = self._learner().update(batch)

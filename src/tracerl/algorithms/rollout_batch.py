@@ -57,12 +57,21 @@ class RolloutBatch:
         }
 
 
-def rollouts_batch(records: Sequence[RolloutRecord]) -> RolloutBatch:
-    """:class:`RolloutBatch` of ``records`` (rollouts without trainable calls are counted as skipped)."""
+def rollouts_batch(records: Sequence[RolloutRecord], models: Sequence[str] | None = None) -> RolloutBatch:
+    """:class:`RolloutBatch` of ``records`` (rollouts without trainable calls are counted as skipped).
+
+    ``models``: keep only the calls answered by these model names (an agent with several roles, one trained).
+    The rewards are placed over all calls first; a left-out call's ``r_t`` then moves to the latest kept
+    call before it (the first kept call if none precedes it) — the rule of
+    :func:`tracerl.credit.attach_rewards`, applied as if the other models' calls were part of the
+    environment. A rollout with no kept call is skipped (``no_calls``).
+    """
     skipped: dict[str, int] = {}
     finals = torch.tensor([r.final_reward for r in records], dtype=torch.float64)
     transitions: list[Transition] = []
     rewards: list[float] = []
+    if models is not None:
+        records = [_keep_models(r, models) for r in records]
     usable = [r for r in records if r.calls]
     if len(usable) < len(records):
         skipped["no_calls"] = len(records) - len(usable)
@@ -78,7 +87,7 @@ def rollouts_batch(records: Sequence[RolloutRecord]) -> RolloutBatch:
         transitions += [
             Transition(prompt_ids=c.prompt_ids, response_ids=c.response_ids, logprobs=c.logprobs, advantage=0.0,
                        rollout_id=r.rollout_id, weights_version=c.weights_version, group_id=r.group_id,
-                       call_index=t, ret=float(r_t[t]))
+                       call_index=t, ret=float(r_t[t]), model=c.model)
             for t, c in enumerate(calls)
         ]  # fmt: skip
     groups: dict[str, list[float]] = {}
@@ -95,7 +104,27 @@ def rollouts_batch(records: Sequence[RolloutRecord]) -> RolloutBatch:
     )  # fmt: skip
 
 
-def rollouts_from_store(store: Store, rollout_ids: Sequence[str]) -> RolloutBatch:
+def _keep_models(record: RolloutRecord, models: Sequence[str]) -> RolloutRecord:
+    """``record`` with only the calls of ``models``; the others' rewards re-placed (see :func:`rollouts_batch`)."""
+    calls = sorted(record.calls, key=lambda c: c.seq)
+    kept = [c for c in calls if c.model in models]
+    if not kept:
+        return RolloutRecord(record.rollout_id, record.group_id, record.final_reward, [], [])
+    r_t = step_rewards(
+        torch.tensor([c.seq for c in calls], dtype=torch.int64),
+        torch.tensor([p for p, _ in record.rewards], dtype=torch.int64),
+        torch.tensor([v for _, v in record.rewards], dtype=torch.float64),
+        0.0,
+    ).tolist()  # (T,) the intermediate rewards per call, over all calls
+    rewards: list[tuple[int, float]] = []
+    for c, r in zip(calls, r_t, strict=True):
+        if r:
+            target = max((k.seq for k in kept if k.seq <= c.seq), default=kept[0].seq)
+            rewards.append((target + 1, r))  # just after the kept call: attach_rewards puts it there
+    return RolloutRecord(record.rollout_id, record.group_id, record.final_reward, kept, rewards)
+
+
+def rollouts_from_store(store: Store, rollout_ids: Sequence[str], models: Sequence[str] | None = None) -> RolloutBatch:
     """Read the rollouts from ``store`` (any backend) and build their :class:`RolloutBatch`."""
     records: list[RolloutRecord] = []
     skipped: dict[str, int] = {}
@@ -105,7 +134,7 @@ def rollouts_from_store(store: Store, rollout_ids: Sequence[str]) -> RolloutBatc
             skipped[rec] = skipped.get(rec, 0) + 1
         else:
             records.append(rec)
-    batch = rollouts_batch(records)
+    batch = rollouts_batch(records, models)
     batch.response_tokens = sum(len(c.response_ids) for r in records for c in r.calls)
     for reason, n in skipped.items():
         batch.skipped_rollouts[reason] = batch.skipped_rollouts.get(reason, 0) + n
