@@ -118,7 +118,7 @@ def test_rollouts_batch_keeps_one_models_calls_and_moves_the_others_rewards() ->
 
 
 def test_grpo_credit_with_train_models_keeps_only_that_models_calls() -> None:
-    # two rollouts of one group, R = [1, 0]: GRPO advantages ±1/(0.5 + 1e-4) on every call; only the
+    # two rollouts of one group, R = [1, 0]: mean 0.5, std 0.5 → A = ±0.5/(0.5 + 1e-4) on every call; only the
     # solver's calls become transitions, the planner's are credit context only
     def rec(rid: str, final: float) -> RolloutRecord:
         calls = [LLMCallRecord(seq=s, prompt_ids=[1], response_ids=[2], logprobs=[-1.0], model=m)
@@ -127,4 +127,4 @@ def test_grpo_credit_with_train_models_keeps_only_that_models_calls() -> None:
 
     batch = assign_credit([rec("a", 1.0), rec("b", 0.0)], models=["solver"])
     assert [(x.rollout_id, x.model) for x in batch.transitions] == [("a", "solver"), ("b", "solver")]
-    assert [x.advantage for x in batch.transitions] == pytest.approx([1 / 0.5001, -1 / 0.5001])
+    assert [x.advantage for x in batch.transitions] == pytest.approx([0.5 / 0.5001, -0.5 / 0.5001])
