@@ -159,3 +159,22 @@ kl_coef = 0.01
     assert isinstance(ppo, PPO) and isinstance(rpp, REINFORCEpp)
     assert (ppo.config.critic, ppo.config.lam, ppo.config.critic_warmup_steps) == ("model", 0.9, 3)
     assert (rpp.model, rpp.config.kl_coef) == ("tiny-random", 0.01)
+
+
+def test_a_run_config_serves_roles(tmp_path: Path) -> None:
+    from tracerl.config import load_run_config
+
+    head = 'agent = "tracerl.tasks.toy:digits_agent"\ntrain_tasks = "demo-toy:train"\n'
+    algorithm = '[algorithm]\nmodel = "tiny-random"\ntrain_models = ["solver"]\n'
+    (tmp_path / "run.toml").write_text(
+        head + '[roles]\ntrained = ["solver"]\nfrozen = { planner = "smollm2-135m" }\n' + algorithm
+    )
+    run = load_run_config(tmp_path / "run.toml")
+    assert run.roles == {"solver": None, "planner": "smollm2-135m"}
+    assert run.stages[0].options["train_models"] == ["solver"]
+    (tmp_path / "bad.toml").write_text(head + '[roles]\ntrained = ["solver"]\nfrozen = { solver = "x" }\n' + algorithm)
+    with pytest.raises(ConfigError, match=r"role\(s\) \['solver'\] are both trained and frozen"):
+        load_run_config(tmp_path / "bad.toml")
+    (tmp_path / "empty.toml").write_text(head + "[roles]\ntrained = []\n" + algorithm)
+    with pytest.raises(ConfigError, match="must list the role names to train"):
+        load_run_config(tmp_path / "empty.toml")

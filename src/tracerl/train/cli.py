@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
     val = load_tasks(run.val_tasks) if run.val_tasks else None
     trainer = Trainer(
         agent=run.agent, algorithm=build_stages(run), store=run.store.url, runners=run.runners, engine=run.engine,
-        config=trainer_cfg,
+        config=trainer_cfg, roles=run.roles,
     )
     with stop_on_sigterm():
         result = trainer.fit(train, val_tasks=val)
