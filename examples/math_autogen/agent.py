@@ -12,29 +12,22 @@ One rollout: the assistant receives the question, may call ``calculator(expressi
 :func:`math_autogen.reward.score` (exact numeric match). Every model call AutoGen makes goes through the
 gateway and is recorded as an ``llm_call`` span: one to three tool-calling turns plus the final reply.
 
-The system message states the task; the conversation then starts with one worked exchange (question,
-calculator call, its result, final answer) given to AutoGen as the initial messages of the agent's model
-context, since a small model almost never calls a tool zero-shot. The gateway renders that exchange in the
-model's own tool-call format, so the example shows exactly what the model should write.
+The system message states the task and the answer format; there is no worked example. An earlier version
+started the conversation with one solved exchange (``47 * 25`` → ``Answer: 1175``): SmolLM2-135M copied its
+format but also its answer (45 of 100 held-out word problems answered 1175) and never its tool call, so the
+example poisoned what it was meant to teach. The tool format is taught by the recipe's warm start instead
+(``recipe.py``: SFT on gold calculator demonstrations from the train split, then GRPO).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.messages import TextMessage
-from autogen_core import FunctionCall
-from autogen_core.model_context import UnboundedChatCompletionContext
 from autogen_core.models import (
-    AssistantMessage,
-    FunctionExecutionResult,
-    FunctionExecutionResultMessage,
-    LLMMessage,
     ModelFamily,
     ModelInfo,
-    UserMessage,
 )
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 
@@ -49,23 +42,6 @@ SYSTEM_MESSAGE = (
     "You solve math problems. Use the calculator tool for the arithmetic. When you know the result, "
     'reply with one last line "Answer: <number>".'
 )
-EXAMPLE_QUESTION = "A box holds 47 pens. How many pens are in 25 boxes?"
-EXAMPLE_EXPRESSION = "47 * 25"
-EXAMPLE_REPLY = "47 * 25 = 1175\nAnswer: 1175"
-
-
-def worked_example() -> list[LLMMessage]:
-    """One solved exchange the conversation starts with: question, calculator call, its result, answer."""
-    call = FunctionCall(id="call_example", name="calculator", arguments=json.dumps({"expression": EXAMPLE_EXPRESSION}))
-    result = FunctionExecutionResult(content=calc.calculate(EXAMPLE_EXPRESSION), name="calculator", call_id=call.id)
-    return [
-        UserMessage(content=EXAMPLE_QUESTION, source="user"),
-        AssistantMessage(content=[call], source=AGENT_NAME),
-        FunctionExecutionResultMessage(content=[result]),
-        AssistantMessage(content=EXAMPLE_REPLY, source=AGENT_NAME),
-    ]
-
-
 # what AutoGen needs to know about a model it has no built-in entry for
 MODEL_INFO = ModelInfo(
     vision=False,
@@ -86,13 +62,12 @@ def calculator(expression: Annotated[str, "arithmetic with numbers, + - * / // %
 
 
 def build_agent(model_client: OpenAIChatCompletionClient) -> AssistantAgent:
-    """The assistant: the calculator tool, the instructions, the worked example, a final reply after tool use."""
+    """The assistant: the calculator tool, the instructions, a final reply after tool use."""
     return AssistantAgent(
         name=AGENT_NAME,
         model_client=model_client,
         tools=[calculator],
         system_message=SYSTEM_MESSAGE,
-        model_context=UnboundedChatCompletionContext(initial_messages=worked_example()),
         max_tool_iterations=MAX_TOOL_ITERATIONS,
         reflect_on_tool_use=True,
     )

@@ -5,7 +5,10 @@
     val = make_tasks("val", sources=("basic_arithmetic",), n=20)  # the first 20 arithmetic val tasks
 
 Each task is ``{"id": "gsm_symbolic-test-007", "source": "gsm_symbolic", "question": "...", "answer": "288"}``
-(``answer`` is the gold number as text; rewards compare numbers, see :mod:`math_autogen.reward`).
+(``answer`` is the gold number as text; rewards compare numbers, see :mod:`math_autogen.reward`); the
+arithmetic sources add ``"expression"``, the gold calculator input (``"-477 + 559"``), which the recipe's
+gold demonstrations use. Your own questions: :func:`load_questions` reads a JSONL file of
+``{"question", "answer"}`` objects (``id``, ``source`` and ``expression`` optional).
 
 Sources (generated offline, from fixed seeds, by ``reasoning-gym``'s own generators; nothing is downloaded):
 
@@ -26,7 +29,9 @@ templates, so held-out questions can share a template with training ones, with o
 
 from __future__ import annotations
 
+import json
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from tracerl.errors import ConfigError
@@ -85,6 +90,34 @@ def make_tasks(split: str, *, sources: tuple[str, ...] = SOURCES, n: int | None 
     return tasks
 
 
+def load_questions(path: str | Path) -> list[dict[str, Any]]:
+    """Tasks from a JSONL file, one ``{"question": str, "answer": number-as-text}`` object a line (``id``,
+    ``source``, ``expression`` optional); a clear error names the line that is not such an object."""
+    from math_autogen.reward import parse_number
+
+    tasks: list[dict[str, Any]] = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{n} is not JSON ({e.msg}); write one object per line") from None
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+            raise ConfigError(f"{path}:{n} needs a 'question' string, got {line[:120]!r}")
+        answer = str(item.get("answer", ""))
+        if parse_number(answer) is None:
+            raise ConfigError(f"{path}:{n}: 'answer' must be a number (e.g. \"288\"), got {item.get('answer')!r}")
+        task = {"id": str(item.get("id", f"{Path(path).stem}-{n:04d}")), "source": str(item.get("source", "file")),
+                "question": item["question"], "answer": answer}
+        if isinstance(item.get("expression"), str):
+            task["expression"] = item["expression"]
+        tasks.append(task)
+    if not tasks:
+        raise ConfigError(f"{path} holds no questions")
+    return tasks
+
+
 @cache
 def _all_splits() -> dict[str, dict[str, list[dict[str, Any]]]]:
     """``{source: {"test": [...], "val": [...], "train": [...]}}`` (rules in the module docstring).
@@ -101,18 +134,19 @@ def _all_splits() -> dict[str, dict[str, list[dict[str, Any]]]]:
     for source in SOURCES:
         generator, settings = _GENERATORS[source]
         dataset = reasoning_gym.create_dataset(generator, size=POOL_SIZE, seed=SEED, **settings)
-        distinct: list[tuple[str, str]] = []
+        distinct: list[tuple[str, str, str | None]] = []
         for i in range(POOL_SIZE):
             item = dataset[i]
             if item["question"] not in seen:
                 seen.add(item["question"])
-                distinct.append((item["question"], str(item["answer"])))
+                distinct.append((item["question"], str(item["answer"]), item["metadata"].get("expression")))
         n_test, n_val = SPLIT_SIZES["test"], SPLIT_SIZES["val"]
         bounds = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, len(distinct))}
         out[source] = {
             split: [
                 {"id": f"{source}-{split}-{i:03d}", "source": source, "question": q, "answer": a}
-                for i, (q, a) in enumerate(distinct[lo:hi])
+                | ({"expression": x} if x else {})
+                for i, (q, a, x) in enumerate(distinct[lo:hi])
             ]
             for split, (lo, hi) in bounds.items()
         }

@@ -27,6 +27,7 @@ from typing import Any
 
 from agents import (
     Agent,
+    FunctionTool,
     MaxTurnsExceeded,
     ModelBehaviorError,
     ModelSettings,
@@ -39,7 +40,7 @@ from agents import (
 from openai import AsyncOpenAI
 
 import tracerl
-from rag_agents.retrieval import default_index
+from rag_agents.retrieval import Index, default_index, index_for
 from rag_agents.reward import score
 
 set_tracing_disabled(True)  # offline: do not export the SDK's traces to OpenAI
@@ -75,25 +76,34 @@ EXAMPLE: list[TResponseInputItem] = [
 ]
 
 
-@function_tool
-def search(query: str) -> str:
-    """Search the encyclopedia and return the best matching articles.
+def search_tool(index: Index | None = None) -> FunctionTool:
+    """The ``search`` tool over ``index`` (default: the example's encyclopedia)."""
 
-    Args:
-        query: A few keywords, for example the name of a person, a company or a city.
-    """
-    hits = default_index().search(query, k=TOP_K)
-    if not hits:
-        return f"No article matches {query!r}. Search for a name that appears in the question."
-    return "\n\n".join(f"[{i}] {doc.title}\n{doc.text}" for i, doc in enumerate(hits, 1))
+    @function_tool
+    def search(query: str) -> str:
+        """Search the encyclopedia and return the best matching articles.
+
+        Args:
+            query: A few keywords, for example the name of a person, a company or a city.
+        """
+        hits = (index or default_index()).search(query, k=TOP_K)
+        if not hits:
+            return f"No article matches {query!r}. Search for a name that appears in the question."
+        return "\n\n".join(f"[{i}] {doc.title}\n{doc.text}" for i, doc in enumerate(hits, 1))
+
+    return search
 
 
-def build_agent(client: AsyncOpenAI, model: str, settings: ModelSettings) -> Agent[Any]:
-    """The research agent, talking to ``model`` through ``client``'s Chat Completions endpoint."""
+search = search_tool()
+
+
+def build_agent(client: AsyncOpenAI, model: str, settings: ModelSettings, index: Index | None = None) -> Agent[Any]:
+    """The research agent, talking to ``model`` through ``client``'s Chat Completions endpoint, searching
+    ``index`` (default: the example's encyclopedia)."""
     return Agent(
         name="Researcher",
         instructions=INSTRUCTIONS,
-        tools=[search],
+        tools=[search if index is None else search_tool(index)],
         model=OpenAIChatCompletionsModel(model=model, openai_client=client),
         model_settings=settings,
     )
@@ -104,9 +114,11 @@ def conversation(question: str) -> list[TResponseInputItem]:
     return [*EXAMPLE, {"role": "user", "content": question}]
 
 
-async def answer(question: str, client: AsyncOpenAI, model: str, settings: ModelSettings) -> str:
+async def answer(
+    question: str, client: AsyncOpenAI, model: str, settings: ModelSettings, index: Index | None = None
+) -> str:
     """Run the agent on ``question``; its final reply ("" when the run ended without one)."""
-    agent = build_agent(client, model, settings)
+    agent = build_agent(client, model, settings, index)
     try:
         result = await Runner.run(agent, conversation(question), max_turns=MAX_TURNS)
     except (MaxTurnsExceeded, ModelBehaviorError):
@@ -116,7 +128,9 @@ async def answer(question: str, client: AsyncOpenAI, model: str, settings: Model
 
 @tracerl.agent
 async def rag_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
-    """Answer ``task["question"]`` and return the answer's F1 against ``task["answers"]``."""
+    """Answer ``task["question"]`` and return the answer's F1 against ``task["answers"]``; ``task["corpus"]``
+    (optional) names your own corpus file to search."""
+    index = index_for(task["corpus"]) if task.get("corpus") else None
     async with AsyncOpenAI(base_url=llm.base_url, api_key=llm.api_key) as client:
-        reply = await answer(task["question"], client, llm.model, ModelSettings(**llm.sampling))
+        reply = await answer(task["question"], client, llm.model, ModelSettings(**llm.sampling), index)
     return score(reply, task["answers"])

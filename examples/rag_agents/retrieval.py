@@ -11,6 +11,7 @@ Query words that appear in no document are ignored; a query with no known word f
 
     index = default_index()
     index.search("Dorvik river", k=3)    # [Document(title="Dorvik", ...), ...], best first
+    index_for("my_corpus.jsonl")         # your documents instead (one {"id", "title", "text"} a line)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, cast
 import bm25s
 from bm25s.tokenization import Tokenizer
 
-from rag_agents.data import Document, corpus
+from rag_agents.data import Document, corpus, load_corpus
 
 
 class Index:
@@ -57,3 +58,12 @@ class Index:
 def default_index() -> Index:
     """The index of the example's corpus, built once per process (a few milliseconds)."""
     return Index(corpus())
+
+
+@functools.cache
+def index_for(corpus_path: str | None = None) -> Index:
+    """The index of your corpus (a JSONL file of ``{"id", "title", "text"}``, see :func:`data.load_corpus`),
+    built once per process and path; the example's own corpus when ``corpus_path`` is None."""
+    if corpus_path is None:
+        return default_index()
+    return Index(load_corpus(corpus_path))

@@ -10,9 +10,11 @@ are in :func:`sql_agent`: ``base_url``, ``api_key``, ``model`` and the sampling 
          └──(error, fewer than MAX_ATTEMPTS tries)──┘       (error after MAX_ATTEMPTS tries ──▶ END)
 
 * ``write_query``: the system prompt gives the schema (one line per table, :func:`data.describe_schema`)
-  and asks for one SQLite query in a ```sql block; one worked example exchange follows (a small model
-  needs it to produce the format at all), then the question. On a retry the conversation goes on: the
-  model's previous reply and a user turn with the SQLite error.
+  and asks for one SQLite query in a ```sql block, then the question. There is no worked example: with one,
+  SmolLM2-135M copied the example's query word for word in 10 of 21 queries that ran (``... WHERE
+  Album.Title = 'Facelift'``); the recipe's warm start (``recipe.py``) teaches the format from the train
+  split's gold SQL instead. On a retry the conversation goes on: the model's previous reply and a user turn
+  with the SQLite error.
 * ``execute_query``: runs the query read-only with a time and row limit (:func:`reward.run_query`).
 * ``generate_answer``: a second prompt turns question, query and rows into a one-sentence answer.
 
@@ -51,12 +53,6 @@ about this music store database:
 
 Reply with the query only, in a ```sql block."""
 
-# one worked exchange (not one of the dataset's questions)
-EXAMPLE_QUESTION = "How many tracks are on the album 'Facelift'?"
-EXAMPLE_REPLY = """```sql
-SELECT COUNT(*) FROM Track JOIN Album ON Track.AlbumId = Album.AlbumId WHERE Album.Title = 'Facelift';
-```"""
-
 RETRY_PROMPT = "The query failed with this error: {error}\nWrite a corrected query, in a ```sql block."
 
 ANSWER_PROMPT = ChatPromptTemplate.from_messages([
@@ -66,8 +62,6 @@ ANSWER_PROMPT = ChatPromptTemplate.from_messages([
 
 QUERY_PROMPT = ChatPromptTemplate.from_messages([
     ("system", SYSTEM_PROMPT),
-    ("human", EXAMPLE_QUESTION),
-    ("ai", EXAMPLE_REPLY),
     ("human", "{question}"),
 ])
 
@@ -141,9 +135,10 @@ def build_graph(model: BaseChatModel, db_path: Path) -> Any:
 
 
 def ask(model: BaseChatModel, question: str, db_path: Path | None = None) -> SQLState:
-    """Run the agent on one question; returns the final state (``query``, ``rows``, ``error``, ``answer``)."""
+    """Run the agent on one question against ``db_path`` (default: Chinook); returns the final state
+    (``query``, ``rows``, ``error``, ``answer``)."""
     db = db_path or chinook_db()
-    messages = QUERY_PROMPT.format_messages(schema=describe_schema(), question=question)
+    messages = QUERY_PROMPT.format_messages(schema=describe_schema(db_path), question=question)
     start = SQLState(question=question, messages=messages, query=None, attempts=0, rows=None, error=None, answer=None)
     return build_graph(model, db).invoke(start)
 
@@ -152,8 +147,8 @@ def ask(model: BaseChatModel, question: str, db_path: Path | None = None) -> SQL
 def sql_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
     """Answer ``task["question"]`` and score the last query that ran against ``task["gold_sql"]``."""
     model = ChatOpenAI(base_url=llm.base_url, api_key=llm.api_key, model=llm.model, **llm.sampling)  # type: ignore[arg-type]
-    db = chinook_db()
-    state = ask(model, task["question"], db)
+    db = Path(task["db"]) if task.get("db") else chinook_db()  # your own SQLite file, or Chinook
+    state = ask(model, task["question"], db if task.get("db") else None)
     if state["error"] is not None:
         return 0.0
     return score(db, state["query"], task)

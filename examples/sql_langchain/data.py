@@ -85,20 +85,33 @@ TABLES = (
 
 
 @functools.cache
-def describe_schema() -> str:
+def describe_schema(db_path: str | os.PathLike[str] | None = None) -> str:
     """The schema as one line per table, foreign keys marked with ``->``, for the model's prompt::
 
         Album(AlbumId, Title, ArtistId -> Artist)
 
-    (about 230 tokens, a third of the ``CREATE TABLE`` text, which matters for a small model on a CPU).
+    (about 230 tokens for Chinook, a third of the ``CREATE TABLE`` text, which matters for a small model on a
+    CPU). Without ``db_path`` it describes Chinook (:data:`SCHEMA`, in :data:`TABLES` order); with one, that
+    SQLite file's own tables, by name.
     """
-    db = sqlite3.connect(":memory:")
-    try:
+    if db_path is None:
+        db = sqlite3.connect(":memory:")
         db.executescript(SCHEMA)
+        tables: list[str] = list(TABLES)
+    else:
+        if not Path(db_path).is_file():
+            raise FileNotFoundError(f"no SQLite database at {db_path}; pass the path of an existing .sqlite file")
+        db = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True)
+        rows = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+        tables = [r[0] for r in rows]
+    try:
         lines = []
-        for table in TABLES:
-            refs = {row[3]: row[2] for row in db.execute(f"PRAGMA foreign_key_list({table})")}  # column -> table
-            columns = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+        for table in tables:
+            quoted = '"' + table.replace('"', '""') + '"'
+            refs = {row[3]: row[2] for row in db.execute(f"PRAGMA foreign_key_list({quoted})")}  # column -> table
+            columns = [row[1] for row in db.execute(f"PRAGMA table_info({quoted})")]
             described = [f"{c} -> {refs[c]}" if c in refs else c for c in columns]
             lines.append(f"{table}({', '.join(described)})")
     finally:
@@ -134,20 +147,49 @@ def chinook_db(folder: str | os.PathLike[str] | None = None) -> Path:
     return target
 
 
-def load_questions() -> list[dict[str, Any]]:
-    """Every question of ``data/questions.jsonl``, in file order."""
-    with QUESTIONS_PATH.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def load_questions(path: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Every question of ``path`` (default ``data/questions.jsonl``), in file order.
+
+    Your own questions: one JSON object a line with ``question`` and ``gold_sql`` (``id``, ``split``,
+    ``difficulty``, ``ordered`` optional; ``split`` defaults to ``train``). With your own database, give
+    its path as ``db`` in each task (the agent reads its schema from the file) — ``load_tasks(db=...)``.
+    """
+    out: list[dict[str, Any]] = []
+    with Path(path or QUESTIONS_PATH).open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            q = json.loads(line)
+            if not isinstance(q, dict) or not all(isinstance(q.get(k), str) for k in ("question", "gold_sql")):
+                raise ValueError(f"{path}:{n} needs 'question' and 'gold_sql' strings, got {line[:120]!r}")
+            q.setdefault("id", f"q{n:04d}")
+            q.setdefault("split", "train")
+            q.setdefault("difficulty", "easy")
+            q.setdefault("ordered", False)
+            out.append(q)
+    return out
 
 
-def load_tasks(split: str, n: int | None = None) -> list[dict[str, Any]]:
+def load_tasks(
+    split: str,
+    n: int | None = None,
+    *,
+    questions: str | os.PathLike[str] | None = None,
+    db: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
     """The tasks of ``split`` (``train``, ``val`` or ``test``), the first ``n`` of them if given.
 
-    A task is ``{"id", "question", "gold_sql", "difficulty", "ordered"}`` (the JSONL record minus ``split``).
+    A task is ``{"id", "question", "gold_sql", "difficulty", "ordered"}`` (the JSONL record minus ``split``),
+    plus ``"db"`` (the SQLite file to query) when ``db`` is given. ``questions``: your own JSONL file
+    (see :func:`load_questions`).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {list(SPLITS)}")
-    tasks = [{k: v for k, v in q.items() if k != "split"} for q in load_questions() if q["split"] == split]
+    if db is not None and not Path(db).is_file():
+        raise FileNotFoundError(f"no SQLite database at {db}; pass the path of an existing .sqlite file")
+    extra = {"db": str(Path(db).resolve())} if db is not None else {}
+    tasks = [{k: v for k, v in q.items() if k != "split"} | extra
+             for q in load_questions(questions) if q["split"] == split]
     if n is not None:
         if n > len(tasks):
             raise ValueError(f"split {split!r} has {len(tasks)} questions, asked for {n}")

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tracerl.algorithms.ppo import PPO, REINFORCEpp
     from tracerl.algorithms.rloo import RLOO
     from tracerl.algorithms.sft import SFT
+    from tracerl.demonstrations import record_demonstrations, tool_call
     from tracerl.tracing import emit_error, emit_message, emit_reward, emit_span
     from tracerl.train.trainer import Stage, Trainer
 
@@ -50,6 +51,8 @@ _LAZY: dict[str, str] = {
     "PPO": "tracerl.algorithms.ppo",
     "REINFORCEpp": "tracerl.algorithms.ppo",
     "RLOO": "tracerl.algorithms.rloo",
+    "record_demonstrations": "tracerl.demonstrations",
+    "tool_call": "tracerl.demonstrations",
 }
 
 __all__ = [
@@ -72,6 +75,8 @@ __all__ = [
     "emit_reward",
     "emit_span",
     "evaluate",
+    "record_demonstrations",
+    "tool_call",
 ]
 
 

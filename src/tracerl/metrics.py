@@ -120,8 +120,23 @@ def moving_average(xs: list[float], window: int) -> list[float]:
     return out
 
 
+def stage_boundaries(records: list[dict[str, Any]]) -> list[tuple[float, int]]:
+    """``(x, stage)`` for each stage that starts after the first: x lies halfway between the last step of the
+    previous stage and the first step of this one (train records carry their 1-based ``stage``)."""
+    out: list[tuple[float, int]] = []
+    previous: dict[str, Any] | None = None
+    for r in records:
+        if r.get("kind") != "train" or "stage" not in r:
+            continue
+        if previous is not None and r["stage"] != previous["stage"]:
+            out.append(((previous["step"] + r["step"]) / 2, int(r["stage"])))
+        previous = r
+    return out
+
+
 def plot_rewards(metrics_path: str | Path, png_path: str | Path, *, title: str = "tracerl") -> Path:
-    """Plot train reward per step (and its moving average) and held-out reward into ``png_path``."""
+    """Plot train reward per step (and its moving average) and held-out reward into ``png_path``; a dashed
+    line marks where each later stage of a multi-stage run (e.g. SFT, then GRPO) begins."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,6 +159,10 @@ def plot_rewards(metrics_path: str | Path, png_path: str | Path, *, title: str =
             [r["step"] for r in val], [r["val_reward"] for r in val],
             marker="o", label="held-out reward (greedy)", color="tab:orange",
         )
+    for x, stage in stage_boundaries(records):
+        ax.axvline(x, color="gray", linestyle="--", linewidth=1)
+        ax.annotate(f"stage {stage}", (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", color="gray", fontsize=8)
     values = [r["reward_mean"] for r in train] + [r["val_reward"] for r in val]
     if values:  # show the whole [0, 1] reward range (or more, for rewards outside it) so rises are not magnified
         ax.set_ylim(min(0.0, *values) - 0.02, max(1.0, *values) + 0.02)

@@ -290,3 +290,24 @@ def test_short_training_run_with_train_py(tiny_model_dir: Path, tmp_path: Path) 
             assert all(len(c.response_ids or []) <= 8 for c in calls)
     finally:
         store.close()
+
+
+def test_your_own_questions_file(tmp_path: Path) -> None:
+    from math_autogen import calculator as calc
+    from math_autogen.data import load_questions, make_tasks
+
+    from tracerl.errors import ConfigError
+
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question": "What is 2 + 3?", "answer": "5", "expression": "2 + 3"}\n\n'
+                    '{"question": "Half of 9?", "answer": "4.5", "id": "h"}\n')
+    assert load_questions(path) == [
+        {"id": "q-0001", "source": "file", "question": "What is 2 + 3?", "answer": "5", "expression": "2 + 3"},
+        {"id": "h", "source": "file", "question": "Half of 9?", "answer": "4.5"},
+    ]
+    path.write_text('{"question": "What is 2 + 3?", "answer": "five"}\n')
+    with pytest.raises(ConfigError, match=r"q\.jsonl:1: 'answer' must be a number"):
+        load_questions(path)
+    # the arithmetic sources carry the gold calculator input the recipe's demonstrations use
+    task = make_tasks("train", sources=("basic_arithmetic",), n=1)[0]
+    assert calc.calculate(task["expression"]) == task["answer"]

@@ -367,3 +367,32 @@ def test_short_grpo_run_on_the_agent(tiny_model_dir: Path, tmp_path: Path) -> No
     assert updates >= 1 and result.history[-1]["weights_version"] == updates, result.history
     assert all(h["transitions"] >= 4 for h in result.history if h["zero_variance_groups"] < h["groups"])
     assert result.final_model is not None and (result.final_model / "config.json").exists()
+
+
+def test_your_own_corpus_and_questions(tmp_path: Path) -> None:
+    from agents.tool_context import ToolContext
+    from rag_agents.agent import search_tool
+    from rag_agents.data import load_corpus, load_questions
+    from rag_agents.retrieval import index_for
+
+    corpus_file = tmp_path / "docs.jsonl"
+    corpus_file.write_text(
+        json.dumps({"id": "1", "title": "Zorblat", "text": "Zorblat is a moon of Quenta, mined for ice."}) + "\n"
+        + json.dumps({"id": "2", "title": "Quenta", "text": "Quenta is a gas giant discovered in 2087."}) + "\n"
+    )
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "When was the planet Zorblat orbits discovered?",
+                                     "answers": "2087", "evidence": ["Zorblat", "Quenta"]}) + "\n")
+    [task] = load_questions(questions, corpus=corpus_file)
+    assert task["answers"] == ["2087"] and task["evidence"] == ["Zorblat", "Quenta"]
+    assert task["corpus"] == str(corpus_file.resolve()) and task["id"] == "q0001"
+    assert [d.title for d in load_corpus(corpus_file)] == ["Zorblat", "Quenta"]
+
+    tool = search_tool(index_for(task["corpus"]))  # what the agent builds for a task that names a corpus
+    ctx = ToolContext(context=None, tool_name="search", tool_call_id="c1", tool_arguments="{}")
+    found = asyncio.run(tool.on_invoke_tool(ctx, json.dumps({"query": "Quenta gas giant"})))
+    assert str(found).startswith("[1] Quenta\nQuenta is a gas giant discovered in 2087.")
+
+    questions.write_text(json.dumps({"question": "no answers"}) + "\n")
+    with pytest.raises(ValueError, match=r"q\.jsonl:1 needs a 'question' string and 'answers'"):
+        load_questions(questions)

@@ -11,6 +11,7 @@ scripted chat model, which replays fixed replies.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import warnings
 from collections import Counter
@@ -260,3 +261,44 @@ def test_a_short_grpo_run_completes(tiny_model_dir: Path, tmp_path: Path) -> Non
     assert [h["reward_mean"] for h in result.history] == [0.0, 0.0]
     assert result.val_before == 0.0 and result.val_after == 0.0
     assert result.final_model is not None and (result.final_model / "config.json").exists()
+
+
+@needs_langchain
+def test_your_own_database_and_questions(tmp_path: Path) -> None:
+    import sqlite3
+
+    from sql_langchain.agent import ask
+
+    db_file = tmp_path / "shop.sqlite"
+    con = sqlite3.connect(db_file)
+    con.executescript(
+        "CREATE TABLE Maker (MakerId INTEGER PRIMARY KEY, Name TEXT);"
+        "CREATE TABLE Gadget (GadgetId INTEGER PRIMARY KEY, Name TEXT, MakerId INTEGER REFERENCES Maker (MakerId));"
+        "INSERT INTO Maker VALUES (1, 'Acme'); INSERT INTO Gadget VALUES (1, 'Rocket', 1), (2, 'Anvil', 1);"
+    )
+    con.commit()
+    con.close()
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        json.dumps({"question": "How many gadgets are there?", "gold_sql": "SELECT COUNT(*) FROM Gadget",
+                    "split": "test"}) + "\n"
+        + json.dumps({"question": "Name every maker.", "gold_sql": "SELECT Name FROM Maker"}) + "\n"
+    )
+    assert data.describe_schema(db_file) == "Gadget(GadgetId, Name, MakerId -> Maker)\nMaker(MakerId, Name)"
+    [task] = data.load_tasks("test", questions=questions, db=db_file)
+    assert task["db"] == str(db_file.resolve()) and task["id"] == "q0001" and task["ordered"] is False
+    assert [t["question"] for t in data.load_tasks("train", questions=questions)] == ["Name every maker."]
+    assert score(db_file, "SELECT count(GadgetId) FROM Gadget", task) == 1.0
+
+    model = scripted("```sql\nSELECT COUNT(*) FROM Gadget\n```", "There are 2 gadgets.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # emit_reward outside a tracerl run only warns
+        state = ask(model, task["question"], db_file)
+    assert "Gadget(GadgetId, Name, MakerId -> Maker)" in str(state["messages"][0].content)  # the user's schema
+    assert state["rows"] == [(2,)]  # the query ran on the user's file
+    with pytest.raises(FileNotFoundError, match="no SQLite database at"):
+        data.load_tasks("test", questions=questions, db=tmp_path / "missing.sqlite")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "no sql"}) + "\n")
+    with pytest.raises(ValueError, match="needs 'question' and 'gold_sql'"):
+        data.load_questions(bad)

@@ -44,13 +44,33 @@ def render_transcript(transcript: JSON, tokenizer: Any, *, where: str = "transcr
 
     if not isinstance(transcript, dict) or "messages" not in transcript:
         raise ConfigError(f"{where} must be an object with 'messages' (and optionally 'tools'): {transcript!r:.200}")
+    weights = assistant_weights(transcript["messages"], where)
     try:
         messages = normalize_messages(transcript["messages"])
         tools = normalize_tools(transcript.get("tools"))
         turns = render_turns(tokenizer, messages, tools, end_of_turn_ids(tokenizer))
     except TracerlError as e:
         raise ConfigError(f"{where}: {e}") from None
-    return [SFTExample(p, r, where) for p, r in turns]
+    return [SFTExample(p, r, where) for (p, r), w in zip(turns, weights, strict=True) if w]
+
+
+def assistant_weights(messages: Any, where: str) -> list[int]:
+    """The ``weight`` (1 by default, or 0: context only, not trained) of each assistant message, in order.
+
+    As in OpenAI's fine-tuning format, ``"weight": 0`` on an assistant message keeps it in the prompt of
+    later turns but trains no example on it (e.g. a worked example, or a reply trained on another call).
+    """
+    if not isinstance(messages, list):
+        return []
+    weights: list[int] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") != "assistant":
+            continue
+        w = m.get("weight", 1)
+        if isinstance(w, bool) or w not in (0, 1):
+            raise ConfigError(f"{where}: messages[{i}].weight is {w!r}; it must be 0 (context only) or 1 (trained)")
+        weights.append(int(w))
+    return weights
 
 
 def calls_of_rollout(store: Store, rollout_id: str, tokenizer: Any | None = None) -> list[SFTExample]:

@@ -1,0 +1,82 @@
+"""The RAG agent's recipe: base → warm start on gold search demonstrations → GRPO, on held-out questions.
+
+    python examples/rag_agents/recipe.py                          # 2 seeds, runs/rag_recipe/results.json
+    python examples/rag_agents/recipe.py --corpus docs.jsonl --train-questions train.jsonl \\
+        --val-questions val.jsonl --test-questions test.jsonl
+
+The gold policy answers each call of the Agents SDK run the way a good model would: a ``search`` call for the
+next title of the task's ``evidence`` (the articles to read, in order; train split only), then
+``Answer: <gold answer>`` once every evidence article has been retrieved. :func:`tracerl.record_demonstrations`
+runs the unchanged agent against it, so the transcripts hold the SDK's own instructions, tool schema and
+worked example. See ``examples/recipes.py`` for the stages and the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recipes import Recipe, run_recipe
+
+import tracerl
+
+JSON = dict[str, Any]
+
+
+def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
+    """Search the evidence titles one by one, then answer (the worked example's turns are not this task's)."""
+    question_at = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    searched = sum(1 for m in messages[question_at:] if m.get("role") == "tool")
+    if searched < len(task["evidence"]):
+        return tracerl.tool_call("search", query=task["evidence"][searched])
+    return {"content": f"Answer: {task['answers'][0]}"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    p.add_argument("--run-dir", default="runs/rag_recipe", help="output folder (default: runs/rag_recipe)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--corpus", default=None, help="your JSONL documents (id, title, text)")
+    for split in ("train", "val", "test"):
+        p.add_argument(f"--{split}-questions", default=None, help=f"JSONL {split} questions (question, answers)")
+    p.add_argument("--n-test", type=int, default=40, help="test questions (default: 40)")
+    p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
+    p.add_argument("--demos", type=int, default=48, help="train questions turned into demonstrations (default: 48)")
+    p.add_argument("--sft-lr", type=float, default=1e-4, help="SFT learning rate (default: 1e-4)")
+    p.add_argument("--sft-epochs", type=int, default=2)
+    p.add_argument("--grpo-minutes", type=float, default=10.0)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
+    p.add_argument("--runners", type=int, default=8)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> JSON:
+    args = parse_args(argv)
+    from rag_agents.data import load_questions, make_tasks
+
+    def tasks(split: str, n: int | None) -> list[JSON]:
+        path = getattr(args, f"{split}_questions")
+        if path:
+            return load_questions(path, corpus=args.corpus)[:n]
+        if args.corpus:
+            raise SystemExit(f"with --corpus, give your own --{split}-questions too")
+        return make_tasks(split, n)
+
+    recipe = Recipe(
+        name="rag_agents", agent="rag_agents.agent:rag_agent", train=tasks("train", None),
+        val=tasks("val", args.n_val), test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir),
+        model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
+        grpo_minutes=args.grpo_minutes,
+        group_size=args.group_size, grpo_lr=args.lr, runners=args.runners, max_tokens=64,
+    )
+    return run_recipe(recipe, seeds=args.seeds)
+
+
+if __name__ == "__main__":
+    main()

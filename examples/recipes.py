@@ -1,0 +1,179 @@
+"""Base → warm start (SFT on gold demonstrations) → GRPO for the framework examples, measured on held-out tasks.
+
+Each example's ``recipe.py`` builds a :class:`Recipe` (its agent, train/val/test tasks and a gold policy that
+answers each LLM call the way a good model would, from the *train* split's gold data) and calls
+:func:`run_recipe`. For every seed:
+
+1. **base**: the base model's greedy reward on the test tasks (once: greedy decoding does not depend on
+   the seed);
+2. **warm start**: :func:`tracerl.record_demonstrations` runs the unchanged agent on ``demos`` train tasks
+   against the gold policy and keeps one transcript per call; ``tracerl.SFT`` trains on them (loss on the
+   assistant tokens, rendered exactly as the gateway renders them); the test tasks are evaluated;
+3. **RL**: ``tracerl.GRPO`` continues from the warm-start model on the train tasks for a wall-clock budget,
+   validating on the val tasks; the test tasks are evaluated.
+
+Everything lands in ``run_dir``: ``demos.jsonl``, one folder per seed and stage (metrics, plot, final
+model), and ``results.json`` with the per-task test rewards of every stage. A rerun skips what
+``results.json`` already holds, so an interrupted recipe resumes. :func:`report` prints the table the READMEs
+show: mean test reward per stage and seed, wall time, and paired bootstrap intervals (over test tasks, each
+task's reward averaged over the seeds) of the warm start's gain over the base model and of the RL stage's gain
+over the warm start.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = Path(__file__).resolve().parent
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))  # the runner's worker processes import the agents from here
+
+JSON = dict[str, Any]
+
+
+@dataclass
+class Recipe:
+    """One example's recipe: what to train, on what, with which gold policy and settings."""
+
+    name: str
+    agent: str  # "module:function", importable from examples/
+    train: list[JSON]
+    val: list[JSON]
+    test: list[JSON]
+    policy: Callable[[JSON, list[JSON], list[JSON]], JSON]
+    run_dir: Path
+    model: str = "smollm2-135m"
+    demos: int = 64
+    sft_epochs: int = 2
+    sft_lr: float = 5e-5
+    sft_batch_size: int = 8
+    grpo_minutes: float = 10.0
+    grpo_max_steps: int | None = None
+    group_size: int = 8
+    batch_size: int = 2
+    grpo_lr: float = 2e-5
+    max_tokens: int = 96
+    runners: int = 8
+    val_every: int = 5
+    grpo_options: JSON = field(default_factory=dict)
+
+    def agent_fn(self) -> Callable[..., Any]:
+        """The agent function itself (imported from :attr:`agent`)."""
+        from tracerl.agent import agent_ref, load_agent
+
+        return load_agent(agent_ref(self.agent))
+
+
+def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
+    """Run every stage of ``recipe`` for ``seeds`` (skipping what ``results.json`` holds); returns the results."""
+    import tracerl
+    from tracerl.demonstrations import write_jsonl
+
+    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    path = recipe.run_dir / "results.json"
+    results: JSON = json.loads(path.read_text()) if path.exists() else {"recipe": recipe.name, "seeds": {}}
+
+    def save() -> None:
+        path.write_text(json.dumps(results, indent=1))
+
+    demos_path = recipe.run_dir / "demos.jsonl"
+    if not demos_path.exists():
+        runs: list[Any] = []
+        t0 = time.monotonic()
+        demos = tracerl.record_demonstrations(recipe.agent_fn(), recipe.train[: recipe.demos], recipe.policy, runs=runs)
+        write_jsonl(demos_path, demos)
+        solved = sum(1 for r in runs if r.reward is not None and r.reward >= 1.0)
+        results["demos"] = {"tasks": len(runs), "solved_by_gold": solved, "transcripts": len(demos),
+                            "seconds": round(time.monotonic() - t0, 1)}
+        print(f"[{recipe.name}] {len(demos)} demonstration transcripts from {solved}/{len(runs)} train tasks")
+        save()
+    if "base" not in results:
+        results["base"] = _evaluate(recipe, recipe.model)
+        save()
+    print(f"[{recipe.name}] base: {results['base']['mean']:.3f}")
+    for seed in seeds:
+        done: JSON = results["seeds"].setdefault(str(seed), {})
+        folder = recipe.run_dir / f"seed{seed}"
+        if "sft" not in done:
+            t0 = time.monotonic()
+            fit = tracerl.Trainer(
+                agent=recipe.agent,
+                algorithm=tracerl.SFT(recipe.model, demonstrations=str(demos_path), lr=recipe.sft_lr, seed=seed),
+                runners=2, run_dir=str(folder / "sft"), epochs=recipe.sft_epochs, batch_size=recipe.sft_batch_size,
+                val_every=0, seed=seed, progress=False,
+            ).fit(recipe.train)
+            train_s = time.monotonic() - t0
+            done["sft"] = {**_evaluate(recipe, str(fit.final_model)), "train_seconds": round(train_s, 1),
+                           "steps": fit.steps, "model": str(fit.final_model)}
+            save()
+        print(f"[{recipe.name}] seed {seed} warm start: {done['sft']['mean']:.3f}")
+        if "grpo" not in done:
+            t0 = time.monotonic()
+            fit = tracerl.Trainer(
+                agent=recipe.agent,
+                algorithm=tracerl.GRPO(done["sft"]["model"], group_size=recipe.group_size, lr=recipe.grpo_lr,
+                                       seed=seed, **recipe.grpo_options),
+                runners=recipe.runners, run_dir=str(folder / "grpo"), batch_size=recipe.batch_size,
+                time_budget_s=recipe.grpo_minutes * 60, max_steps=recipe.grpo_max_steps, val_every=recipe.val_every,
+                max_tokens=recipe.max_tokens,
+                seed=seed, progress=False,
+            ).fit(recipe.train, val_tasks=recipe.val)
+            train_s = time.monotonic() - t0
+            done["grpo"] = {**_evaluate(recipe, str(fit.final_model)), "train_seconds": round(train_s, 1),
+                            "steps": fit.steps, "val_before": fit.val_before, "val_after": fit.val_after,
+                            "model": str(fit.final_model)}
+            save()
+        print(f"[{recipe.name}] seed {seed} RL: {done['grpo']['mean']:.3f}")
+    print(report(results))
+    return results
+
+
+def _evaluate(recipe: Recipe, model: str) -> JSON:
+    import tracerl
+
+    res = tracerl.evaluate(recipe.agent, recipe.test, model=model, runners=recipe.runners, max_tokens=recipe.max_tokens)
+    rewards = [float(r.reward or 0.0) for r in res]
+    return {"mean": sum(rewards) / len(rewards), "rewards": rewards, "eval_seconds": round(res.seconds, 1),
+            "failed": res.failed}
+
+
+def report(results: JSON) -> str:
+    """A markdown table of ``results`` (see the module docstring) with the bootstrap intervals."""
+    from tracerl.stats import paired_bootstrap
+
+    seeds = sorted(results.get("seeds", {}), key=int)
+    lines = [f"| stage | {' | '.join(f'seed {s}' for s in seeds)} | mean | train time per seed |",
+             "|---|" + "---|" * (len(seeds) + 2)]
+    base = results["base"]
+    b = f"{base['mean']:.3f}"
+    lines.append(f"| base | {' | '.join(b for _ in seeds)} | {b} | – |")
+    per_stage: dict[str, list[list[float]]] = {}
+    for stage, label in (("sft", "warm start (SFT)"), ("grpo", "RL (GRPO)")):
+        runs = [results["seeds"][s].get(stage) for s in seeds]
+        if not all(runs):
+            continue
+        means = [r["mean"] for r in runs]
+        per_stage[stage] = [r["rewards"] for r in runs]
+        minutes = ", ".join(f"{r['train_seconds'] / 60:.1f} min" for r in runs)
+        lines.append(f"| {label} | {' | '.join(f'{m:.3f}' for m in means)} | {sum(means) / len(means):.3f} | "
+                     f"{minutes} |")
+    n_test = len(base["rewards"])
+    lines.append("")
+    lines.append(f"Test tasks: {n_test}; greedy decoding.")
+
+    def task_means(rows: list[list[float]]) -> list[float]:
+        return [sum(col) / len(col) for col in zip(*rows, strict=True)]
+
+    if "sft" in per_stage:
+        gain = paired_bootstrap(base["rewards"], task_means(per_stage["sft"]))
+        lines.append(f"Warm start − base: {gain}.")
+    if "sft" in per_stage and "grpo" in per_stage:
+        gain = paired_bootstrap(task_means(per_stage["sft"]), task_means(per_stage["grpo"]))
+        lines.append(f"RL − warm start: {gain}.")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""The text-to-SQL agent's recipe: base → warm start on the train split's gold SQL → GRPO, on held-out questions.
+
+    python examples/sql_langchain/recipe.py                 # 2 seeds, runs/sql_recipe/results.json
+    python examples/sql_langchain/recipe.py --questions my_questions.jsonl --db my.sqlite
+
+The gold policy answers the LangGraph agent's two kinds of call the way a good model would: the query
+writer's call with the task's ``gold_sql`` in a ```sql block (train split only), the answer writer's call
+with a sentence quoting the SQL result it was shown. :func:`tracerl.record_demonstrations` runs the unchanged
+agent against it, so the transcripts hold LangChain's own prompts. GRPO credits with ``returns="step"`` (the
+``valid_sql`` intermediate reward counts for the call that wrote the query). See ``examples/recipes.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recipes import Recipe, run_recipe
+
+JSON = dict[str, Any]
+
+
+def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
+    """The gold query for the query writer; for the answer writer, a sentence with the result it was shown."""
+    last = str(messages[-1].get("content") or "")
+    if "SQL result:" in last:
+        return {"content": f"The answer is {last.split('SQL result:', 1)[1].strip()}."}
+    return {"content": f"```sql\n{task['gold_sql'].strip().rstrip(';')}\n```"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    p.add_argument("--run-dir", default="runs/sql_recipe", help="output folder (default: runs/sql_recipe)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--questions", default=None, help="your JSONL questions (question, gold_sql, split)")
+    p.add_argument("--db", default=None, help="your SQLite database file (default: Chinook)")
+    p.add_argument("--sft-lr", type=float, default=1e-4, help="SFT learning rate (default: 1e-4)")
+    p.add_argument("--demos", type=int, default=48, help="train questions turned into demonstrations (default: 48)")
+    p.add_argument("--sft-epochs", type=int, default=2)
+    p.add_argument("--grpo-minutes", type=float, default=10.0)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
+    p.add_argument("--runners", type=int, default=8)
+    p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> JSON:
+    args = parse_args(argv)
+    from sql_langchain.data import load_tasks
+
+    def tasks(split: str, n: int | None = None) -> list[JSON]:
+        return load_tasks(split, n, questions=args.questions, db=args.db)
+
+    train = tasks("train")
+    train.sort(key=lambda t: ("easy", "medium", "hard").index(t.get("difficulty", "easy")))  # demos: easiest first
+    recipe = Recipe(
+        name="sql_langchain", agent="sql_langchain.agent:sql_agent", train=train,
+        val=tasks("val", min(args.n_val, len(tasks("val")))), test=tasks("test"), policy=gold,
+        run_dir=Path(args.run_dir), model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
+        grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr, runners=args.runners,
+        max_tokens=128, grpo_options={"returns": "step"},
+    )
+    return run_recipe(recipe, seeds=args.seeds)
+
+
+if __name__ == "__main__":
+    main()
