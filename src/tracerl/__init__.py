@@ -29,6 +29,8 @@ from tracerl.store import Store, connect
 
 if TYPE_CHECKING:
     from tracerl.algorithms.grpo import GRPO
+    from tracerl.algorithms.ppo import PPO, REINFORCEpp
+    from tracerl.algorithms.rloo import RLOO
     from tracerl.algorithms.sft import SFT
     from tracerl.demonstrations import record_demonstrations, tool_call
     from tracerl.tracing import emit_error, emit_message, emit_reward, emit_span
@@ -46,6 +48,9 @@ _LAZY: dict[str, str] = {
     "Stage": "tracerl.train.trainer",
     "GRPO": "tracerl.algorithms.grpo",
     "SFT": "tracerl.algorithms.sft",
+    "PPO": "tracerl.algorithms.ppo",
+    "REINFORCEpp": "tracerl.algorithms.ppo",
+    "RLOO": "tracerl.algorithms.rloo",
     "record_demonstrations": "tracerl.demonstrations",
     "tool_call": "tracerl.demonstrations",
 }
@@ -53,8 +58,11 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "GRPO",
     "LLM",
+    "PPO",
+    "RLOO",
     "SFT",
     "EvalResults",
+    "REINFORCEpp",
     "Stage",
     "Store",
     "TracerlError",

@@ -16,7 +16,8 @@ A whole run can be written as a TOML file and started with ``tracerl train run.t
     n = 4
 
     [algorithm]                                # the keyword arguments of tracerl.GRPO
-    model = "smollm2-135m"                     # (name = "sft" picks tracerl.SFT instead)
+    model = "smollm2-135m"                     # (name = "sft", "ppo", "reinforce++" or "rloo" picks
+                                               #  tracerl.SFT, PPO, REINFORCEpp or RLOO instead)
     group_size = 4
     lr = 1e-5
 
@@ -44,6 +45,13 @@ max_steps, time_budget_s, batch_size, val_every, temperature, max_tokens)::
     group_size = 8
     [stages.trainer]
     time_budget_s = 900
+
+An agent with several roles, each naming its own ``model``, trains one and keeps the others frozen with a
+``[roles]`` table (and the algorithm's ``train_models = ["solver"]``)::
+
+    [roles]
+    trained = ["solver"]                       # served by the model being trained
+    frozen = { planner = "smollm2-135m" }      # served by a frozen model of its own
 
 This module depends on nothing else of tracerl but :mod:`tracerl.errors` (the algorithm section is kept as a
 plain dict and validated by ``GRPOConfig`` when the trainer builds the algorithm).
@@ -234,7 +242,7 @@ class TrainerConfig:
 STAGE_FIELDS = ("epochs", "max_steps", "time_budget_s", "batch_size", "val_every", "temperature", "max_tokens")
 
 #: algorithm names a run config may use
-ALGORITHMS = ("grpo", "sft")
+ALGORITHMS = ("grpo", "sft", "ppo", "reinforce++", "rloo")
 
 
 @dataclass
@@ -274,6 +282,8 @@ class RunConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     stages: list[StageSpec] = field(default_factory=list)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    #: an agent with several roles: role name → None (served by the trained model) or a frozen model
+    roles: dict[str, str | None] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.agent, str) or not _AGENT_REF.match(self.agent):
@@ -331,7 +341,7 @@ def _build_section(name: str, cls: type, raw: object, source: str) -> Any:
 
 def run_config_from_dict(data: dict[str, Any], *, source: str = "config") -> RunConfig:
     """Build a :class:`RunConfig` from parsed TOML, refusing unknown keys with the list of known ones."""
-    top_level = {"agent", "train_tasks", "val_tasks", "algorithm", "stages", *_SECTIONS}
+    top_level = {"agent", "train_tasks", "val_tasks", "algorithm", "stages", "roles", *_SECTIONS}
     unknown = sorted(set(data) - top_level)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {source}; the known keys are {sorted(top_level)}")
@@ -357,8 +367,26 @@ def run_config_from_dict(data: dict[str, Any], *, source: str = "config") -> Run
         train_tasks=data["train_tasks"],
         val_tasks=data.get("val_tasks"),
         stages=stages,
+        roles=_roles_from_table(data["roles"], source) if "roles" in data else None,
         **sections,
     )
+
+
+def _roles_from_table(raw: Any, source: str) -> dict[str, str | None]:
+    """``[roles]``: ``trained = ["solver"]`` (names served by the trained model) and ``frozen = {planner =
+    "smollm2-135m"}`` (names served by frozen models) → role name → None or the frozen model."""
+    example = 'trained = ["solver"] and frozen = { planner = "smollm2-135m" }'
+    if not isinstance(raw, dict) or set(raw) - {"trained", "frozen"}:
+        raise ConfigError(f"[roles] in {source} takes {example}, got {raw!r}")
+    trained, frozen = raw.get("trained", []), raw.get("frozen", {})
+    if not isinstance(trained, list) or not trained or not all(isinstance(n, str) and n for n in trained):
+        raise ConfigError(f"[roles] trained in {source} must list the role names to train, as in {example}")
+    if not isinstance(frozen, dict) or not all(isinstance(m, str) and m for m in frozen.values()):
+        raise ConfigError(f"[roles] frozen in {source} must map role names to model names, as in {example}")
+    both = sorted(set(trained) & set(frozen))
+    if both:
+        raise ConfigError(f"role(s) {both} are both trained and frozen in [roles] of {source}; name each once")
+    return {**{name: None for name in trained}, **{str(k): str(v) for k, v in frozen.items()}}
 
 
 def load_run_config(path: str | Path) -> RunConfig:

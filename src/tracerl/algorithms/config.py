@@ -133,3 +133,11 @@ def number(
 def choice(name: str, value: object, options: tuple[str, ...]) -> None:
     if value not in options:
         raise ConfigError(f"{name} = {value!r} is not one of {list(options)}")
+
+
+def model_names(name: str, value: object) -> None:
+    """Refuse ``value`` unless it is None or a non-empty list of non-empty model names."""
+    if value is not None and (
+        not isinstance(value, list) or not value or not all(isinstance(m, str) and m for m in value)
+    ):
+        raise ConfigError(f"{name} must be None or a non-empty list of model names such as ['solver'], got {value!r}")

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracerl.algorithms.base import JSON, StepResult
-from tracerl.algorithms.config import LoRAConfig, PolicyConfig, build_config, choice, int_at_least, number
+from tracerl.algorithms.config import (
+    LoRAConfig,
+    PolicyConfig,
+    build_config,
+    choice,
+    int_at_least,
+    model_names,
+    number,
+)
 from tracerl.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,6 +64,9 @@ class GRPOConfig(PolicyConfig):
       kernels) is not exactly the learner; each on-policy token's loss is weighted by
       ``min(π_learner(x) / π_sampler(x), tis_cap)`` so that gap cannot bias the update unseen. None: off
       (the gap is measured and logged either way: ``mismatch_*`` metrics).
+    * ``train_models``: an agent with several roles names a model per role (:mod:`tracerl.gateway.routing`);
+      only the calls answered by these model names are trained (None: every call). Credit is assigned over
+      all of a rollout's calls first.
     """
 
     group_size: int = 4
@@ -71,9 +82,11 @@ class GRPOConfig(PolicyConfig):
     loss_norm: str = "rollout"
     max_staleness: int = 1
     tis_cap: float | None = 2.0
+    train_models: list[str] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        model_names("train_models", self.train_models)
         int_at_least("group_size", self.group_size, 1)
         int_at_least("epochs", self.epochs, 1)
         int_at_least("max_staleness", self.max_staleness, 0)
@@ -108,6 +121,8 @@ class GRPO:
     """
 
     name = "grpo"
+    #: the config this algorithm validates its options with (RLOO narrows it)
+    config_class: type[GRPOConfig] = GRPOConfig
 
     def __init__(
         self,
@@ -119,12 +134,12 @@ class GRPO:
         **options: Any,
     ) -> None:
         self.config: GRPOConfig = build_config(
-            GRPOConfig, "GRPO", model=model, group_size=group_size, lr=lr, lora=lora, **options
+            self.config_class, type(self).__name__, model=model, group_size=group_size, lr=lr, lora=lora, **options
         )
         self.learner: GRPOLearner | None = None
 
     def __repr__(self) -> str:
-        return f"GRPO({self.config!r})"
+        return f"{type(self).__name__}({self.config!r})"
 
     # -- the Algorithm protocol ------------------------------------------------------------------
     @property
@@ -172,7 +187,7 @@ class GRPO:
         c = self.config
         return transitions_from_store(
             store, rollout_ids, returns=c.returns, advantage=c.advantage, scale=c.scale,  # type: ignore[arg-type]
-            gamma=c.gamma, eps=c.adv_eps,
+            gamma=c.gamma, eps=c.adv_eps, models=c.train_models,
         )
 
     def update(self, batch: CreditBatch) -> StepResult:

@@ -111,6 +111,11 @@ class Policy:
 
         Runs the transformer on the packed rows, then the output head on the response positions only.
         """
+        return self.logprobs_and_state(mb, model)[0]
+
+    def logprobs_and_state(self, mb: MicroBatch, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`logprobs` and, from the same forward, the final hidden state at each call's last prompt
+        token (B, H) (what a value head on the policy reads: PPO's critic)."""
         backbone, head = _backbone_and_head(model or self.model)
         with self.autocast():
             hidden = backbone(
@@ -127,7 +132,8 @@ class Policy:
             logits = torch.tanh(logits / cap) * cap
         nll = F.cross_entropy(logits, mb.response_ids[mb.response_mask], reduction="none")  # (n,)
         out = torch.zeros(mb.response_mask.shape, dtype=torch.float32, device=nll.device)  # (B, R)
-        return out.masked_scatter(mb.response_mask, -nll)
+        state = flat[mb.gather_index[:, 0]]  # (B, H) the position predicting response token 0: last prompt token
+        return out.masked_scatter(mb.response_mask, -nll), state
 
     @torch.no_grad()
     def ref_logprobs(self, mb: MicroBatch) -> Tensor:

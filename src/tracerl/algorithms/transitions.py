@@ -58,6 +58,8 @@ class Transition:
     call_index: int = 0
     #: the per-call return G_t the advantage came from
     ret: float = 0.0
+    #: the model name that answered the call (an agent with several roles names one per role)
+    model: str | None = None
 
 
 @dataclass(slots=True)
@@ -71,6 +73,8 @@ class LLMCallRecord:
     #: the gateway's ``prefix_reused`` (False: the agent changed a turn the model wrote, so this prompt
     #: re-renders it and does not extend the previous call; None: nothing to reuse)
     prefix_reused: bool | None = None
+    #: the model that answered (the gateway's ``attributes["model"]``)
+    model: str | None = None
 
 
 @dataclass(slots=True)
@@ -127,11 +131,14 @@ def assign_credit(
     scale: credit.ScaleMode = "std",
     gamma: float = 1.0,
     eps: float = 1e-4,
+    models: Sequence[str] | None = None,
 ) -> CreditBatch:
     """Per-call returns, group advantages and the zero-variance skip (see :mod:`tracerl.credit`).
 
     Each rollout's score is its first call's return ``s_i = G_{i,1}``; groups are the rollouts sharing a
-    ``group_id``. Rollouts of skipped groups produce no transitions.
+    ``group_id``. Rollouts of skipped groups produce no transitions. ``models``: only calls answered by
+    these model names become transitions (an agent with several roles, one model trained); credit is
+    still assigned over all of a rollout's calls, so a call's return is the same whichever model is trained.
     """
     skipped: dict[str, int] = {}
     usable = [r for r in records if r.calls]
@@ -169,7 +176,7 @@ def assign_credit(
     for i, r in enumerate(usable):
         keep = bool(stats.keep[i])
         for t, c in enumerate(sorted_calls[i]):
-            if keep:
+            if keep and (models is None or c.model in models):
                 out.append(
                     Transition(
                         prompt_ids=c.prompt_ids,
@@ -181,6 +188,7 @@ def assign_credit(
                         group_id=r.group_id,
                         call_index=t,
                         ret=float(all_returns[m]),
+                        model=c.model,
                     )
                 )
             m += 1
@@ -223,6 +231,7 @@ def record_from_trace(trace: RolloutTrace) -> RolloutRecord | str:
                     logprobs=list(s.logprobs or []),
                     weights_version=int(version) if version is not None else None,
                     prefix_reused=s.attributes.get("prefix_reused"),
+                    model=s.attributes.get("model"),
                 )
             )
         elif s.kind is SpanKind.REWARD and isinstance(s.attributes.get("value"), (int, float)):
@@ -267,6 +276,7 @@ def transitions_from_store(
     scale: credit.ScaleMode = "std",
     gamma: float = 1.0,
     eps: float = 1e-4,
+    models: Sequence[str] | None = None,
 ) -> CreditBatch:
     """Read the rollouts' llm calls and rewards from ``store`` and assign credit (module docstring).
 
@@ -279,7 +289,8 @@ def transitions_from_store(
             skipped[rec] = skipped.get(rec, 0) + 1
         else:
             records.append(rec)
-    batch = assign_credit(records, returns=returns, advantage=advantage, scale=scale, gamma=gamma, eps=eps)
+    batch = assign_credit(records, returns=returns, advantage=advantage, scale=scale, gamma=gamma, eps=eps,
+                          models=models)  # fmt: skip
     batch.response_tokens = sum(len(c.response_ids) for r in records for c in r.calls)
     batch.rerendered_calls = sum(c.prefix_reused is False for r in records for c in r.calls)
     for reason, n in skipped.items():

@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "gateway": "gateway overhead per call and hf engine tokens/s through the gateway",
     "grpo": "GRPO update step time against TRL's GRPOTrainer on the same batch",
     "learn": "held-out reward against training time on the demo task, tracerl beside TRL's GRPOTrainer",
+    "algorithms": "GRPO, PPO, REINFORCE++ and RLOO on the demo task at the same training time",
 }
 
 

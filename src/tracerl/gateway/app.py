@@ -105,7 +105,15 @@ def _deliver(result: CallResult) -> Response:
 
 
 def make_service(engine: Any, *, model_name: str | None, default_max_tokens: int) -> Service:
-    """The :class:`Service` for ``engine``: a :class:`TokenEngine` or an ``OpenAIUpstream``."""
+    """The :class:`Service` for ``engine``: a :class:`TokenEngine` or an ``OpenAIUpstream``, or a dict of
+    them by model name (several models behind one gateway: :mod:`tracerl.gateway.routing`)."""
+    if isinstance(engine, dict):
+        from tracerl.gateway.routing import RoutedService
+
+        return RoutedService({
+            str(name): make_service(e, model_name=str(name), default_max_tokens=default_max_tokens)
+            for name, e in engine.items()
+        })  # fmt: skip
     if isinstance(engine, TokenEngine):
         return TokenService(engine, model_name=model_name or engine.model_name, default_max_tokens=default_max_tokens)
     from tracerl.engines.openai import OpenAIUpstream

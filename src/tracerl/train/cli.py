@@ -39,6 +39,18 @@ def build_algorithm(spec: StageSpec) -> Any:
         from tracerl.algorithms.sft import SFT
 
         return SFT(model, **options)
+    if spec.algorithm == "ppo":
+        from tracerl.algorithms.ppo import PPO
+
+        return PPO(model, **options)
+    if spec.algorithm == "reinforce++":
+        from tracerl.algorithms.ppo import REINFORCEpp
+
+        return REINFORCEpp(model, **options)
+    if spec.algorithm == "rloo":
+        from tracerl.algorithms.rloo import RLOO
+
+        return RLOO(model, **options)
     from tracerl.algorithms.grpo import GRPO
 
     return GRPO(model, **options)
@@ -72,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
     val = load_tasks(run.val_tasks) if run.val_tasks else None
     trainer = Trainer(
         agent=run.agent, algorithm=build_stages(run), store=run.store.url, runners=run.runners, engine=run.engine,
-        config=trainer_cfg,
+        config=trainer_cfg, roles=run.roles,
     )
     with stop_on_sigterm():
         result = trainer.fit(train, val_tasks=val)

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,8 +90,13 @@ def serving(
     sampling: dict[str, Any] | None = None,
     device: str | None = None,
     token: str | None = None,
+    roles: Mapping[str, tuple[Any, Any] | None] | None = None,
 ) -> Iterator[Stack]:
     """Start engine, gateway and runners for ``agent`` on ``store``; stop them all on exit.
+
+    ``roles`` (an agent with several roles, each naming its own ``model``): role name → None for the
+    trained model (served under that name), or ``(model, tokenizer)`` of a frozen model served beside it
+    in an engine of its own; the gateway routes each call by its model name (:mod:`tracerl.gateway.routing`).
 
     ``max_tokens`` is the gateway's completion length for requests that do not set one; ``sampling`` the
     defaults the runners put on the agent's ``llm`` handle (``**llm.sampling``). The engine runs on
@@ -109,8 +114,20 @@ def serving(
         hf = HFEngine(model.to(serving_dtype(engine.dtype, on)), tokenizer, model_name, device=on,
                       max_batch_size=engine.max_batch_size)
         stack.callback(_close_engine, hf)
+        engines: Any = hf
+        if roles:
+            engines = {}
+            for name, frozen in roles.items():
+                if frozen is None:
+                    engines[name] = hf
+                    continue
+                other = HFEngine(frozen[0].to(serving_dtype(engine.dtype, on)), frozen[1], name, device=on,
+                                 max_batch_size=engine.max_batch_size)  # fmt: skip
+                stack.callback(_close_engine, other)
+                engines[name] = other
         gateway = start_gateway(
-            store, hf, model_name=model_name, host=engine.host, port=engine.port, default_max_tokens=max_tokens
+            store, engines, model_name=None if roles else model_name, host=engine.host, port=engine.port,
+            default_max_tokens=max_tokens,
         )
         stack.callback(_stop, gateway, "gateway")
         # a memory:// store lives in this process: the runner threads share the object; any other store is

@@ -130,7 +130,10 @@ class Trainer:
     :class:`RunnerConfig`); ``engine``: gateway/engine settings; ``config`` or keyword ``options``: the
     fields of :class:`TrainerConfig` (not both); ``callbacks``: functions called after every training step
     with the step's metrics record and the algorithm (e.g. to snapshot weights or stop early by raising);
-    ``token``: the bearer token of a ``tracerl serve --token`` store (default: ``TRACERL_TOKEN``).
+    ``token``: the bearer token of a ``tracerl serve --token`` store (default: ``TRACERL_TOKEN``);
+    ``roles``: for an agent with several roles that each name their own ``model``, role name → None (the
+    model being trained, served under that name) or a model name/folder served frozen beside it. Train only
+    the calls of the trained roles with the algorithm's ``train_models`` (e.g. ``GRPO(train_models=[...])``).
     """
 
     def __init__(
@@ -144,6 +147,7 @@ class Trainer:
         config: TrainerConfig | None = None,
         callbacks: Sequence[Callable[[dict[str, Any], Any], None]] = (),
         token: str | None = None,
+        roles: dict[str, str | None] | None = None,
         **options: Any,
     ) -> None:
         from tracerl.agent import agent_ref
@@ -172,6 +176,7 @@ class Trainer:
         self.store_url = StoreConfig(store).url or f"sqlite:///{(config.run_path / 'store.db').resolve()}"
         self.callbacks = list(callbacks)
         self.token = token
+        self.roles = _check_roles(roles, self.stages[-1].algorithm)
 
     @property
     def algorithm(self) -> Algorithm:
@@ -217,7 +222,7 @@ class Trainer:
                     store, self.store_url, self.agent_ref, model=run.engine_model, tokenizer=tokenizer,
                     model_name=self.model, runners=self.runners, engine=self.engine, max_tokens=cfg.max_tokens,
                     sampling={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
-                    device=run.algorithm.device, token=self.token,
+                    device=run.algorithm.device, token=self.token, roles=self._role_models(),
                 )
             )
             run.attach(stack)
@@ -231,6 +236,14 @@ class Trainer:
             history=run.history, run_dir=cfg.run_path, metrics_path=cfg.run_path / METRICS_FILE, plot_path=plot_path,
             checkpoint=run.checkpoint, final_model=final_model, stopped_by=run.stopped_by, stages=run.stage_results,
         )
+
+    def _role_models(self) -> dict[str, tuple[Any, Any] | None] | None:
+        """``roles`` with each frozen model loaded (None where the role is the trained model)."""
+        if self.roles is None:
+            return None
+        from tracerl.engines.models import load_model
+
+        return {name: None if path is None else load_model(path) for name, path in self.roles.items()}
 
     def _load_model(self, seed: int) -> tuple[Any, Any]:
         """The model every stage starts from (kept unchanged) and its tokenizer."""
@@ -582,6 +595,25 @@ def _mode(name: str) -> Any:
     from tracerl.types import Mode
 
     return Mode(name)
+
+
+def _check_roles(roles: dict[str, str | None] | None, algorithm: Any) -> dict[str, str | None] | None:
+    """``roles`` if it names at least one trained role and agrees with the algorithm's ``train_models``."""
+    if roles is None:
+        return None
+    trained = sorted(name for name, model in roles.items() if model is None)
+    if not trained:
+        raise ConfigError(
+            f"roles {roles!r} names no trained role: map the role(s) to train to None, e.g. "
+            "roles={'solver': None, 'planner': 'smollm2-135m'}"
+        )
+    selected = getattr(getattr(algorithm, "config", None), "train_models", None)
+    if selected is not None and sorted(selected) != trained:
+        raise ConfigError(
+            f"the algorithm trains the calls of {sorted(selected)} but roles serves the trained model as {trained}; "
+            "make train_models the roles mapped to None"
+        )
+    return dict(roles)
 
 
 def _open_store(url: str, token: str | None = None) -> Store:
