@@ -169,12 +169,14 @@ def run_rollouts(
     timeout_s: float,
     tag: str = "",
     on_progress: Callable[[int, int], None] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> list[list[Rollout]]:
     """Enqueue ``group_size`` rollouts of each task (one group per task) and wait until all have ended.
 
     Returns the final rollouts grouped per task, in task order. Raises :class:`~tracerl.errors.Timeout` if
     they are not all final after ``timeout_s`` (the unfinished ones are cancelled first, so no runner keeps
-    working on them). ``on_progress(done, total)`` is called as rollouts finish.
+    working on them). ``on_progress(done, total)`` is called as rollouts finish. ``metadata`` goes into every
+rollout (``{"prompts_version": N}`` makes the gateway serve that prompts version: :mod:`tracerl.prompts`).
     """
     run_tag = tag or uuid.uuid4().hex[:8]
     specs: list[RolloutSpec] = []
@@ -188,6 +190,7 @@ def run_rollouts(
                     group_id=group_id,
                     max_attempts=max_attempts,
                     resources_version=resources_version,
+                    metadata=dict(metadata or {}),
                 )
             )
     rollouts = store.enqueue(specs)
