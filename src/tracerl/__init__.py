@@ -28,6 +28,7 @@ from tracerl.evaluate import EvalResults, evaluate
 from tracerl.store import Store, connect
 
 if TYPE_CHECKING:
+    from tracerl.algorithms.apo import APO
     from tracerl.algorithms.grpo import GRPO
     from tracerl.algorithms.sft import SFT
     from tracerl.tracing import emit_error, emit_message, emit_reward, emit_span
@@ -44,10 +45,12 @@ _LAZY: dict[str, str] = {
     "Trainer": "tracerl.train.trainer",
     "Stage": "tracerl.train.trainer",
     "GRPO": "tracerl.algorithms.grpo",
+    "APO": "tracerl.algorithms.apo",
     "SFT": "tracerl.algorithms.sft",
 }
 
 __all__ = [
+    "APO",
     "GRPO",
     "LLM",
     "SFT",

@@ -234,7 +234,7 @@ class TrainerConfig:
 STAGE_FIELDS = ("epochs", "max_steps", "time_budget_s", "batch_size", "val_every", "temperature", "max_tokens")
 
 #: algorithm names a run config may use
-ALGORITHMS = ("grpo", "sft")
+ALGORITHMS = ("grpo", "sft", "apo")
 
 
 @dataclass

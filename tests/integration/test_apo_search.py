@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from tests.integration.scripted_critic import CRITIQUE_TOKENS, EDIT_TOKENS, MERGE_TOKENS, scripted_critic
 
+from scripted_critic import CRITIQUE_TOKENS, EDIT_TOKENS, MERGE_TOKENS, scripted_critic
 from tracerl.algorithms.apo_critic import Critic, CriticConfig, Run
 from tracerl.algorithms.apo_search import Candidate, Example, Scored, Search, SearchConfig, merge_pair, pareto_front
 from tracerl.errors import ConfigError

@@ -39,6 +39,10 @@ def build_algorithm(spec: StageSpec) -> Any:
         from tracerl.algorithms.sft import SFT
 
         return SFT(model, **options)
+    if spec.algorithm == "apo":
+        from tracerl.algorithms.apo import APO
+
+        return APO(model, **options)
     from tracerl.algorithms.grpo import GRPO
 
     return GRPO(model, **options)
