@@ -1,13 +1,14 @@
 """``tracerl.APO`` in the real Trainer with the tiny model: the unchanged agent, the gateway substituting
 each candidate's prompt, candidates and the best prompt stored and exported; bad configs fail early.
 
-The agent's reward is whether the gateway served it a longer prompt than the one it sent (the
-``usage.prompt_tokens`` of its reply): only demonstrations the gateway inserts can raise it, so the reward
-rises exactly when the served prompt is the optimized one.
+The agent's reward is whether the gateway served it another prompt than the one it sent (the
+``usage.prompt_tokens`` of its reply differs): only a substitution by the gateway can raise it, so the
+reward rises exactly when the served prompt is the optimized one.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import textwrap
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 import tracerl
+from scripted_critic import CRITIQUE_TOKENS, EDIT_TOKENS, scripted_critic
 from tracerl.errors import ConfigError
 from tracerl.prompts import PROMPTS_RESOURCE, prompt_key
 from tracerl.store import connect
@@ -38,7 +40,7 @@ def asks(task, llm):
         model=llm.model, max_tokens=3,
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": task["question"]}],
     )
-    return 1.0 if reply.usage.prompt_tokens > task["sent_tokens"] else 0.0
+    return 1.0 if reply.usage.prompt_tokens != task["sent_tokens"] else 0.0
 
 
 @tracerl.agent
@@ -133,3 +135,56 @@ def test_bad_configs_fail_before_any_rollout(tiny_model_dir: Path, agents: str, 
         assert store.query_rollouts(RolloutQuery(limit=10)).items == []
     with pytest.raises(ConfigError, match="unknown prompts_version 7"):
         tracerl.evaluate(f"{agents}:asks", [{"question": "1", "sent_tokens": 1}], model=model, prompts_version=7)
+
+
+def test_beam_search_from_a_run_config_with_a_remote_critic(tiny_model_dir: Path, tiny_model: tuple[Any, Any],
+                                                            agents: str, tmp_path: Path) -> None:  # fmt: skip
+    """``tracerl train run.toml`` with ``name = "apo"``: the critic is an OpenAI-compatible server on loopback."""
+    from tracerl.train.cli import main
+
+    tok = tiny_model[1]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks(tok, ["4+4", "5+5"])))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks(tok, ["6+6", "7+7"])))
+    apo_val = ", ".join(f"{{question = {t['question']!r}, sent_tokens = {t['sent_tokens']}}}"
+                        for t in tasks(tok, ["1+1", "2+2"]))  # fmt: skip
+    with scripted_critic(["alpha", "beta"]) as (url, script):
+        config = f"""
+agent = "{agents}:asks"
+train_tasks = "{tmp_path / 'train.jsonl'}"
+val_tasks = "{tmp_path / 'val.jsonl'}"
+[store]
+url = "sqlite:///{tmp_path / 'store.db'}"
+[trainer]
+run_dir = "{tmp_path / 'run'}"
+batch_size = 2
+epochs = 2
+max_tokens = 3
+progress = false
+[runners]
+n = 2
+[algorithm]
+name = "apo"
+model = "{tiny_model_dir}"
+prompt = "{SYSTEM}"
+strategy = "beam"
+beam_width = 1
+branch_factor = 1
+val_batch = 2
+max_critic_tokens = {CRITIQUE_TOKENS + EDIT_TOKENS + 1}
+val_tasks = [{apo_val}]
+[algorithm.critic]
+url = "{url}"
+model = "critic"
+"""
+        (tmp_path / "run.toml").write_text(config)
+        assert main(argparse.Namespace(config=str(tmp_path / "run.toml"), no_resume=True, max_steps=None)) == 0
+        assert script.critiques == 2  # step 2 spends the rest of the budget on a critique, then stops
+    found = json.loads((tmp_path / "run" / "apo_candidates.json").read_text())
+    assert [c["text"] for c in found["candidates"]] == [SYSTEM, "base alpha"]
+    assert found["beam"] == ["c1"] and found["stopped"] == "max_critic_tokens"
+    assert found["critic_tokens_used"] == 2 * CRITIQUE_TOKENS + EDIT_TOKENS
+    c1 = found["candidates"][1]
+    assert c1["parents"] == ["c0"] and c1["critique"] == "critique 1" and c1["scores"] == {"0": 1.0, "1": 1.0}
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    vals = [m["val_reward"] for m in metrics if m.get("kind") == "val"]
+    assert vals[0] == 0.0 and vals[-1] == 1.0  # held-out: the agent's own prompt, then the edited one
