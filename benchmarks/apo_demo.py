@@ -19,7 +19,7 @@ import time
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--run-dir", default="runs/apo-demo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train", type=int, default=8, help="train tasks (demonstration pool)")
