@@ -133,6 +133,10 @@ def test_bad_configs_fail_before_any_rollout(tiny_model_dir: Path, agents: str, 
         fit(tracerl.APO(model, SYSTEM, strategy="demos"), [{"question": "1", "sent_tokens": 1}])
     with connect(store_url) as store:
         assert store.query_rollouts(RolloutQuery(limit=10)).items == []
+    # a prompt the agent never sends is found out on the first step's rollouts, before any candidate is scored
+    other = tracerl.APO(model, "You are a poet.", strategy="demos", val_tasks=[{"question": "2", "sent_tokens": 1}])
+    with pytest.raises(ConfigError, match="none of the agent's 2 rollouts sent the system prompt given as APO"):
+        fit(other, [{"question": "1", "sent_tokens": 1}] * 2)
     with pytest.raises(ConfigError, match="unknown prompts_version 7"):
         tracerl.evaluate(f"{agents}:asks", [{"question": "1", "sent_tokens": 1}], model=model, prompts_version=7)
 

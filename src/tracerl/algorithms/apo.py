@@ -88,6 +88,7 @@ class APOBatch:
     rollouts: int
     response_tokens: int
     matched: int  # rollouts whose calls carried the prompt being optimized
+    calling: int  # rollouts that made an LLM call at all
 
     def metrics(self) -> dict[str, float]:
         rewards = [e.run.reward for e in self.examples]
@@ -228,15 +229,16 @@ class APO:
         return list(self.train_items if self.train_items is not None else train_tasks)
 
     # -- reading rollouts ------------------------------------------------------------------------------
-    def _example(self, store: Store, rollout: Rollout) -> tuple[Example, int, bool]:
-        """A rollout as an :class:`Example`, its response tokens, and whether it sent the optimized prompt."""
+    def _example(self, store: Store, rollout: Rollout) -> tuple[Example, int, bool | None]:
+        """A rollout as an :class:`Example`, its response tokens, and whether it sent the optimized prompt
+        (None: it made no LLM call)."""
         from tracerl.train.launcher import rollout_reward
         from tracerl.types import SpanKind
 
         calls = [s for s in store.get_spans(rollout_id=rollout.rollout_id) if s.kind is SpanKind.LLM_CALL]
         reward = rollout_reward(rollout)
         if not calls:
-            return Example(Run(f"(no LLM call; error: {rollout.error})", reward)), 0, False
+            return Example(Run(f"(no LLM call; error: {rollout.error})", reward)), 0, None
         lines, demo, matched = [], None, False
         for i, span in enumerate(calls):
             messages = (span.attributes.get("request") or {}).get("messages") or []
@@ -254,13 +256,14 @@ class APO:
         return Example(Run("\n".join(lines), reward), demo), tokens, matched
 
     def make_batch(self, store: Store, items: Sequence[JSON], rollout_ids: Sequence[str]) -> APOBatch:
-        examples, tokens, matched = [], 0, 0
+        examples, tokens, matched, calling = [], 0, 0, 0
         for rid in rollout_ids:
             example, n, seen = self._example(store, store.get_rollout(rid))
             examples.append(example)
             tokens += n
-            matched += seen
-        return APOBatch(examples, len(items), len(items), len(rollout_ids), tokens, matched)
+            matched += bool(seen)
+            calling += seen is not None
+        return APOBatch(examples, len(items), len(items), len(rollout_ids), tokens, matched, calling)
 
     def _score(self, todo: list[tuple[Candidate, list[int]]]) -> list[list[Scored]]:
         """Publish each candidate as a ``prompts`` version and run it on its validation tasks."""
@@ -294,9 +297,9 @@ class APO:
         """One search step on the batch's feedback; the best candidate becomes the served ``prompts``."""
         if self.search is None or self.access is None:
             raise ConfigError("APO.update before bind(): run APO with tracerl.Trainer, which binds it")
-        if batch.rollouts and not batch.matched and self.search.steps == 0:
+        if batch.calling and not batch.matched and self.search.steps == 0:
             seen = next((e.run.transcript[:80] for e in batch.examples if e.run.transcript), "")
-            raise ConfigError(f"none of the agent's {batch.rollouts} rollouts sent the system prompt given as APO "
+            raise ConfigError(f"none of the agent's {batch.calling} rollouts sent the system prompt given as APO "
                               f"prompt ({self.prompt[:60]!r}…); give it exactly as the agent sends it (first "
                               f"message, role system). A transcript starts: {seen!r}")
         self.search.count_rollouts(batch.rollouts)

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from tracerl.agent import LLM, AgentRef
 from tracerl.errors import AttemptFinished, NotFound, StoreUnavailable, TracerlError
-from tracerl.prompts import PROMPTS_RESOURCE, PromptBook
+from tracerl.prompts import PROMPTS_RESOURCE, PROMPTS_VERSION_KEY, PromptBook
 from tracerl.runner.process import AgentProcess, WorkerDied
 from tracerl.store.base import Store
 from tracerl.tracing import SpanWriter, advance_seq_past, next_seq
@@ -280,10 +280,10 @@ class Worker(threading.Thread):
         except NotFound:
             if rollout.resources_version is not None:
                 raise
-        book = PromptBook(self.store)
-        prompts_version = book.version_of(rollout)
-        if prompts_version is not None:  # for agents that read their prompts themselves: llm.resources["prompts"]
-            table = book.table(prompts_version)
+        # for agents that read their prompts themselves: llm.resources["prompts"] (tracerl.prompts)
+        prompts_version = rollout.metadata.get(PROMPTS_VERSION_KEY, resources.get(PROMPTS_VERSION_KEY))
+        if prompts_version is not None:
+            table = PromptBook(self.store).table(prompts_version)
             resources = {**resources, PROMPTS_RESOURCE: {"version": table.version, "prompts": {
                 k: r.to_json() for k, r in table.replacements.items()}}}
         sampling = {**cfg.sampling, **resources.get("sampling", {})}
