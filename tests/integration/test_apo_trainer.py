@@ -192,3 +192,24 @@ model = "critic"
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     vals = [m["val_reward"] for m in metrics if m.get("kind") == "val"]
     assert vals[0] == 0.0 and vals[-1] == 1.0  # held-out: the agent's own prompt, then the edited one
+
+
+def test_gepa_with_the_served_model_as_critic(tiny_model_dir: Path, tiny_model: tuple[Any, Any], agents: str,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """``critic url = "local"``: critique and edit come from the model the Trainer serves (unrecorded /v1)."""
+    tok = tiny_model[1]
+    apo = tracerl.APO(str(tiny_model_dir), SYSTEM, strategy="gepa", critic={"max_tokens": 12, "temperature": 0.0},
+                      val_tasks=tasks(tok, ["1+1", "2+2"]), val_batch=2)  # fmt: skip
+    trainer = tracerl.Trainer(agent=f"{agents}:asks", algorithm=apo, runners=2, batch_size=2, max_tokens=3,
+                              store=f"sqlite:///{tmp_path / 'store.db'}", run_dir=str(tmp_path / "run"),
+                              progress=False)  # fmt: skip
+    trainer.fit(tasks(tok, ["4+4", "5+5"]))
+    found = json.loads((tmp_path / "run" / "apo_candidates.json").read_text())
+    child = found["candidates"][1]
+    assert child["origin"] == "mutation" and child["parents"] == ["c0"] and child["critique"]
+    assert child["status"] in ("scored", "rejected") and child["text"]
+    assert found["critic_tokens_used"] > 0  # the served model's usage, counted
+    with connect(f"sqlite:///{tmp_path / 'store.db'}") as store:  # the critic's calls were not recorded
+        calls = [s for r in store.query_rollouts(RolloutQuery(limit=100)).items
+                 for s in store.get_spans(rollout_id=r.rollout_id) if s.kind is SpanKind.LLM_CALL]  # fmt: skip
+        assert len(calls) == 2 + 2 + 2  # feedback, the seed and the child on the 2 validation tasks
