@@ -6,6 +6,7 @@ Pareto front, merge and budget stop below is worked out by hand in the test.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -146,3 +147,21 @@ def test_bad_settings_fail_before_any_rollout() -> None:
         Search(SearchConfig(strategy="gepa"), "base", 2, demo_scorer, None)
     with pytest.raises(ConfigError, match="does not answer"):
         critic("http://127.0.0.1:9/v1").check()
+
+
+@pytest.mark.parametrize("search", ["random", "pareto"])
+def test_a_resumed_search_continues_exactly(search: str) -> None:
+    cfg = SearchConfig(strategy="demos", demo_search=search, num_candidates=2, max_demos=2, seed=3)
+    examples = [Example(Run("", 1.0), (f"q{i}", f"a{i}")) for i in range(4)]
+    straight = Search(cfg, "base", 4, demo_scorer, None)
+    for _ in range(4):
+        straight.step(examples)
+    first = Search(cfg, "base", 4, demo_scorer, None)
+    for _ in range(2):
+        first.step(examples)
+    saved = json.loads(json.dumps(first.to_json()))
+    resumed = Search(cfg, "base", 4, demo_scorer, None)
+    resumed.load_json(saved)
+    for _ in range(2):
+        resumed.step(examples)
+    assert resumed.to_json() == straight.to_json()

@@ -167,6 +167,7 @@ class APO:
         self.search: Search | None = None
         self.access: RolloutAccess | None = None
         self.train_items: list[JSON] | None = None
+        self.published: str | None = None  # the candidate last returned as the served prompts
 
     # -- the protocol's properties ----------------------------------------------------------------------
     @property
@@ -311,7 +312,10 @@ class APO:
             "apo_new_candidates": float(len(new)), "apo_rollouts_used": float(self.search.rollouts_used),
             "apo_critic_tokens": float(self.search.critic_tokens), "apo_stopped": float(bool(self.search.stopped)),
         }  # fmt: skip
-        return StepResult(metrics=metrics, weights_version=0, resources={PROMPTS_RESOURCE: self.prompts_value(best)})
+        # the best is published when it changed (and once after a resume): the bundle keeps naming it otherwise
+        resources = {} if best.id == self.published else {PROMPTS_RESOURCE: self.prompts_value(best)}
+        self.published = best.id
+        return StepResult(metrics=metrics, weights_version=0, resources=resources)
 
     def write_artifacts(self, run_dir: Path) -> None:
         """``apo_candidates.json`` and ``best_prompt.json`` in ``run_dir`` (see the module docstring)."""
