@@ -12,6 +12,10 @@ Routes (``{r}`` = rollout id, ``{a}`` = attempt id; an agent gets ``base_url = h
 Evaluation is greedy without agent changes: on a tracked call of a ``val`` or ``test`` rollout, a request that
 sets no ``temperature`` is served with ``temperature=0`` (an explicit value from the agent is kept).
 
+Prompt optimization without agent changes: a tracked chat call of a rollout that runs with a version of the
+``prompts`` resource is served with its system prompt substituted and demonstrations inserted
+(:mod:`tracerl.prompts`); its spans record ``attributes["prompts"]``.
+
 A tracked call first checks the attempt: unknown rollout, or an attempt that is not one of its attempts →
 404; an attempt that is no longer running (finished, cancelled, expired) → 409, and nothing is generated.
 The call's spans are written before the response is sent (streamed or not), so when the agent returns and
