@@ -137,6 +137,9 @@ def test_demo_search_uses_only_successful_rollouts(search: str) -> None:
         assert c.mean() == sum(f"q{t}" in [m["content"] for m in c.demos] for t in range(3)) / 3
     best = s.best()
     assert best.mean() == max(c.mean() for c in s.candidates) == 2 / 3
+    if search == "random":  # 4 ordered sets exist ([q0], [q1], [q0, q1], [q1, q0]); none is tried twice
+        sets = [tuple(m["content"] for m in c.demos) for c in s.candidates[1:]]
+        assert len(sets) == len(set(sets)) == 4
     assert s.rollouts_used == 3 * (len(s.candidates))
 
 

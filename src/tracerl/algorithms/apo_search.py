@@ -21,8 +21,8 @@ Strategies (one :meth:`Search.step` each; ``examples`` are the step's scored tra
   ``merge_every`` steps, two front members that win on different tasks are merged by the editor.
 * ``demos`` — demonstration search, no critic: a pool of (user, assistant) turns from successful train
   rollouts (reward ≥ ``demo_min_reward``); ``random`` search proposes ``num_candidates`` random sets of up to
-  ``max_demos`` demos per step, ``pareto`` search mutates a front member's set (one demo swapped or added).
-  Every candidate is scored on every validation task.
+  ``max_demos`` demos per step (never an ordered set it tried before), ``pareto`` search mutates a front
+  member's set (one demo swapped or added). Every candidate is scored on every validation task.
 
 Budgets: ``max_rollouts`` (scoring and train rollouts together) and ``max_critic_tokens``; the search
 stops — :attr:`Search.stopped` says why — before a scoring or critic call that the budget cannot pay for.
@@ -163,6 +163,15 @@ def merge_pair(
             if any(a.scores[t] > b.scores[t] for t in tasks) and any(b.scores[t] > a.scores[t] for t in tasks):
                 return a, b
     return None
+
+
+def _turns(demos: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """(user, assistant) pairs as alternating chat turns."""
+    return [m for u, a in demos for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
+
+
+def _turns_key(turns: Sequence[dict[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((m["role"], m["content"]) for m in turns)
 
 
 # -- the search -------------------------------------------------------------------------------------------
@@ -347,10 +356,14 @@ class Search:
             return
         cfg, base = self.config, self.candidates[0].text
         if cfg.demo_search == "random":
-            sets = []
-            for _ in range(cfg.num_candidates):
-                k = self.rng.randint(1, min(cfg.max_demos, len(self.demo_pool)))
-                sets.append((self.rng.sample(self.demo_pool, k), ["c0"]))
+            tried = {_turns_key(c.demos) for c in self.candidates}
+            sets, draws = [], 0
+            while len(sets) < cfg.num_candidates and draws < 10 * cfg.num_candidates:  # no ordered set twice
+                draws += 1
+                demos = self.rng.sample(self.demo_pool, self.rng.randint(1, min(cfg.max_demos, len(self.demo_pool))))
+                if _turns_key(_turns(demos)) not in tried:
+                    tried.add(_turns_key(_turns(demos)))
+                    sets.append((demos, ["c0"]))
         else:
             parent = self.pick_parent(self.front())
             pairs = zip(parent.demos[::2], parent.demos[1::2], strict=True)
@@ -363,8 +376,7 @@ class Search:
             sets = [(current, [parent.id])]
         new = []
         for demos, parents in sets:
-            turns = [m for u, a in demos for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
-            new.append(self.add(Candidate(id="", text=base, demos=turns, parents=parents, origin="demos",
+            new.append(self.add(Candidate(id="", text=base, demos=_turns(demos), parents=parents, origin="demos",
                                           status="unscored")))  # fmt: skip
         if self.score(new, range(self.n_val)):
             for c in new:
