@@ -14,10 +14,12 @@ from typing import Any
 
 import openai
 import pytest
+from fastapi import FastAPI, Request
 
 from tracerl.engines.hf import HFEngine
 from tracerl.engines.models import load_model
-from tracerl.gateway import RunningGateway, start_gateway
+from tracerl.engines.openai import OpenAIUpstream
+from tracerl.gateway import RunningGateway, serve_in_thread, start_gateway
 from tracerl.prompts import PROMPTS_RESOURCE, prompt_key
 from tracerl.store import connect
 from tracerl.store.base import Store
@@ -119,3 +121,37 @@ def test_unknown_prompts_version_is_a_clear_404(env: Env) -> None:
     client = openai.OpenAI(base_url=env.gateway.base_url(rid, aid), api_key="unused", max_retries=0)
     with pytest.raises(openai.NotFoundError, match="no version 999 of the 'prompts' resource"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+
+
+def test_a_frozen_upstream_gets_the_substituted_messages(tmp_path: Path) -> None:
+    """A closed model behind an API: the upstream receives the substituted prompt and the demonstrations."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def echo(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        text = " | ".join(f"{m['role']}: {m['content']}" for m in body["messages"])
+        return {"id": "u1", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+    upstream = serve_in_thread(app)
+    store = connect(f"sqlite:///{tmp_path / 'store.db'}")
+    gateway = start_gateway(store, OpenAIUpstream(f"{upstream.url}/v1", model="closed"), model_name="closed")
+    try:
+        version = store.put_resource(PROMPTS_RESOURCE, {"prompts": {prompt_key(ORIGINAL): {"text": BETTER,
+                                                                                      "demos": DEMOS}}}).version
+        [rollout] = store.enqueue([RolloutSpec(task={}, metadata={"prompts_version": version})])
+        claim = store.claim("w")
+        assert claim is not None
+        client = openai.OpenAI(base_url=gateway.base_url(rollout.rollout_id, claim.attempt.attempt_id),
+                               api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model="closed", messages=[
+            {"role": "system", "content": ORIGINAL}, {"role": "user", "content": "7+8"}])
+        assert reply.choices[0].message.content == (
+            f"system: {BETTER} | user: 2+3 | assistant: Answer: 5 | user: 7+8")
+        [span] = [s for s in store.get_spans(attempt_id=claim.attempt.attempt_id) if s.kind is SpanKind.LLM_CALL]
+        assert span.attributes["prompts"] == {"version": version, "key": prompt_key(ORIGINAL), "demos": 2}
+    finally:
+        gateway.stop()
+        upstream.stop()
+        store.close()
