@@ -155,3 +155,17 @@ def test_a_frozen_upstream_gets_the_substituted_messages(tmp_path: Path) -> None
         gateway.stop()
         upstream.stop()
         store.close()
+
+
+def test_a_second_turn_reuses_the_substituted_first_turn(env: Env, version: int) -> None:
+    """Token in, token out still holds: turn 2 starts with exactly the ids recorded for turn 1."""
+    rid, aid = env.attempt(metadata={"prompts_version": version})
+    first = [{"role": "system", "content": ORIGINAL}, {"role": "user", "content": "7+8"}]
+    one = env.chat(rid, aid, first)
+    reply = one.attributes["response"]["choices"][0]["message"]
+    two = env.chat(rid, aid, [*first, {"role": "assistant", "content": reply["content"]},
+                              {"role": "user", "content": "and 1+1?"}])  # fmt: skip
+    assert two.attributes["prefix_reused"] is True
+    assert one.prompt_ids is not None and one.response_ids is not None and two.prompt_ids is not None
+    assert two.prompt_ids[: len(one.prompt_ids) + len(one.response_ids)] == one.prompt_ids + one.response_ids
+    assert two.attributes["prompts"]["key"] == prompt_key(ORIGINAL)
