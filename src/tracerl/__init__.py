@@ -28,6 +28,7 @@ from tracerl.evaluate import EvalResults, evaluate
 from tracerl.store import Store, connect
 
 if TYPE_CHECKING:
+    from tracerl.algorithms.apo import APO
     from tracerl.algorithms.grpo import GRPO
     from tracerl.algorithms.ppo import PPO, REINFORCEpp
     from tracerl.algorithms.rloo import RLOO
@@ -47,6 +48,7 @@ _LAZY: dict[str, str] = {
     "Trainer": "tracerl.train.trainer",
     "Stage": "tracerl.train.trainer",
     "GRPO": "tracerl.algorithms.grpo",
+    "APO": "tracerl.algorithms.apo",
     "SFT": "tracerl.algorithms.sft",
     "PPO": "tracerl.algorithms.ppo",
     "REINFORCEpp": "tracerl.algorithms.ppo",
@@ -56,6 +58,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "APO",
     "GRPO",
     "LLM",
     "PPO",

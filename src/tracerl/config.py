@@ -242,7 +242,7 @@ class TrainerConfig:
 STAGE_FIELDS = ("epochs", "max_steps", "time_budget_s", "batch_size", "val_every", "temperature", "max_tokens")
 
 #: algorithm names a run config may use
-ALGORITHMS = ("grpo", "sft", "ppo", "reinforce++", "rloo")
+ALGORITHMS = ("grpo", "sft", "ppo", "reinforce++", "rloo", "apo")
 
 
 @dataclass

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, overload
 
 from tracerl.config import EngineConfig, RunnerConfig, StoreConfig
+from tracerl.errors import ConfigError, NotFound
 from tracerl.store import connect
 from tracerl.store.base import Store
 from tracerl.train.launcher import check_tasks, rollout_reward, run_rollouts, serving
@@ -124,13 +125,17 @@ def evaluate(
     max_tokens: int = 256,
     timeout_s: float = 3600.0,
     token: str | None = None,
+    prompts_version: int | None = None,
+    prompts: dict[str, Any] | None = None,
 ) -> EvalResults:
     """Run ``agent`` once on each of ``tasks`` with ``model`` (greedy) and return the :class:`EvalResults`.
 
     ``store``: where rollouts and calls are recorded (default ``memory://``); ``runners``: agent worker
     processes; ``max_tokens``: the completion length for calls that do not set one; ``timeout_s``: the
     limit for the whole evaluation; ``token``: the bearer token of a ``tracerl serve --token`` store
-    (default: ``TRACERL_TOKEN``).
+    (default: ``TRACERL_TOKEN``). ``prompts_version``: run with that version of the store's ``prompts``
+    resource (the gateway substitutes matched system prompts: :mod:`tracerl.prompts`); ``prompts``: a
+    ``prompts`` resource value (for example APO's exported ``best_prompt.json``) published first and run.
     """
     from tracerl.agent import agent_ref
     from tracerl.engines.models import load_model
@@ -143,6 +148,7 @@ def evaluate(
     with contextlib.ExitStack() as es:
         st: Store = connect(url, token=token)
         es.callback(st.close)
+        metadata = _prompts_metadata(st, prompts_version, prompts)
         hf_model, tokenizer = load_model(model)
         stack = es.enter_context(
             serving(
@@ -154,6 +160,7 @@ def evaluate(
         groups = run_rollouts(
             stack.store, checked, group_size=1, mode=Mode.TEST, resources_version=None,
             max_attempts=runner_cfg.max_attempts, timeout_s=timeout_s, tag=f"eval-{time.time_ns()}",
+            metadata=metadata,
         )
         results = [_result(st, task, g[0]) for task, g in zip(checked, groups, strict=True)]
     out = EvalResults(results, url, time.monotonic() - t0)
@@ -174,3 +181,26 @@ def _result(store: Store, task: dict[str, Any], rollout: Rollout) -> EvalResult:
         error=rollout.error,
         calls=calls,
     )
+
+
+def _prompts_metadata(store: Store, version: int | None, value: dict[str, Any] | None) -> dict[str, Any]:
+    """The rollout metadata that runs a prompts version (checked to exist and parse before anything runs)."""
+    from tracerl.prompts import PROMPTS_RESOURCE, PROMPTS_VERSION_KEY, PromptBook
+
+    if version is not None and value is not None:
+        raise ConfigError("give evaluate either prompts_version (a version in the store) or prompts (a value to "
+                          "publish), not both")
+    if value is not None:
+        if not isinstance(value, dict):
+            raise ConfigError(f"prompts must be a prompts resource value (a dict), got {type(value).__name__}")
+        from tracerl.prompts import PromptTable
+
+        PromptTable.from_value(0, value)
+        version = store.put_resource(PROMPTS_RESOURCE, value).version
+    if version is None:
+        return {}
+    try:
+        PromptBook(store).table(version)
+    except NotFound as e:
+        raise ConfigError(f"unknown prompts_version {version}: {e}") from None
+    return {PROMPTS_VERSION_KEY: version}

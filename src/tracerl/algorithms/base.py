@@ -1,6 +1,6 @@
 """The ``Algorithm`` protocol: the one interface the Trainer drives, whatever improves the agent.
 
-GRPO and SFT implement it today (PPO and prompt optimization next); the Trainer names none of them. One
+GRPO, SFT and APO (prompt optimization) implement it; the Trainer names none of them. One
 *stage* of a run is one algorithm; a run may chain stages (SFT, then GRPO) on the same model. The Trainer
 calls, in this order::
 
@@ -17,6 +17,11 @@ calls, in this order::
         result = algorithm.update(batch)
         result.weights -> engine.load_weights(...)      result.resources -> new store resource versions
     algorithm.save(folder) / algorithm.load(folder)     # checkpoints (the trainer adds its loop position)
+
+An algorithm that needs rollouts of its own beyond the step's (APO scores each candidate prompt on
+validation tasks) defines ``bind(access)``: the Trainer calls it once its gateway serves, before any
+rollout, with a :class:`tracerl.algorithms.apo.RolloutAccess` (store, a ``run(tasks, metadata)`` function,
+the gateway URL, the train tasks, the run folder).
 
 ``make_batch`` must be a pure function of the store's content for those rollouts (the trainer may call it
 again on a superset), and ``update`` does all the learning. An algorithm that needs no rollouts (SFT on

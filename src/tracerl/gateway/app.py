@@ -12,6 +12,10 @@ Routes (``{r}`` = rollout id, ``{a}`` = attempt id; an agent gets ``base_url = h
 Evaluation is greedy without agent changes: on a tracked call of a ``val`` or ``test`` rollout, a request that
 sets no ``temperature`` is served with ``temperature=0`` (an explicit value from the agent is kept).
 
+Prompt optimization without agent changes: a tracked chat call of a rollout that runs with a version of the
+``prompts`` resource is served with its system prompt substituted and demonstrations inserted
+(:mod:`tracerl.prompts`); its spans record ``attributes["prompts"]``.
+
 A tracked call first checks the attempt: unknown rollout, or an attempt that is not one of its attempts →
 404; an attempt that is no longer running (finished, cancelled, expired) → 409, and nothing is generated.
 The call's spans are written before the response is sent (streamed or not), so when the agent returns and
@@ -50,6 +54,7 @@ from tracerl.gateway.recording import check_attempt, write_spans
 from tracerl.gateway.service import DEFAULT_MAX_TOKENS, CallResult, TokenService
 from tracerl.gateway.spans import build_spans
 from tracerl.gateway.streaming import chat_events, completion_events, sse
+from tracerl.prompts import PromptBook, PromptTable, apply_to_body
 from tracerl.store.base import Store
 from tracerl.types import Mode
 
@@ -135,15 +140,17 @@ def build_gateway_router(
     ``store``. ``model_name`` is the name clients must pass as ``model`` (default: the engine's)."""
     service = make_service(engine, model_name=model_name, default_max_tokens=default_max_tokens)
     router = APIRouter(tags=["gateway"])
-    modes: dict[str, Mode] = {}  # rollout id -> mode (immutable, so cached; bounded below)
+    modes: dict[str, tuple[Mode, PromptTable | None]] = {}  # rollout id -> (mode, prompts): immutable, cached
+    book = PromptBook(store)
 
-    def rollout_mode(rollout_id: str) -> Mode:
-        mode = modes.get(rollout_id)
-        if mode is None:
+    def rollout_info(rollout_id: str) -> tuple[Mode, PromptTable | None]:
+        info = modes.get(rollout_id)
+        if info is None:
             if len(modes) >= 100_000:
                 modes.clear()
-            mode = modes[rollout_id] = store.get_rollout(rollout_id).mode
-        return mode
+            rollout = store.get_rollout(rollout_id)
+            info = modes[rollout_id] = (rollout.mode, book.for_rollout(rollout))
+        return info
 
     async def serve(endpoint: str, body: Any, attempt: AttemptKey | None = None) -> CallResult:
         if endpoint == "chat/completions":
@@ -155,11 +162,17 @@ def build_gateway_router(
             try:
                 await asyncio.to_thread(check_attempt, store, rollout_id, attempt_id)
                 body = await _body(request)
-                greedy_default = isinstance(body, dict) and "temperature" not in body
-                if greedy_default and await asyncio.to_thread(rollout_mode, rollout_id) is not Mode.TRAIN:
+                mode, prompts = await asyncio.to_thread(rollout_info, rollout_id)
+                if isinstance(body, dict) and "temperature" not in body and mode is not Mode.TRAIN:
                     body["temperature"] = 0.0  # evaluation rollouts decode greedily by default
+                substituted = None
+                if endpoint == "chat/completions":  # the rollout's prompts version (tracerl.prompts)
+                    body, substituted = apply_to_body(body, prompts)
                 result = await serve(endpoint, body, (rollout_id, attempt_id))
                 spans = build_spans(result, rollout_id=rollout_id, attempt_id=attempt_id)
+                if substituted is not None:
+                    for span in spans:
+                        span.attributes["prompts"] = substituted
                 await asyncio.to_thread(write_spans, store, spans)
             except Exception as e:
                 if isinstance(e, AttemptFinished):

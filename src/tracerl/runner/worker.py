@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from tracerl.agent import LLM, AgentRef
 from tracerl.errors import AttemptFinished, NotFound, StoreUnavailable, TracerlError
+from tracerl.prompts import PROMPTS_RESOURCE, PROMPTS_VERSION_KEY, PromptBook
 from tracerl.runner.process import AgentProcess, WorkerDied
 from tracerl.store import order
 from tracerl.store.base import Store
@@ -279,6 +280,12 @@ class Worker(threading.Thread):
         except NotFound:
             if rollout.resources_version is not None:
                 raise
+        # for agents that read their prompts themselves: llm.resources["prompts"] (tracerl.prompts)
+        prompts_version = rollout.metadata.get(PROMPTS_VERSION_KEY, resources.get(PROMPTS_VERSION_KEY))
+        if prompts_version is not None:
+            table = PromptBook(self.store).table(prompts_version)
+            resources = {**resources, PROMPTS_RESOURCE: {"version": table.version, "prompts": {
+                k: r.to_json() for k, r in table.replacements.items()}}}
         sampling = {**cfg.sampling, **resources.get("sampling", {})}
         if rollout.mode is not Mode.TRAIN:
             sampling["temperature"] = 0.0

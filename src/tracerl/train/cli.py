@@ -51,6 +51,10 @@ def build_algorithm(spec: StageSpec) -> Any:
         from tracerl.algorithms.rloo import RLOO
 
         return RLOO(model, **options)
+    if spec.algorithm == "apo":
+        from tracerl.algorithms.apo import APO
+
+        return APO(model, **options)
     from tracerl.algorithms.grpo import GRPO
 
     return GRPO(model, **options)
@@ -98,4 +102,7 @@ def main(args: argparse.Namespace) -> int:
             out.print(f"stage {i} ({stage.name}): {stage.steps} steps in {minutes:.1f} min, held-out {after}")
     out.print(f"{result.steps} steps (stopped by {result.stopped_by}); metrics {result.metrics_path}, "
               f"plot {result.plot_path}")
+    best_prompt = result.run_dir / "best_prompt.json"  # written by APO (tracerl.algorithms.apo)
+    if best_prompt.is_file():
+        out.print(f"best prompt (text, demonstrations, the prompts resource to evaluate it): {best_prompt}")
     return 0

@@ -186,15 +186,21 @@ def run_rollouts(
     timeout_s: float,
     tag: str = "",
     on_progress: Callable[[int, int], None] | None = None,
+    metadata: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
 ) -> list[list[Rollout]]:
     """Enqueue ``group_size`` rollouts of each task (one group per task) and wait until all have ended.
 
     Returns the final rollouts grouped per task, in task order. Raises :class:`~tracerl.errors.Timeout` if
     they are not all final after ``timeout_s`` (the unfinished ones are cancelled first, so no runner keeps
-    working on them). ``on_progress(done, total)`` is called as rollouts finish.
+    working on them). ``on_progress(done, total)`` is called as rollouts finish. ``metadata`` goes into every
+rollout, or (a list) into each task's (``{"prompts_version": N}`` makes the gateway serve that prompts
+version: :mod:`tracerl.prompts`).
     """
     run_tag = tag or uuid.uuid4().hex[:8]
     specs: list[RolloutSpec] = []
+    per_task = list(metadata) if isinstance(metadata, Sequence) else [metadata or {}] * len(tasks)
+    if len(per_task) != len(tasks):
+        raise ValueError(f"run_rollouts got {len(per_task)} metadata for {len(tasks)} tasks")
     for i, task in enumerate(tasks):
         group_id = f"{run_tag}-g{i}"
         for _ in range(group_size):
@@ -205,6 +211,7 @@ def run_rollouts(
                     group_id=group_id,
                     max_attempts=max_attempts,
                     resources_version=resources_version,
+                    metadata=dict(per_task[i]),
                 )
             )
     rollouts = store.enqueue(specs)

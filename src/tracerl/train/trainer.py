@@ -274,6 +274,7 @@ class _Run:
         self.version = 0
         self.informative_rate = 1.0  # running estimate of the informative fraction of sampled groups
         self.stage_weights: dict[str, Any] | None = None  # the weights the current stage started from
+        self.resource_versions: dict[str, int] = {}  # resources an algorithm published -> latest version
 
     # -- stages -----------------------------------------------------------------------------------
     @property
@@ -314,8 +315,15 @@ class _Run:
         self.serve_current()
 
     def serve_current(self) -> None:
-        """Serve the algorithm's current weights (a later stage, or a resumed one) and publish them."""
+        """Serve the algorithm's current weights (a later stage, or a resumed one) and publish them; an
+        algorithm that runs rollouts of its own (APO scores prompts) is handed the means to (``bind``)."""
         assert self.stack is not None
+        bind = getattr(self.algorithm, "bind", None)
+        if callable(bind):
+            from tracerl.algorithms.apo import RolloutAccess
+
+            bind(RolloutAccess(self.store, self.run_own_rollouts, self.stack.gateway_url, self.trainer.model,
+                               list(self.train), self.base_cfg.run_path))  # fmt: skip
         if self.pos.stage > 0 or self.algorithm.weights_version != 0:
             weights = self.algorithm.engine_weights()
             if weights is not None:
@@ -441,7 +449,7 @@ class _Run:
         update_s = time.monotonic() - t1
         if result.weights is not None or result.resources:
             for name, value in result.resources.items():
-                self.store.put_resource(name, value)
+                self.resource_versions[name] = self.store.put_resource(name, value).version
             self.version = self.publish(result.weights_version)
         rewards = [rollout_reward(r) for r in rollouts]
         record = self.metrics.log("train", pos.step, {
@@ -503,6 +511,15 @@ class _Run:
             if not todo:
                 return rollouts, used, batch
 
+    def run_own_rollouts(self, tasks: list[dict[str, Any]], metadata: list[dict[str, Any]]) -> list[Rollout]:
+        """One greedy (``val``) rollout per task with its metadata, for an algorithm's own scoring."""
+        groups = run_rollouts(
+            self.store, tasks, group_size=1, mode=_mode("val"), resources_version=self.version,
+            max_attempts=self.trainer.runners.max_attempts, timeout_s=self.cfg.rollout_timeout_s,
+            tag=_tag(self.base_cfg, f"a{self.pos.step + 1}"), metadata=metadata,
+        )
+        return [g[0] for g in groups]
+
     def validate(self) -> float:
         """Run every held-out task once (greedy) and log the mean reward (failed rollouts count 0)."""
         assert self.val is not None and self.stack is not None
@@ -542,6 +559,8 @@ class _Run:
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
             "sampling": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
             "engine": self.engine_info(),
+            # e.g. "prompts_version": the gateway serves that prompts version to these rollouts (tracerl.prompts)
+            **{f"{name}_version": v for name, v in self.resource_versions.items()},
         }
         return self.store.put_resource(RESOURCES_NAME, value).version
 
