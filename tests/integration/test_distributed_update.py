@@ -82,3 +82,42 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_tracerl_train_under_torchrun_runs_data_parallel(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2 -m tracerl train CONFIG``: rank 0 runs the loop, rank 1 follows."""
+    import json
+
+    from tracerl.tasks import toy
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps(t) + "\n" for t in toy.make_tasks("train", 4)))
+    config = tmp_path / "run.toml"
+    config.write_text(f'''
+agent = "tracerl.tasks.toy:digits_agent"
+train_tasks = "{tasks}"
+[runners]
+n = 2
+[algorithm]
+model = "{tiny_model_dir}"
+group_size = 4
+lr = 1e-3
+micro_batch_size = 1
+[trainer]
+run_dir = "{tmp_path / "run"}"
+batch_size = 2
+max_tokens = 8
+val_every = 0
+progress = false
+''')
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "tracerl", "train", str(config), "--max-steps", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2]
+    trained = [r for r in train if r.get("transitions", 0) > 0]  # a group without reward variance trains nothing
+    assert trained and all(r["micro_batches"] >= 2 for r in trained)  # micro-batches of 1: both ranks had work
+    assert train[-1]["weights_version"] == len(trained)

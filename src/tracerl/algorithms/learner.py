@@ -92,8 +92,7 @@ class GRPOLearner(Policy):
     def apply_update(self, transitions: Sequence[Transition]) -> UpdateResult:
         """The update itself, run by every rank on the same ``transitions`` (each on its micro-batches)."""
         if dp.world_size() > 1 and not self._replicas_synced:
-            dp.broadcast_parameters(self.params)  # every replica starts from rank 0's weights
-            self._replicas_synced = True
+            self._sync_replicas()
         c = self.config
         start = time.perf_counter()
         fresh = [
@@ -159,6 +158,18 @@ class GRPOLearner(Policy):
             "update_s": time.perf_counter() - start,
         }
         return UpdateResult(metrics, self.engine_state_dict(), self.weights_version, epochs)
+
+
+    def _sync_replicas(self) -> None:
+        """Every rank takes rank 0's weights, optimizer state, step and version (a resumed run included)."""
+        dp.broadcast_parameters(self.params)
+        state = dp.broadcast_object(
+            (self.optimizer.state_dict(), self.step_count, self.weights_version) if dp.rank() == 0 else None
+        )
+        if dp.rank() != 0:
+            self.optimizer.load_state_dict(state[0])
+            self.step_count, self.weights_version = state[1], state[2]
+        self._replicas_synced = True
 
 
 def _summary(epochs: list[dict[str, float]]) -> dict[str, float]:

@@ -194,7 +194,12 @@ class Trainer:
         train = check_tasks(train_tasks, "train_tasks")
         val = check_tasks(val_tasks, "val_tasks") if val_tasks is not None else None
         cfg.run_path.mkdir(parents=True, exist_ok=True)
+        from tracerl.train import distributed
+
+        if distributed.join(self.stages):  # under torchrun, ranks > 0 only take part in updates
+            return distributed.follow(self, cfg)
         with contextlib.ExitStack() as es:
+            es.callback(distributed.release)
             store = _open_store(self.store_url, self.token)
             es.callback(store.close)
             store.bind_experiment(cfg.experiment)
