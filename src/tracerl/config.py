@@ -104,11 +104,15 @@ class RunnerConfig:
 
     ``n``: processes; ``timeout_s``: a rollout running longer is killed and retried;
     ``max_attempts``: tries per rollout before it counts as failed (reward 0 for training).
+    ``ray``: run the workers as Ray actors on this cluster (``auto``, ``HOST:PORT``, ``ray://HOST:10001``;
+    see :mod:`tracerl.runner.ray_pool`), ``actors`` of them with ``n`` workers each; None: local processes.
     """
 
     n: int = 4
     timeout_s: float = 300.0
     max_attempts: int = 2
+    ray: str | None = None
+    actors: int = 1
 
     def __post_init__(self) -> None:
         _positive_int("runners", "n", self.n)
@@ -116,6 +120,11 @@ class RunnerConfig:
             raise ConfigError(f"runners.n = {self.n} processes is more than this trainer supports (≤ 256)")
         _positive_float("runners", "timeout_s", self.timeout_s)
         _positive_int("runners", "max_attempts", self.max_attempts)
+        _positive_int("runners", "actors", self.actors)
+        if self.ray is not None and (not isinstance(self.ray, str) or not self.ray):
+            raise ConfigError(f"runners.ray must be a Ray address such as 'auto' or 'HOST:6379', got {self.ray!r}")
+        if self.actors > 1 and self.ray is None:
+            raise ConfigError(f"runners.actors = {self.actors} needs runners.ray (a Ray address); without Ray use n")
 
 
 @dataclass

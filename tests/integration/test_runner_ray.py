@@ -19,7 +19,7 @@ import pytest
 
 import tracerl
 from tracerl.store import connect
-from tracerl.types import AttemptStatus, RolloutSpec, RolloutStatus
+from tracerl.types import AttemptStatus, RolloutQuery, RolloutSpec, RolloutStatus
 
 pytestmark = pytest.mark.timeout(240)
 ray = pytest.importorskip("ray", reason="Ray runners need ray: pip install 'tracerl[ray]'")
@@ -127,3 +127,23 @@ def test_ray_runner_actors_run_retry_and_stop_cleanly(ray_head: str, tmp_path: P
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
     assert not any(_alive(p) for p in pids), "a runner actor process outlived the shutdown"
+
+
+def test_trainer_runs_its_rollouts_on_ray_actors(ray_head: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``Trainer(runners=RunnerConfig(n=2, ray=ADDRESS))``: a training step whose rollouts ran in a Ray actor."""
+    from tracerl.config import RunnerConfig
+    from tracerl.tasks import toy
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    result = tracerl.Trainer(
+        agent=toy.digits_agent, algorithm=tracerl.GRPO(str(tiny_model_dir), group_size=2, lr=1e-3), store=url,
+        runners=RunnerConfig(n=2, ray=ray_head), run_dir=str(tmp_path / "run"), batch_size=2, max_steps=1,
+        val_every=0, max_tokens=4, progress=False,
+    ).fit(toy.make_tasks("train", 4))  # fmt: skip
+    assert result.steps == 1 and result.history[0]["generated_rollouts"] == 4
+    assert result.history[0]["failed_rollouts"] == 0
+    with connect(url) as store:
+        ids = [r.rollout_id for r in store.query_rollouts(RolloutQuery(limit=10)).items]
+        workers = {a.worker_id for rid in ids for a in store.get_attempts(rid)}
+    assert workers and all(re.search(r"-\d+-a0-w[01]$", w) for w in workers), workers
+    assert not ray.is_initialized()  # the trainer disconnected from Ray when the run ended
