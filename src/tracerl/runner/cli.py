@@ -3,6 +3,7 @@
     tracerl runner --agent my_agents:sql_agent --store sqlite:///runs/sql.db --gateway http://127.0.0.1:8000 -n 4
     TRACERL_TOKEN=... tracerl runner --agent my_agents:sql_agent --store http://trainer:8765 \
         --gateway http://trainer:8765 -n 4      # a `tracerl serve --token ...` on another machine
+    tracerl runner --config runner.toml        # the same settings from a file (tracerl.runner.config_file)
     tracerl runner --ray HEAD:6379 --actors 8 -n 4 ...   # 8 Ray actors of 4 workers (tracerl.runner.ray_pool)
 
 The token (``--token``, default ``$TRACERL_TOKEN``; prefer the variable, which ``ps`` does not show) goes to
@@ -25,14 +26,17 @@ from pathlib import Path
 from types import FrameType
 
 from tracerl.errors import ConfigError
+from tracerl.runner.config_file import load_runner_file
 from tracerl.runner.pool import DEFAULT_GRACE_S, DEFAULT_LEASE_S, DEFAULT_TIMEOUT_S, Runner
 from tracerl.runner.ray_pool import RayRunners
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--agent", required=True, metavar="MODULE:FUNCTION", help="the agent to run")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="read settings from the [runner] table of this TOML file (options given here win)")
+    parser.add_argument("--agent", metavar="MODULE:FUNCTION", help="the agent to run (here or in --config)")
     parser.add_argument(
-        "--store", required=True, metavar="URL", help="store URL (sqlite:///…, postgresql://…, http://…)"
+        "--store", metavar="URL", help="store URL: sqlite:///…, postgresql://…, http://… (here or in --config)"
     )
     parser.add_argument("--gateway", metavar="URL", default=None, help="gateway URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("-n", "--workers", type=int, default=1, help="rollouts to run in parallel (default 1)")
@@ -63,7 +67,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="folder Ray ships to every actor and puts on its path (the agent's code)")
 
 
+def with_config_file(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the values of ``--config FILE`` filled in wherever the command line left the default."""
+    if args.config:
+        defaults = argparse.ArgumentParser()
+        add_arguments(defaults)
+        default = vars(defaults.parse_args([]))
+        for key, value in load_runner_file(args.config).items():
+            if getattr(args, key) == default[key]:
+                setattr(args, key, value)
+    missing = [f"--{k}" for k in ("agent", "store") if not getattr(args, k)]
+    if missing:
+        raise ConfigError(f"tracerl runner needs {' and '.join(missing)} (on the command line or in --config FILE)")
+    return args
+
+
 def main(args: argparse.Namespace) -> int:
+    args = with_config_file(args)
     if args.store.lower().startswith("memory://"):
         raise ConfigError(
             "a memory:// store lives inside one process, so a separate runner cannot share it; "

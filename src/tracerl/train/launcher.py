@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracerl.config import EngineConfig, RunnerConfig
-from tracerl.errors import IllegalTransition, InvalidInput, Timeout
+from tracerl.errors import ConfigError, IllegalTransition, InvalidInput, Timeout
 from tracerl.store.base import Store
 from tracerl.types import Mode, Rollout, RolloutSpec, RolloutStatus
 
@@ -126,12 +126,20 @@ def serving(
                 ref, store_url, gateway.url, address=runners.ray, actors=runners.actors, workers_per_actor=runners.n,
                 **options,
             ).start()  # fmt: skip
+        elif runners.n == 0:  # runners elsewhere (`tracerl runner` on other machines) share the store
+            if store_url.startswith("memory://"):
+                raise ConfigError(
+                    "runners.n = 0 leaves the rollouts to runners elsewhere, which cannot reach a memory:// store; "
+                    "use postgresql://… or http://… (a `tracerl serve`), or n ≥ 1"
+                )
+            pool = None
         else:
             pool = start_runners(
                 ref, store if store_url.startswith("memory://") else store_url, gateway.url, n_workers=runners.n,
                 **options,
             )  # fmt: skip
-        stack.callback(_stop, pool, "runners")
+        if pool is not None:
+            stack.callback(_stop, pool, "runners")
         yield Stack(store=store, engine=hf, gateway=gateway, runners=pool, model_name=model_name)
 
 
