@@ -62,7 +62,7 @@ def test_agent_and_store_are_required_somewhere(tmp_path: Path) -> None:
 
 def test_the_cluster_examples_parse() -> None:
     trainer = load_run_config(EXAMPLES / "trainer.toml")
-    assert trainer.runners.n == 0 and trainer.store.url.startswith("postgresql://")
+    assert trainer.runners.n == 0 and str(trainer.store.url).startswith("postgresql://")
     for name in ("runner.toml", "runner-ray.toml"):
         runner = load_runner_file(EXAMPLES / name)
         assert runner["store"] == trainer.store.url
