@@ -117,9 +117,9 @@ def sum_floats(values: Sequence[float]) -> list[float]:
     """Element-wise sum of ``values`` over all ranks (float64)."""
     if world_size() == 1:
         return list(values)
-    t = torch.tensor(list(values), dtype=torch.float64)
+    t = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return t.cpu().tolist()
 
 
 def gather_cat(t: Tensor) -> Tensor:
@@ -153,6 +153,13 @@ def release_followers() -> None:
     """On rank 0: end :func:`follow` on every other rank (no-op in one process)."""
     if world_size() > 1 and rank() == 0:
         broadcast_object(_STOP)
+
+
+def _collective_device() -> torch.device:
+    """Where a small tensor must live for a collective: this process's GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _split(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
