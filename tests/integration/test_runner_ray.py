@@ -81,7 +81,7 @@ def test_ray_runner_actors_run_retry_and_stop_cleanly(ray_head: str, tmp_path: P
     ids = [r.rollout_id for r in store.enqueue(specs)]
     src = str(Path(tracerl.__file__).resolve().parents[1])
     cmd = [sys.executable, "-m", "tracerl", "runner", "--ray", ray_head, "--actors", "2", "-n", "2",
-           "--agent", "ray_agent:nap", "--store", url, "--app-dir", str(tmp_path), "--lease", "3", "--grace", "10",
+           "--agent", "ray_agent:nap", "--store", url, "--app-dir", str(tmp_path), "--lease", "5", "--grace", "10",
            "--actor-cpus", "1"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
     log = tmp_path / "runner.log"

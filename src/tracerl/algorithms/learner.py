@@ -76,7 +76,8 @@ class GRPOLearner(Policy):
     def update(self, transitions: Sequence[Transition]) -> UpdateResult:
         """``config.epochs`` PPO-clip optimizer steps on ``transitions``; returns metrics and new weights.
 
-        Transitions older than ``max_staleness`` versions are dropped (``dropped`` in the metrics). Under
+        Transitions older than ``max_staleness`` versions are dropped (``dropped`` in the metrics); the age of
+        the others shows as ``staleness_mean``/``staleness_max`` (in updates) and ``unknown_version``. Under
         torch.distributed this runs on rank 0 and the other ranks take part through
         :func:`tracerl.algorithms.distributed.follow`.
         """
@@ -101,6 +102,7 @@ class GRPOLearner(Policy):
         ]
         fresh = [t for t in fresh if t.response_ids and t.weight != 0.0]
         dropped = len(transitions) - len(fresh)
+        lags = [self.weights_version - t.weights_version for t in fresh if t.weights_version is not None]
         if not fresh:
             logger.info("update skipped: no trainable transitions (%d given, %d dropped)", len(transitions), dropped)
             return UpdateResult({"transitions": 0.0, "dropped": float(dropped)}, None, self.weights_version)
@@ -154,6 +156,10 @@ class GRPOLearner(Policy):
             "transitions": float(len(fresh)),
             "rollouts": float(len({t.rollout_id for t in fresh})),
             "dropped": float(dropped),
+            # how many updates old the weights that sampled the trained calls were (0: these weights)
+            "staleness_mean": float(np.mean(lags)) if lags else 0.0,
+            "staleness_max": float(max(lags, default=0)),
+            "unknown_version": float(len(fresh) - len(lags)),
             "micro_batches": float(n_mbs),
             "update_s": time.perf_counter() - start,
         }
