@@ -2,8 +2,10 @@
 
     torchrun --nproc-per-node 2 dist_update_worker.py MODEL_DIR BATCH.pt OUT_DIR
 
-Every rank loads the same model and config; rank 0 calls ``learner.update(batch)``, the others
-``distributed.follow(learner)``; each rank then saves its parameters and the metrics to ``OUT_DIR/rank{r}.pt``.
+Every rank loads the same model and config; rank 0 resumes from the checkpoint named in BATCH.pt (the
+others start from the initial weights and an empty optimizer state: the first update must bring them in
+step), then calls ``learner.update(batch)`` for each batch while the others run
+``distributed.follow(learner)``; each rank then saves its parameters and metrics to ``OUT_DIR/rank{r}.pt``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main(model_dir: str, batch_path: str, out_dir: str) -> None:
     learner = GRPOLearner(model, GRPOConfig(**saved["config"]))
     metrics: dict[str, float] = {}
     if dp.rank() == 0:
+        learner.load_checkpoint(saved["checkpoint"])
         for transitions in saved["batches"]:
             metrics = learner.update(transitions).metrics
         dp.release_followers()

@@ -43,14 +43,17 @@ def transitions(seed: int, version: int) -> list[Transition]:
 
 
 def test_two_gloo_processes_update_like_one(tiny_model_dir: Path, tmp_path: Path) -> None:
-    batches = [transitions(1, 0), transitions(2, 1)]  # two updates: the second starts from synced AdamW state
-    torch.save({"config": CONFIG, "batches": batches}, tmp_path / "batch.pt")
-
+    """One process: updates 1, 2, 3. Two processes: rank 0 resumes the checkpoint taken after update 1 (rank 1
+    starts from scratch), then updates 2 and 3 data-parallel. The parameters must end up the same."""
+    batches = [transitions(1, 0), transitions(2, 1), transitions(3, 2)]
     model, _ = load_model(tiny_model_dir)
-    start = {n: p.detach().clone() for n, p in model.named_parameters()}
     single = GRPOLearner(model, GRPOConfig(**CONFIG))
-    metrics = [single.update(b).metrics for b in batches]
+    single.update(batches[0])
+    single.save_checkpoint(tmp_path / "ckpt")
+    start = {n: p.detach().clone() for n, p in single.model.named_parameters()}
+    metrics = [single.update(b).metrics for b in batches[1:]]
     assert metrics[0]["micro_batches"] == 3  # uneven split: rank 0 gets 2 micro-batches, rank 1 gets 1
+    torch.save({"config": CONFIG, "batches": batches[1:], "checkpoint": str(tmp_path / "ckpt")}, tmp_path / "batch.pt")
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
@@ -69,7 +72,7 @@ def test_two_gloo_processes_update_like_one(tiny_model_dir: Path, tmp_path: Path
             torch.testing.assert_close(r["params"][name], p.detach(), rtol=0, atol=2e-5, msg=f"{name} differs")
         moved = max(moved, float((p.detach() - start[name]).abs().max()))
     assert moved > 1e-3  # the update really changed the weights (so equality above is not trivial)
-    assert ranks[0]["version"] == ranks[1]["version"] == 2
+    assert ranks[0]["version"] == ranks[1]["version"] == 3
     dist_metrics = ranks[0]["metrics"]
     for key in ("loss", "pg_loss", "kl", "grad_norm", "tokens", "clip_fraction", "ratio_mean", "mismatch_mean_abs",
                 "mismatch_max_abs", "mismatch_tokens", "is_weight_mean", "transitions", "dropped", "micro_batches"):

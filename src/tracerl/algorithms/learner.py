@@ -165,13 +165,16 @@ class GRPOLearner(Policy):
         }
         return UpdateResult(metrics, self.engine_state_dict(), self.weights_version, epochs)
 
-
     def _sync_replicas(self) -> None:
         """Every rank takes rank 0's weights, optimizer state, step and version (a resumed run included)."""
         dp.broadcast_parameters(self.params)
-        state = dp.broadcast_object(
-            (self.optimizer.state_dict(), self.step_count, self.weights_version) if dp.rank() == 0 else None
-        )
+        mine = None
+        if dp.rank() == 0:  # the AdamW moments travel through the CPU (load_state_dict moves them to the device)
+            optim = self.optimizer.state_dict()
+            optim["state"] = {k: {n: v.cpu() if isinstance(v, Tensor) else v for n, v in per.items()}
+                              for k, per in optim["state"].items()}  # fmt: skip
+            mine = (optim, self.step_count, self.weights_version)
+        state = dp.broadcast_object(mine)
         if dp.rank() != 0:
             self.optimizer.load_state_dict(state[0])
             self.step_count, self.weights_version = state[1], state[2]
