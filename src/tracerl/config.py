@@ -182,6 +182,8 @@ class TrainerConfig:
     * ``dynamic_sampling``: a step keeps sampling groups of new tasks until it holds ``batch_size`` groups
       with reward variance (the ones that carry a learning signal), up to ``max_sampled_groups ×
       batch_size`` groups in all (DAPO's dynamic sampling); metrics show sampled vs used groups.
+    * ``async_updates``: the update of a step runs while the next step's rollouts are sampled with the
+      previous weights (one update stale, corrected by importance sampling; see :mod:`tracerl.train.pipeline`).
     """
 
     epochs: int = 1
@@ -204,6 +206,7 @@ class TrainerConfig:
     tensorboard: bool = False
     wandb: bool = False
     progress: bool = True
+    async_updates: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("trainer", "epochs", self.epochs)
