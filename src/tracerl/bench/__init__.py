@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "gateway": "gateway overhead per call and hf engine tokens/s through the gateway",
     "grpo": "GRPO update step time against TRL's GRPOTrainer on the same batch",
     "learn": "held-out reward against training time on the demo task, tracerl beside TRL's GRPOTrainer",
+    "pipeline": "steps per hour with synchronous vs asynchronous updates (async_updates) on the toy task",
 }
 
 
