@@ -110,20 +110,32 @@ class StoreConfig:
 class RunnerConfig:
     """The worker processes that run the agent on claimed rollouts.
 
-    ``n``: processes; ``timeout_s``: a rollout running longer is killed and retried;
+    ``n``: processes (0: start none here, rollouts are run by ``tracerl runner`` processes elsewhere that
+    share the store, see docs/cluster.md); ``timeout_s``: a rollout running longer is killed and retried;
     ``max_attempts``: tries per rollout before it counts as failed (reward 0 for training).
+    ``ray``: run the workers as Ray actors on this cluster (``auto``, ``HOST:PORT``, ``ray://HOST:10001``;
+    see :mod:`tracerl.runner.ray_pool`), ``actors`` of them with ``n`` workers each; None: local processes.
     """
 
     n: int = 4
     timeout_s: float = 300.0
     max_attempts: int = 2
+    ray: str | None = None
+    actors: int = 1
 
     def __post_init__(self) -> None:
-        _positive_int("runners", "n", self.n)
+        _positive_int("runners", "n", self.n, minimum=0)
         if self.n > 256:
             raise ConfigError(f"runners.n = {self.n} processes is more than this trainer supports (≤ 256)")
         _positive_float("runners", "timeout_s", self.timeout_s)
         _positive_int("runners", "max_attempts", self.max_attempts)
+        _positive_int("runners", "actors", self.actors)
+        if self.ray is not None and (not isinstance(self.ray, str) or not self.ray):
+            raise ConfigError(f"runners.ray must be a Ray address such as 'auto' or 'HOST:6379', got {self.ray!r}")
+        if self.n == 0 and self.ray is not None:
+            raise ConfigError("runners.n = 0 starts no workers, so runners.ray has nothing to run; set n ≥ 1")
+        if self.actors > 1 and self.ray is None:
+            raise ConfigError(f"runners.actors = {self.actors} needs runners.ray (a Ray address); without Ray use n")
 
 
 @dataclass
@@ -178,6 +190,8 @@ class TrainerConfig:
     * ``dynamic_sampling``: a step keeps sampling groups of new tasks until it holds ``batch_size`` groups
       with reward variance (the ones that carry a learning signal), up to ``max_sampled_groups ×
       batch_size`` groups in all (DAPO's dynamic sampling); metrics show sampled vs used groups.
+    * ``async_updates``: the update of a step runs while the next step's rollouts are sampled with the
+      previous weights (one update stale, corrected by importance sampling; see :mod:`tracerl.train.pipeline`).
     """
 
     epochs: int = 1
@@ -200,6 +214,7 @@ class TrainerConfig:
     tensorboard: bool = False
     wandb: bool = False
     progress: bool = True
+    async_updates: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("trainer", "epochs", self.epochs)

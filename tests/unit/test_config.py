@@ -26,7 +26,7 @@ from tracerl.errors import ConfigError
         (lambda: TrainerConfig(temperature=0.0), ["trainer.temperature", "temperature > 0"]),
         (lambda: TrainerConfig(val_every=-2), ["trainer.val_every"]),
         (lambda: TrainerConfig(time_budget_s=0), ["trainer.time_budget_s"]),
-        (lambda: RunnerConfig(n=0), ["runners.n", "0"]),
+        (lambda: RunnerConfig(n=-1), ["runners.n", "-1"]),  # n = 0: runners elsewhere
         (lambda: RunnerConfig(timeout_s=-5), ["runners.timeout_s"]),
         (lambda: EngineConfig(port=70000), ["engine.port", "70000"]),
         (lambda: StoreConfig(url="runs/x.db"), ["runs/x.db", "sqlite:///"]),

@@ -18,6 +18,11 @@ record of the policy that produced it, so ``ρ`` corrects for the staleness (and
 
 After an update the learner's weights version goes up by one and :attr:`UpdateResult.state_dict` holds
 the full weights for the engine (LoRA adapters merged in).
+
+Under ``torchrun`` (torch.distributed initialised, world size W > 1) the update is data-parallel: rank 0's
+:meth:`GRPOLearner.update` broadcasts the batch, every rank runs :meth:`GRPOLearner.apply_update` on its
+share of the micro-batches, and the gradients are summed across ranks before the optimizer step, which
+gives the single-process update (see :mod:`tracerl.algorithms.distributed`; metrics are reduced too).
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ import torch
 from torch import Tensor, nn
 
 from tracerl import credit
+from tracerl.algorithms import distributed as dp
 from tracerl.algorithms.batch import MicroBatch, build_micro_batches
 from tracerl.algorithms.grpo import GRPOConfig
 from tracerl.algorithms.policy import Policy, bf16_supported
 from tracerl.algorithms.transitions import Transition
+from tracerl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +67,7 @@ class GRPOLearner(Policy):
     def __init__(self, model: nn.Module, config: GRPOConfig, *, pad_id: int = 0, weights_version: int = 0) -> None:
         super().__init__(model, config, pad_id=pad_id, weights_version=weights_version,
                          keep_reference=config.kl_coef > 0)  # fmt: skip
+        self._replicas_synced = False
 
     @property
     def step(self) -> int:
@@ -68,8 +76,24 @@ class GRPOLearner(Policy):
     def update(self, transitions: Sequence[Transition]) -> UpdateResult:
         """``config.epochs`` PPO-clip optimizer steps on ``transitions``; returns metrics and new weights.
 
-        Transitions older than ``max_staleness`` versions are dropped (``dropped`` in the metrics).
+        Transitions older than ``max_staleness`` versions are dropped (``dropped`` in the metrics); the age of
+        the others shows as ``staleness_mean``/``staleness_max`` (in updates) and ``unknown_version``. Under
+        torch.distributed this runs on rank 0 and the other ranks take part through
+        :func:`tracerl.algorithms.distributed.follow`.
         """
+        if dp.world_size() > 1:
+            if dp.rank() != 0:
+                raise ConfigError(
+                    f"update() is called on rank 0 only (this is rank {dp.rank()}); the other ranks run "
+                    "tracerl.algorithms.distributed.follow(learner)"
+                )
+            dp.broadcast_object(list(transitions))
+        return self.apply_update(transitions)
+
+    def apply_update(self, transitions: Sequence[Transition]) -> UpdateResult:
+        """The update itself, run by every rank on the same ``transitions`` (each on its micro-batches)."""
+        if dp.world_size() > 1 and not self._replicas_synced:
+            self._sync_replicas()
         c = self.config
         start = time.perf_counter()
         fresh = [
@@ -78,6 +102,7 @@ class GRPOLearner(Policy):
         ]
         fresh = [t for t in fresh if t.response_ids and t.weight != 0.0]
         dropped = len(transitions) - len(fresh)
+        lags = [self.weights_version - t.weights_version for t in fresh if t.weights_version is not None]
         if not fresh:
             logger.info("update skipped: no trainable transitions (%d given, %d dropped)", len(transitions), dropped)
             return UpdateResult({"transitions": 0.0, "dropped": float(dropped)}, None, self.weights_version)
@@ -85,7 +110,8 @@ class GRPOLearner(Policy):
             fresh, micro_batch_size=c.micro_batch_size, norm=c.loss_norm,  # type: ignore[arg-type]
             current_version=self.weights_version, pad_id=self.pad_id,
         )
-        mbs = [self.to_device(mb) for mb in mbs]
+        n_mbs = len(mbs)
+        mbs = [self.to_device(mb) for mb in dp.shard(mbs)]  # this rank's micro-batches (all in one process)
         old: list[Tensor] = []
         ref: list[Tensor | None] = []
         is_w: list[Tensor | None] = []
@@ -118,7 +144,9 @@ class GRPOLearner(Policy):
                     loss = loss + c.kl_coef * (kl * mb.weights).sum()
                 loss.backward()
                 acc.add(mb, loss, pg, kl, ratio, clipped)
+            dp.sum_gradients(self.params)
             grad_norm = self.optimizer_step()
+            acc.reduce()
             epochs.append({**acc.metrics(), "grad_norm": grad_norm})
         self.step_count += 1
         self.weights_version += 1
@@ -128,10 +156,29 @@ class GRPOLearner(Policy):
             "transitions": float(len(fresh)),
             "rollouts": float(len({t.rollout_id for t in fresh})),
             "dropped": float(dropped),
-            "micro_batches": float(len(mbs)),
+            # how many updates old the weights that sampled the trained calls were (0: these weights)
+            "staleness_mean": float(np.mean(lags)) if lags else 0.0,
+            "staleness_max": float(max(lags, default=0)),
+            "unknown_version": float(len(fresh) - len(lags)),
+            "micro_batches": float(n_mbs),
             "update_s": time.perf_counter() - start,
         }
         return UpdateResult(metrics, self.engine_state_dict(), self.weights_version, epochs)
+
+    def _sync_replicas(self) -> None:
+        """Every rank takes rank 0's weights, optimizer state, step and version (a resumed run included)."""
+        dp.broadcast_parameters(self.params)
+        mine = None
+        if dp.rank() == 0:  # the AdamW moments travel through the CPU (load_state_dict moves them to the device)
+            optim = self.optimizer.state_dict()
+            optim["state"] = {k: {n: v.cpu() if isinstance(v, Tensor) else v for n, v in per.items()}
+                              for k, per in optim["state"].items()}  # fmt: skip
+            mine = (optim, self.step_count, self.weights_version)
+        state = dp.broadcast_object(mine)
+        if dp.rank() != 0:
+            self.optimizer.load_state_dict(state[0])
+            self.step_count, self.weights_version = state[1], state[2]
+        self._replicas_synced = True
 
 
 def _summary(epochs: list[dict[str, float]]) -> dict[str, float]:
@@ -149,20 +196,27 @@ def _summary(epochs: list[dict[str, float]]) -> dict[str, float]:
 
 def _mismatch_metrics(gaps: list[tuple[Tensor, Tensor, Tensor]], is_w: list[Tensor | None]) -> dict[str, float]:
     """Sampler/learner gap over the on-policy tokens of the batch (first epoch, before any step)."""
-    if not gaps:
+    if dp.world_size() == 1 and not gaps:
         return {}
-    learner = torch.cat([g[0].flatten() for g in gaps])
-    sampler = torch.cat([g[1].flatten() for g in gaps])
-    mask = torch.cat([g[2].flatten() for g in gaps])
+    learner = dp.gather_cat(_cat([g[0] for g in gaps], torch.float32))
+    sampler = dp.gather_cat(_cat([g[1] for g in gaps], torch.float32))
+    mask = dp.gather_cat(_cat([g[2] for g in gaps], torch.bool))
     m = credit.sampler_mismatch(learner, sampler, mask)
     out = {"mismatch_mean_abs": m.mean_abs, "mismatch_max_abs": m.max_abs, "mismatch_kl": m.kl,
            "mismatch_tokens": float(m.tokens)}  # fmt: skip
-    weights = [(w.flatten(), g[2].flatten()) for w, g in zip(is_w, gaps, strict=True) if w is not None]
-    if weights and m.tokens:
-        w = torch.cat([x[0] for x in weights])[torch.cat([x[1] for x in weights])]
+    on = [w[g[2]].detach() for w, g in zip(is_w, gaps, strict=True) if w is not None]
+    w = dp.gather_cat(_cat(on, torch.float32))
+    if w.numel():
         out["is_weight_mean"] = float(w.mean())
         out["is_weight_min"] = float(w.min())
     return out
+
+
+def _cat(parts: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """The tensors flattened and joined (an empty 1-D tensor when there are none)."""
+    if not parts:
+        return torch.zeros(0, dtype=dtype)
+    return torch.cat([p.flatten() for p in parts])
 
 
 class _Accumulator:
@@ -183,6 +237,12 @@ class _Accumulator:
         self.tokens += int(mask.sum())
         self.clipped += int((clipped & mask).sum())
         self.ratio_sum += float((ratio * mask).sum())
+
+    def reduce(self) -> None:
+        """Sum the statistics over all ranks (no-op in one process)."""
+        vals = dp.sum_floats([self.loss, self.pg, self.kl, float(self.tokens), float(self.clipped), self.ratio_sum])
+        self.loss, self.pg, self.kl, self.ratio_sum = vals[0], vals[1], vals[2], vals[5]
+        self.tokens, self.clipped = round(vals[3]), round(vals[4])
 
     def metrics(self) -> dict[str, float]:
         n = max(self.tokens, 1)

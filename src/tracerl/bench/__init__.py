@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "grpo": "GRPO update step time against TRL's GRPOTrainer on the same batch",
     "learn": "held-out reward against training time on the demo task, tracerl beside TRL's GRPOTrainer",
     "algorithms": "GRPO, PPO, REINFORCE++ and RLOO on the demo task at the same training time",
+    "pipeline": "steps per hour with synchronous vs asynchronous updates (async_updates) on the toy task",
 }
 
 

@@ -3,6 +3,8 @@
     tracerl runner --agent my_agents:sql_agent --store sqlite:///runs/sql.db --gateway http://127.0.0.1:8000 -n 4
     TRACERL_TOKEN=... tracerl runner --agent my_agents:sql_agent --store http://trainer:8765 \
         --gateway http://trainer:8765 -n 4      # a `tracerl serve --token ...` on another machine
+    tracerl runner --config runner.toml        # the same settings from a file (tracerl.runner.config_file)
+    tracerl runner --ray HEAD:6379 --actors 8 -n 4 ...   # 8 Ray actors of 4 workers (tracerl.runner.ray_pool)
 
 The token (``--token``, default ``$TRACERL_TOKEN``; prefer the variable, which ``ps`` does not show) goes to
 the HTTP store and, unless ``--api-key`` is given, to the agents as their API key for the gateway, which the
@@ -24,13 +26,17 @@ from pathlib import Path
 from types import FrameType
 
 from tracerl.errors import ConfigError
+from tracerl.runner.config_file import load_runner_file
 from tracerl.runner.pool import DEFAULT_GRACE_S, DEFAULT_LEASE_S, DEFAULT_TIMEOUT_S, Runner
+from tracerl.runner.ray_pool import RayRunners
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--agent", required=True, metavar="MODULE:FUNCTION", help="the agent to run")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="read settings from the [runner] table of this TOML file (options given here win)")
+    parser.add_argument("--agent", metavar="MODULE:FUNCTION", help="the agent to run (here or in --config)")
     parser.add_argument(
-        "--store", required=True, metavar="URL", help="store URL (sqlite:///…, postgresql://…, http://…)"
+        "--store", metavar="URL", help="store URL: sqlite:///…, postgresql://…, http://… (here or in --config)"
     )
     parser.add_argument("--gateway", metavar="URL", default=None, help="gateway URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("-n", "--workers", type=int, default=1, help="rollouts to run in parallel (default 1)")
@@ -52,9 +58,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None, help="default sampling temperature")
     parser.add_argument("--max-tokens", type=int, default=None, help="default max_tokens")
     parser.add_argument("--app-dir", default=".", help="directory to import the agent module from (default: .)")
+    ray = parser.add_argument_group("Ray (pip install 'tracerl[ray]')")
+    ray.add_argument("--ray", metavar="ADDRESS", default=None,
+                     help="run the workers as Ray actors on this cluster (auto, HOST:PORT, ray://HOST:10001)")
+    ray.add_argument("--actors", type=int, default=1, help="Ray actors to start, each with -n workers (default 1)")
+    ray.add_argument("--actor-cpus", type=float, default=None, help="CPUs Ray reserves per actor (default: -n)")
+    ray.add_argument("--ray-working-dir", default=None, metavar="DIR",
+                     help="folder Ray ships to every actor and puts on its path (the agent's code)")
+
+
+def with_config_file(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the values of ``--config FILE`` filled in wherever the command line left the default."""
+    if args.config:
+        defaults = argparse.ArgumentParser()
+        add_arguments(defaults)
+        default = vars(defaults.parse_args([]))
+        for key, value in load_runner_file(args.config).items():
+            if getattr(args, key) == default[key]:
+                setattr(args, key, value)
+    missing = [f"--{k}" for k in ("agent", "store") if not getattr(args, k)]
+    if missing:
+        raise ConfigError(f"tracerl runner needs {' and '.join(missing)} (on the command line or in --config FILE)")
+    return args
 
 
 def main(args: argparse.Namespace) -> int:
+    args = with_config_file(args)
     if args.store.lower().startswith("memory://"):
         raise ConfigError(
             "a memory:// store lives inside one process, so a separate runner cannot share it; "
@@ -65,19 +94,19 @@ def main(args: argparse.Namespace) -> int:
         os.environ["TRACERL_TOKEN"] = token  # HttpStore (here and in anything it starts) reads it from there
     sys.path.insert(0, str(Path(args.app_dir).resolve()))
     sampling = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens)) if v is not None}
-    runner = Runner(
-        args.agent,
-        args.store,
-        args.gateway,
-        n_workers=args.workers,
-        timeout_s=args.timeout,
-        lease_s=args.lease,
-        modes=args.mode,
-        model=args.model,
-        api_key=args.api_key or token or "tracerl",
-        sampling=sampling,
-        grace_s=args.grace,
-    )
+    options = dict(
+        timeout_s=args.timeout, lease_s=args.lease, modes=args.mode, model=args.model,
+        api_key=args.api_key or token or "tracerl", sampling=sampling, grace_s=args.grace,
+    )  # fmt: skip
+    runner: Runner | RayRunners
+    if args.ray:
+        runner = RayRunners(
+            args.agent, args.store, args.gateway, address=args.ray, actors=args.actors,
+            workers_per_actor=args.workers, num_cpus=args.actor_cpus, working_dir=args.ray_working_dir,
+            token=token, **options,
+        )  # fmt: skip
+    else:
+        runner = Runner(args.agent, args.store, args.gateway, n_workers=args.workers, **options)
     stop = threading.Event()
     signals = 0
 
@@ -91,7 +120,12 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     runner.start()
-    print(f"tracerl runner: {args.workers} worker(s) running {args.agent} against {args.store}", file=sys.stderr)
+    if args.ray:  # connecting to Ray may install its own handlers: ours decide how runners stop
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    where = f" in {args.actors} Ray actor(s) on {args.ray}" if args.ray else ""
+    print(f"tracerl runner: {args.workers} worker(s){where} running {args.agent} against {args.store}",
+          file=sys.stderr, flush=True)  # fmt: skip
     while not stop.wait(0.5) and runner.alive:
         pass
     runner.stop_claiming()

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tracerl.agent import agent_ref
+from tracerl.agent import AgentRef, agent_ref
 from tracerl.errors import ConfigError
 from tracerl.runner.process import AgentProcess
 from tracerl.runner.worker import Worker, WorkerConfig, WorkerStats
@@ -64,7 +64,7 @@ class Runner:
 
     def __init__(
         self,
-        agent: Callable[..., Any] | str,
+        agent: Callable[..., Any] | str | AgentRef,
         store: str | Store,
         gateway_url: str | None = None,
         *,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracerl.config import EngineConfig, RunnerConfig
-from tracerl.errors import IllegalTransition, InvalidInput, Timeout
+from tracerl.errors import ConfigError, IllegalTransition, InvalidInput, Timeout
 from tracerl.store.base import Store
 from tracerl.types import Mode, Rollout, RolloutSpec, RolloutStatus
 
@@ -132,19 +132,31 @@ def serving(
         stack.callback(_stop, gateway, "gateway")
         # a memory:// store lives in this process: the runner threads share the object; any other store is
         # reached by URL, one connection per worker
-        pool = start_runners(
-            ref,
-            store if store_url.startswith("memory://") else store_url,
-            gateway.url,
-            n_workers=runners.n,
-            timeout_s=runners.timeout_s,
-            model=model_name,
-            sampling=dict(sampling or {}),
-            resources_name=RESOURCES_NAME,
-            grace_s=STOP_GRACE_S,
-            token=token,
-        )
-        stack.callback(_stop, pool, "runners")
+        options: dict[str, Any] = dict(
+            timeout_s=runners.timeout_s, model=model_name, sampling=dict(sampling or {}),
+            resources_name=RESOURCES_NAME, grace_s=STOP_GRACE_S, token=token,
+        )  # fmt: skip
+        if runners.ray is not None:  # actors on a Ray cluster (they reach the gateway at engine.host)
+            from tracerl.runner.ray_pool import RayRunners
+
+            pool: Any = RayRunners(
+                ref, store_url, gateway.url, address=runners.ray, actors=runners.actors, workers_per_actor=runners.n,
+                **options,
+            ).start()  # fmt: skip
+        elif runners.n == 0:  # runners elsewhere (`tracerl runner` on other machines) share the store
+            if store_url.startswith("memory://"):
+                raise ConfigError(
+                    "runners.n = 0 leaves the rollouts to runners elsewhere, which cannot reach a memory:// store; "
+                    "use postgresql://… or http://… (a `tracerl serve`), or n ≥ 1"
+                )
+            pool = None
+        else:
+            pool = start_runners(
+                ref, store if store_url.startswith("memory://") else store_url, gateway.url, n_workers=runners.n,
+                **options,
+            )  # fmt: skip
+        if pool is not None:
+            stack.callback(_stop, pool, "runners")
         yield Stack(store=store, engine=hf, gateway=gateway, runners=pool, model_name=model_name)
 
 

@@ -53,6 +53,7 @@ from tracerl.errors import ConfigError, TracerlError
 from tracerl.metrics import METRICS_FILE, PLOT_FILE, MetricsLogger, plot_rewards
 from tracerl.train import checkpoints as ckpt
 from tracerl.train.launcher import RESOURCES_NAME, Stack, check_tasks, rollout_reward, run_rollouts, serving
+from tracerl.train.pipeline import PendingUpdate
 from tracerl.train.progress import StepProgress
 
 if TYPE_CHECKING:
@@ -199,7 +200,12 @@ class Trainer:
         train = check_tasks(train_tasks, "train_tasks")
         val = check_tasks(val_tasks, "val_tasks") if val_tasks is not None else None
         cfg.run_path.mkdir(parents=True, exist_ok=True)
+        from tracerl.train import distributed
+
+        if distributed.join(self.stages):  # under torchrun, ranks > 0 only take part in updates
+            return distributed.follow(self, cfg)
         with contextlib.ExitStack() as es:
+            es.callback(distributed.release)
             store = _open_store(self.store_url, self.token)
             es.callback(store.close)
             store.bind_experiment(cfg.experiment)
@@ -275,6 +281,9 @@ class _Run:
         self.informative_rate = 1.0  # running estimate of the informative fraction of sampled groups
         self.stage_weights: dict[str, Any] | None = None  # the weights the current stage started from
         self.resource_versions: dict[str, int] = {}  # resources an algorithm published -> latest version
+        self.pending: PendingUpdate | None = None  # async_updates: the update running in the background
+        self.update_wait_s = 0.0
+        self.last_step_end = 0.0
 
     # -- stages -----------------------------------------------------------------------------------
     @property
@@ -377,10 +386,14 @@ class _Run:
                 while (chunk := self.next_items(items)) is not None:
                     self.train_step(chunk, items, in_update)
                     if self.val is not None and cfg.val_every and pos.stage_step % cfg.val_every == 0:
+                        self.finish_update()
                         self.val_reward = self.validate()
                     if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+                        self.finish_update()
                         self.save()
+                self.finish_update()
             except KeyboardInterrupt:
+                self.finish_update()
                 if not in_update[0] and pos.step > self.saved_step:
                     logger.warning("interrupted: saving a checkpoint of step %d; run again with resume (tracerl "
                                    "train: the same command; tracerl demo: --resume) to continue it", pos.step)
@@ -401,7 +414,7 @@ class _Run:
         if pos.epoch >= cfg.epochs:
             self.stopped_by = "epochs"
             return None
-        if cfg.max_steps is not None and pos.stage_step >= cfg.max_steps:
+        if cfg.max_steps is not None and pos.stage_step + (self.pending is not None) >= cfg.max_steps:
             self.stopped_by = "max_steps"
             return None
         recent = self.step_times[-5:]
@@ -434,13 +447,39 @@ class _Run:
         pos, algorithm = self.pos, self.algorithm
         assert self.stack is not None
         t0 = time.monotonic()
-        label = f"step {pos.stage_step + 1}"
+        label = f"step {pos.stage_step + 1 + (self.pending is not None)}"
         rollouts, used_items, batch = self.sample(chunk, items, label)
         rollout_s = time.monotonic() - t0
+        if self.cfg.async_updates:  # collect the update that ran while these rollouts were sampled, start this one
+            self.finish_update()
+            self.pending = PendingUpdate(algorithm, batch, rollouts, used_items, t0, rollout_s)
+            return
         self.progress.status(f"{label}: update")
         t1 = time.monotonic()
         in_update[0] = True
         result = algorithm.update(batch)
+        self.apply_update(result, batch, rollouts, used_items, t0, rollout_s, t1, in_update)
+
+    def finish_update(self) -> None:
+        """Wait for the update running in the background (``async_updates``), then serve, publish and log it."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        self.progress.status(f"step {self.pos.stage_step + 1}: waiting for the update")
+        waited = time.monotonic()
+        result = pending.join()
+        self.update_wait_s = time.monotonic() - waited  # the part of the update the rollouts did not hide
+        self.apply_update(result, pending.batch, pending.rollouts, pending.used_items, pending.t0, pending.rollout_s,
+                          time.monotonic() - pending.update_s, [True])  # fmt: skip
+
+    def apply_update(
+        self, result: Any, batch: Any, rollouts: list[Rollout], used_items: list[dict[str, Any]], t0: float,
+        rollout_s: float, t1: float, in_update: list[bool],
+    ) -> None:  # fmt: skip
+        """Serve and publish an update's weights, count the step, log its record and call the callbacks."""
+        pos, algorithm = self.pos, self.algorithm
+        assert self.stack is not None
+        start = max(t0, self.last_step_end)  # async: the previous step ended while this one's rollouts ran
         if result.weights is not None:
             self.stack.engine.load_weights(result.weights, result.weights_version)
         pos.step += 1
@@ -467,11 +506,13 @@ class _Run:
             "tokens_per_s": round(batch.response_tokens / rollout_s, 1) if rollout_s > 0 and rollouts else None,
             "rollout_s": round(rollout_s, 3),
             "update_s": round(update_s, 3),
-            "step_s": round(time.monotonic() - t0, 3),
+            "step_s": round(time.monotonic() - start, 3),
             "weights_version": result.weights_version,
+            **({"update_wait_s": round(self.update_wait_s, 3)} if self.cfg.async_updates else {}),
         })
         self.history.append(record)
-        self.step_times.append(time.monotonic() - t0)
+        self.step_times.append(time.monotonic() - start)
+        self.last_step_end = time.monotonic()
         self.progress.step_done(pos.stage_step, record)
         for callback in self.trainer.callbacks:
             callback(record, algorithm)

@@ -1,0 +1,44 @@
+"""One rank of the data-parallel GRPO update test (started by ``torchrun`` from test_distributed_update.py).
+
+    torchrun --nproc-per-node 2 dist_update_worker.py MODEL_DIR BATCH.pt OUT_DIR
+
+Every rank loads the same model and config; rank 0 resumes from the checkpoint named in BATCH.pt (the
+others start from the initial weights and an empty optimizer state: the first update must bring them in
+step), then calls ``learner.update(batch)`` for each batch while the others run
+``distributed.follow(learner)``; each rank then saves its parameters and metrics to ``OUT_DIR/rank{r}.pt``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from tracerl.algorithms import distributed as dp
+from tracerl.algorithms.grpo import GRPOConfig
+from tracerl.algorithms.learner import GRPOLearner
+from tracerl.engines.models import load_model
+
+
+def main(model_dir: str, batch_path: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dp.init_from_env("gloo")
+    saved = torch.load(batch_path, weights_only=False)
+    model, _ = load_model(model_dir)
+    learner = GRPOLearner(model, GRPOConfig(**saved["config"]))
+    metrics: dict[str, float] = {}
+    if dp.rank() == 0:
+        learner.load_checkpoint(saved["checkpoint"])
+        for transitions in saved["batches"]:
+            metrics = learner.update(transitions).metrics
+        dp.release_followers()
+    else:
+        dp.follow(learner)
+    params = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+    torch.save({"params": params, "metrics": metrics, "version": learner.weights_version},
+               f"{out_dir}/rank{dp.rank()}.pt")  # fmt: skip
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
