@@ -5,8 +5,8 @@ retried, some rollouts left running or queued; the first ``--detailed`` rollouts
 and reward spans each) and served by a real ``tracerl serve`` subprocess. Then, with one keep-alive HTTP
 connection, each request is timed ``--repeat`` times (median reported):
 
-* **baseline**: the store API's own page, ``GET /api/v1/rollouts?limit=50`` (creation order, what the
-  store contract offers);
+* **baseline**: the store API's own page, ``POST /api/v1/rollouts/query {"limit": 50}`` (creation order,
+  what the store contract offers);
 * the dashboard's table, ``GET /dash/api/rollouts``: the first page in creation order, sorted by reward,
   by duration, filtered by status and sorted, a page deep in the table (offset 90 % of the rows), and one
   rollout's page (attempts, span tree, credit over its group).
@@ -138,18 +138,23 @@ def populate(store: Store, n: int, *, detailed: int = 20, seed: int = 0, encode:
 
 
 def _time(conn: http.client.HTTPConnection, path: str, repeat: int) -> tuple[float, int]:
-    """Median wall ms of ``GET path`` over ``repeat`` requests (after one warm-up), and the body size."""
+    """Median wall ms of ``path`` over ``repeat`` requests (after one warm-up), and the body size. ``path``
+    is a GET path, or ``POST <path> <json body>``."""
+    method, body = "GET", None
+    if path.startswith("POST "):
+        method, path, text = path.split(" ", 2)
+        body = text.encode()
     times, size = [], 0
     for i in range(repeat + 1):
         t0 = time.perf_counter()
-        conn.request("GET", path)
+        conn.request(method, path, body=body, headers={"content-type": "application/json"} if body else {})
         resp = conn.getresponse()
-        body = resp.read()
+        data = resp.read()
         if resp.status != 200:
-            raise RuntimeError(f"GET {path} answered {resp.status}: {body[:300]!r}")
+            raise RuntimeError(f"{method} {path} answered {resp.status}: {data[:300]!r}")
         if i:
             times.append((time.perf_counter() - t0) * 1000)
-        size = len(body)
+        size = len(data)
     return statistics.median(times), size
 
 
@@ -172,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"store: {total} rollouts in {path} (filled in {fill_s:.0f} s)", flush=True)
     deep = int(total * 0.9)
     cases = [
-        ("baseline: store API page, /api/v1/rollouts?limit=50", "/api/v1/rollouts?limit=50"),
+        ("baseline: store API query, 50 rows in creation order", 'POST /api/v1/rollouts/query {"limit": 50}'),
         ("dashboard: first page (creation order)", "/dash/api/rollouts?limit=50"),
         ("dashboard: sorted by reward", "/dash/api/rollouts?limit=50&sort=reward&dir=desc"),
         ("dashboard: sorted by duration", "/dash/api/rollouts?limit=50&sort=duration&dir=desc"),

@@ -35,7 +35,6 @@ from tracerl.server.calls import Calls
 from tracerl.server.dashboard import reader
 from tracerl.store.base import Store
 from tracerl.store.wire import dumps
-from tracerl.types import Mode, RolloutQuery, RolloutStatus
 
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
           "/ui/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -60,7 +59,7 @@ def routes(store: Store, *, runs_dir: str | Path | None = None, tokenizer: Any =
         return Response(cache[path], media_type=ASSETS[path][1], headers={"cache-control": "no-cache"})
 
     async def summary(_: Request) -> Response:
-        counts = await call(_counts, store)
+        counts = await call(reader.rollout_counts, store)
         names = await call(reader.resource_names, store)
         return _json({"store": store.url, "counts": counts, "resources": names, "runs": reader.find_runs(runs)})
 
@@ -94,16 +93,6 @@ def routes(store: Store, *, runs_dir: str | Path | None = None, tokenizer: Any =
         Route("/dash/api/runs/{path:path}", run, methods=["GET"], include_in_schema=False),
         Route("/dash/api/resources/{name:path}", resource, methods=["GET"], include_in_schema=False),
     ]
-
-
-def _counts(store: Store) -> dict[str, dict[str, int]]:
-    """``{mode: {status: n}}`` from one counting query per pair (indexed on status)."""
-    out: dict[str, dict[str, int]] = {}
-    for mode in Mode:
-        out[mode.value] = {
-            s.value: store.query_rollouts(RolloutQuery(status=[s], mode=mode, limit=1)).total for s in RolloutStatus
-        }
-    return out
 
 
 def _json(value: Any) -> Response:

@@ -34,6 +34,11 @@ const fmt = (x, digits = 3) => (x === null || x === undefined) ? "–" : (Number
 const secs = (s) => s === null || s === undefined ? "–" : (s < 60 ? `${s.toFixed(1)} s` : `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`);
 const when = (t) => new Date(t * 1000).toLocaleString();
 
+/** Replace the page's content (arrays flattened, null/undefined left out). */
+function show(...children) {
+  main.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
+
 class Unauthorized extends Error {}
 
 async function api(path) {
@@ -61,7 +66,7 @@ function go(parts, params) {
 
 const loginForm = document.getElementById("login");
 function showLogin(message) {
-  main.replaceChildren();
+  show();
   loginForm.hidden = false;
   document.getElementById("login-error").textContent = message || "";
   document.getElementById("token").focus();
@@ -99,7 +104,7 @@ async function render(fn) {
       sessionStorage.removeItem(TOKEN_KEY);
       showLogin(had ? "That token was refused by the server." : "");
     } else {
-      main.replaceChildren(el("p", { class: "error", text: String(e.message || e) }));
+      show(el("p", { class: "error", text: String(e.message || e) }));
     }
   } finally {
     rendering = false;
@@ -108,7 +113,9 @@ async function render(fn) {
 
 window.addEventListener("hashchange", route);
 setInterval(() => {
-  if (document.visibilityState === "visible" && document.getElementById("live").checked && refresh && loginForm.hidden) {
+  const editing = main.contains(document.activeElement) && ["INPUT", "SELECT"].includes(document.activeElement.tagName);
+  if (document.visibilityState === "visible" && document.getElementById("live").checked && refresh && loginForm.hidden
+      && !editing) {   // never re-render under a filter the user is typing into
     render(refresh);
   }
 }, POLL_MS);
@@ -126,7 +133,7 @@ async function viewOverview() {
   )));
   let charts = null;
   if (s.runs.length) charts = await runCharts(s.runs[s.runs.length - 1].path);
-  main.replaceChildren(
+  show(
     el("h1", { text: "Overview" }),
     el("h2", { text: "Rollouts" }), el("table", { id: "counts" }, head, rows),
     el("h2", { text: "Runs" }),
@@ -200,7 +207,7 @@ async function viewRollouts(_, params) {
     el("button", { id: "prev", disabled: offset === 0, onclick: () => move(Math.max(0, offset - limit)) }, "‹ previous"),
     el("span", { id: "range", text: page.total ? `${offset + 1}–${offset + page.items.length} of ${page.total}` : "no rollouts match" }),
     el("button", { id: "next", disabled: offset + limit >= page.total, onclick: () => move(offset + limit) }, "next ›"));
-  main.replaceChildren(el("h1", { text: "Rollouts" }), form, pager, el("table", { id: "rollouts" }, header, body));
+  show(el("h1", { text: "Rollouts" }), form, pager, el("table", { id: "rollouts" }, header, body));
 }
 
 // -- one rollout ------------------------------------------------------------------------------------
@@ -225,7 +232,7 @@ async function viewRollout(parts, params, polling) {
     el("label", {}, "γ", el("input", { name: "gamma", value: d.credit.mode.gamma, size: 4 })),
     el("label", {}, "advantage", el("select", { name: "advantage" }, ["grpo", "rloo", "batch"].map((m) =>
       el("option", { value: m, selected: d.credit.mode.advantage === m, text: m })))));
-  main.replaceChildren(el("div", { id: "rollout" },
+  show(el("div", { id: "rollout" },
     el("h1", {}, "Rollout ", el("code", { text: r.rollout_id })),
     el("div", { class: "cards" },
       card("status", el("span", { class: `status ${r.status}`, text: r.status })), card("reward", fmt(r.reward)),
@@ -344,7 +351,7 @@ async function runCharts(path) {
 }
 
 async function viewRun(parts) {
-  main.replaceChildren(await runCharts(parts.join("/")));
+  show(await runCharts(parts.join("/")));
 }
 
 function niceTicks(lo, hi, n = 5) {
@@ -403,7 +410,7 @@ async function viewResource(parts) {
   const name = parts.join("/");
   const h = await api(`/dash/api/resources/${encodeURIComponent(name)}`);
   const versions = [...h.versions].reverse();   // newest first
-  main.replaceChildren(el("h1", {}, "Resource ", el("code", { text: h.name })),
+  show(el("h1", {}, "Resource ", el("code", { text: h.name })),
     versions.map((v) => el("section", { class: "version", "data-version": v.version },
       el("h2", {}, `version ${v.version}`, el("span", { class: "muted", text: ` · ${when(v.created_at)}` })),
       el("pre", { class: "diff" }, v.diff.length ? v.diff.map((line) => el("div", {
