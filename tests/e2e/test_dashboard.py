@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tracerl.algorithms.grpo import GRPO
 from tracerl.bench.dashboard import populate
 from tracerl.metrics import MetricsLogger
 from tracerl.server.dashboard.reader import call_credit
@@ -75,7 +76,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
     store = connect(url)
     populate(store, 120, detailed=8, seed=1, encode=lambda text: tokenizer.encode(text, add_special_tokens=False))
     store.close()
-    metrics = MetricsLogger(root / "runs" / "grpo-demo", append=False)
+    grpo = GRPO(model="tiny-random", group_size=4, returns="step", gamma=0.5)  # the run's credit mode
+    metrics = MetricsLogger(root / "runs" / "grpo-demo", append=False, config={"stages": [grpo.to_json()]})
     for step in range(1, 13):
         metrics.log("train", step, {"reward_mean": 0.2 + 0.04 * step, "loss": 0.2 / step, "kl": 0.001 * step,
                                     "clip_fraction": 0.02 * (step % 3), "tokens_per_s": 1200.0 + 15 * step})
@@ -294,14 +296,19 @@ def test_rollout_page_shows_calls_rewards_tokens_and_credit(driver: Any, site: t
     _click(driver, "details.call summary")  # open the first call's messages for the screenshot
     _shot(driver, "rollout")
 
-    # step returns, γ = 0.5: the first call gets its 0.1 plus γ·R, the last call R (tracerl.credit.call_returns)
-    driver.execute_script(  # as a user choosing "step" and typing 0.5: the form's change event reloads the credit
-        "const f = document.getElementById('credit-mode'); f.returns.value = 'step'; f.gamma.value = '0.5';"
+    # the run's credit mode (step returns, γ = 0.5, from its run_config.json): the first call gets its 0.1
+    # plus γ·R, the last call R (tracerl.credit.call_returns)
+    assert _text(driver, "#credit-source") == "credit mode: run grpo-demo"
+    step = [f"G = {_fmt(0.1 + 0.5 * reward)}", f"G = {_fmt(reward)}"]
+    assert [t.split(",")[0] for t in _texts(driver, ".credit")] == step
+    driver.execute_script(  # as a user choosing "uniform" and typing 1: the form's change event reloads the credit
+        "const f = document.getElementById('credit-mode'); f.returns.value = 'uniform'; f.gamma.value = '1';"
         "f.dispatchEvent(new Event('change'));"
     )
-    _until(lambda: "gamma=0.5" in driver.current_url, "the γ change")
-    expected = [f"G = {_fmt(0.1 + 0.5 * reward)}", f"G = {_fmt(reward)}"]
+    _until(lambda: "returns=uniform" in driver.current_url, "the credit mode change")
+    expected = [f"G = {_fmt(reward)}"] * 2  # uniform: every call gets R
     _until(lambda: [t.split(",")[0] for t in _texts(driver, ".credit")] == expected, f"credit {expected}")
+    assert _text(driver, "#credit-source") == "credit mode: chosen on this page"
 
 
 def test_resource_versions_show_diffs(driver: Any, site: tuple[ServerProcess, str]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tracerl.algorithms.grpo import GRPO
 from tracerl.bench.dashboard import populate
 from tracerl.errors import InvalidInput, NotFound
 from tracerl.metrics import MetricsLogger
@@ -150,6 +151,15 @@ def test_resource_history_diffs_each_version_against_the_one_before() -> None:
         "@@ -1,3 +1,3 @@", " {", '-  "system": "Be brief."', '+  "system": "Be brief. Answer with a number."', " }"
     ]
     assert reader.resource_names(store) == ["prompts"]
+
+
+def test_the_credit_mode_is_the_newest_runs(tmp_path: Path) -> None:
+    assert reader.run_credit_mode(tmp_path)["returns"] == "uniform"  # no run: the trainer's defaults
+    sft = {"name": "sft", "lr": 1e-5}
+    grpo = GRPO(model="tiny-random", group_size=4, returns="discounted", gamma=0.9, advantage="rloo")
+    MetricsLogger(tmp_path / "a", config={"stages": [sft, grpo.to_json()]}).close()
+    assert reader.run_credit_mode(tmp_path) == {
+        "returns": "discounted", "gamma": 0.9, "advantage": "rloo", "source": "run a"}
 
 
 def test_runs_are_found_and_only_listed_runs_are_read(tmp_path: Path) -> None:

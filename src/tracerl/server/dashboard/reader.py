@@ -12,8 +12,10 @@ Duration of a rollout is ``updated_at − created_at``: queue wait plus every at
 (its end, once it is final).
 
 Credit per call (:func:`call_credit`) is computed by :mod:`tracerl.algorithms.transitions` exactly as the
-trainer computes it, over the rollout's group, for the credit mode the viewer picks (``returns``,
-``gamma``, ``advantage``): ``G_t`` per call and ``A_t = (G_t − b) / d`` (see :mod:`tracerl.credit`).
+trainer computes it, over the rollout's group: ``G_t`` per call and ``A_t = (G_t − b) / d`` (see
+:mod:`tracerl.credit`). The credit mode (``returns``, ``gamma``, ``advantage``) is the run's — read by
+:func:`run_credit_mode` from the newest run's ``run_config.json`` that has one (the last stage that assigns
+credit) — unless the viewer picks another on the page; without any, the trainer's defaults.
 
 Runs are folders holding a ``metrics.jsonl`` (:mod:`tracerl.metrics`): the runs folder itself, or any folder
 below it up to two levels deep.
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tracerl.errors import InvalidInput, NotFound
-from tracerl.metrics import METRICS_FILE, read_metrics
+from tracerl.metrics import CONFIG_FILE, METRICS_FILE, read_metrics
 from tracerl.store.base import MAX_QUERY_LIMIT, Store, validate_id
 from tracerl.types import Mode, Rollout, RolloutQuery, RolloutStatus, Span, SpanKind
 
@@ -388,6 +390,24 @@ def find_runs(runs_dir: Path | None) -> list[dict[str, Any]]:
         runs.append({"name": rel if rel != "." else runs_dir.name, "path": rel, "updated_at": stat.st_mtime,
                      "bytes": stat.st_size})
     return runs
+
+
+def run_credit_mode(runs_dir: Path | None) -> dict[str, Any]:
+    """``{"returns", "gamma", "advantage", "source"}`` of the newest run whose ``run_config.json`` names a
+    credit mode (its last stage that has one); the defaults ``uniform``, 1.0, ``grpo`` otherwise."""
+    newest = sorted(find_runs(runs_dir), key=lambda r: r["updated_at"], reverse=True)
+    for run in newest:
+        assert runs_dir is not None
+        path = runs_dir / run["path"] / CONFIG_FILE
+        try:
+            stages = json.loads(path.read_text(encoding="utf-8")).get("stages") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        for stage in reversed(stages):
+            if isinstance(stage, dict) and "returns" in stage:
+                return {"returns": stage["returns"], "gamma": float(stage.get("gamma", 1.0)),
+                        "advantage": stage.get("advantage", "grpo"), "source": f"run {run['name']}"}
+    return {"returns": "uniform", "gamma": 1.0, "advantage": "grpo", "source": "defaults (no run names one)"}
 
 
 def run_metrics(runs_dir: Path | None, path: str) -> dict[str, Any]:

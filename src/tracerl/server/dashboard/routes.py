@@ -69,14 +69,18 @@ def routes(store: Store, *, runs_dir: str | Path | None = None, tokenizer: Any =
 
     async def rollout(request: Request) -> Response:
         p = request.query_params
+        mode = reader.run_credit_mode(runs)
         try:
-            gamma = float(p.get("gamma") or 1.0)
+            gamma = float(p.get("gamma") or mode["gamma"])
         except ValueError:
             raise InvalidInput(f"gamma={p.get('gamma')!r} is not a number") from None
+        chosen = any(p.get(k) for k in ("returns", "gamma", "advantage"))
         detail = await call(
-            reader.rollout_detail, store, request.path_params["rollout_id"], returns=p.get("returns") or "uniform",
-            gamma=gamma, advantage=p.get("advantage") or "grpo", tokenizer=tokenizer,
+            reader.rollout_detail, store, request.path_params["rollout_id"],
+            returns=p.get("returns") or mode["returns"], gamma=gamma, advantage=p.get("advantage") or mode["advantage"],
+            tokenizer=tokenizer,
         )
+        detail["credit"]["mode"]["source"] = "chosen on this page" if chosen else mode["source"]
         return _json(detail)
 
     async def run(request: Request) -> Response:

@@ -245,6 +245,7 @@ async function viewRollout(parts, params, polling) {
     el("h2", { text: "Credit" }), creditForm,
     el("p", { class: d.credit.note ? "muted" : "", id: "credit-note", text: d.credit.note ||
       `final reward ${fmt(d.credit.final_reward)}; group of ${d.credit.group_size}: G = per-call return, A = advantage (last attempt's calls)` }),
+    el("p", { class: "muted", id: "credit-source", text: `credit mode: ${d.credit.mode.source}` }),
     d.attempts.map((a) => el("section", { class: "attempt" },
       el("h2", {}, `Attempt ${a.number} `, el("span", { class: `status ${a.status}`, text: a.status }),
         el("span", { class: "muted", text: ` worker ${a.worker_id} · ${secs(a.end - a.started_at)}` })),
