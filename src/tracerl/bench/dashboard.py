@@ -11,7 +11,10 @@ connection, each request is timed ``--repeat`` times (median reported):
   by duration, filtered by status and sorted, a page deep in the table (offset 90 % of the rows), and one
   rollout's page (attempts, span tree, credit over its group).
 
-The ``× baseline`` column is each median over the baseline's, measured in the same run.
+The ``× baseline`` column is each median over the baseline's, measured in the same run. A second table
+times the sorted page query in-process on the same file (sqlite3, no server): sorting whole rows
+(``ORDER BY reward … LIMIT 50 OFFSET k``) against the dashboard's deferred join (sort only ``seq`` and the
+key, then read the page's rows), at the first page and 90 % deep.
 
 :func:`populate` is also what the dashboard's browser tests use to fill their store.
 """
@@ -158,6 +161,33 @@ def _time(conn: http.client.HTTPConnection, path: str, repeat: int) -> tuple[flo
     return statistics.median(times), size
 
 
+def sql_sort_ratio(path: Path, offset: int, repeat: int) -> dict[str, float]:
+    """Median ms of one sorted page read as whole-row sort vs deferred join, on the sqlite file ``path``."""
+    import sqlite3
+
+    from tracerl.store.sql_rows import R_COLS
+
+    order = "reward DESC NULLS LAST, seq DESC"
+    naive = f"SELECT {R_COLS} FROM rollouts ORDER BY {order} LIMIT 50 OFFSET ?"
+    page = f"SELECT seq FROM rollouts ORDER BY {order} LIMIT 50 OFFSET ?"
+    deferred = f"SELECT {R_COLS} FROM rollouts WHERE seq IN ({page}) ORDER BY {order}"
+    conn = sqlite3.connect(path)
+    out: dict[str, float] = {}
+    try:
+        for name, sql in (("whole_rows_ms", naive), ("deferred_join_ms", deferred)):
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                rows = conn.execute(sql, (offset,)).fetchall()
+                times.append((time.perf_counter() - t0) * 1000)
+                assert len(rows) == 50
+            out[name] = round(statistics.median(times), 1)
+    finally:
+        conn.close()
+    out["speedup"] = round(out["whole_rows_ms"] / out["deferred_join_ms"], 2)
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tracerl.server.testing import start_server
 
@@ -199,5 +229,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "bytes": size})
             print(f"{name:58s} {ms:10.1f} {ms / base_ms:11.2f} {size:8d}", flush=True)
         conn.close()
+    sorts = {}
+    print(f"\n{'sorted page, in-process sqlite':34s} {'whole rows ms':>14s} {'deferred join ms':>17s} {'speedup':>8s}")
+    for offset in (0, deep):
+        r = sorts[offset] = sql_sort_ratio(path, offset, max(3, args.repeat // 3))
+        print(f"{'by reward, offset ' + str(offset):34s} {r['whole_rows_ms']:14.1f} {r['deferred_join_ms']:17.1f} "
+              f"{r['speedup']:7.2f}×", flush=True)
     tmp.cleanup()
-    return {"rollouts": total, "fill_s": round(fill_s, 1), "cases": results}
+    return {"rollouts": total, "fill_s": round(fill_s, 1), "cases": results, "sql_sort": sorts}
