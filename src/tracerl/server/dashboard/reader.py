@@ -331,7 +331,8 @@ def call_credit(store: Store, rollout: Rollout, *, returns: str, gamma: float, a
 
 
 def resource_names(store: Store) -> list[str]:
-    """Names of the stored resources (all of them on SQL and memory stores; the known ones elsewhere)."""
+    """Names of the stored resources, sorted (all of them on SQL and memory stores; on an HTTP store, whose
+    API cannot list names, those of :data:`KNOWN_RESOURCES` that exist)."""
     from tracerl.store.memory import MemoryStore
     from tracerl.store.sql import SqlStore
 
@@ -347,7 +348,7 @@ def resource_names(store: Store) -> list[str]:
         except NotFound:
             continue
         names.append(name)
-    return names
+    return sorted(names)
 
 
 def resource_history(store: Store, name: str) -> dict[str, Any]:
