@@ -171,3 +171,12 @@ def test_runs_are_found_and_only_listed_runs_are_read(tmp_path: Path) -> None:
     assert reader.run_metrics(tmp_path, "exp/run1")["records"][0]["reward_mean"] == 0.25
     with pytest.raises(NotFound, match=r"no run '\.\./etc'"):
         reader.run_metrics(tmp_path, "../etc")
+
+
+def test_a_tokenizer_folder_that_cannot_load_is_named(tmp_path: Path) -> None:
+    from tracerl.errors import ConfigError
+    from tracerl.server.run import dashboard_tokenizer
+
+    assert dashboard_tokenizer(None) is None
+    with pytest.raises(ConfigError, match=r"--tokenizer '.*nothing-here'.*leave --tokenizer out"):
+        dashboard_tokenizer(str(tmp_path / "nothing-here"))

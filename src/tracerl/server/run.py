@@ -13,6 +13,7 @@ gateway router. ``--model NAME`` serves a trainable model (``tiny-random``, ``sm
 token-in/token-out at ``/r/{rollout}/{attempt}/v1``; ``--upstream URL`` forwards to any OpenAI-compatible
 endpoint instead (frozen: judges, evaluation).
 
+    tracerl serve --runs runs/                      # dashboard at http://127.0.0.1:8765/: charts runs/*/metrics.jsonl
     tracerl serve --model smollm2-135m              # store + gateway; agents use base_url .../r/{r}/{a}/v1
     tracerl serve --upstream http://127.0.0.1:8000/v1 --upstream-model my-model
 """
@@ -83,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
         shown = f"[{host}]" if ":" in host else host
         # store.url, not args.store: backends redact passwords from it
         print(f"tracerl serve: listening on http://{shown}:{port} (store {store.url})", flush=True)
+        print(f"tracerl serve: dashboard at http://{shown}:{port}/", flush=True)
         _run(app, sock)
     finally:
         store.close()
