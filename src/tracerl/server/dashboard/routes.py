@@ -26,6 +26,7 @@ from importlib import resources as package_files
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -50,7 +51,7 @@ def _asset(name: str) -> bytes:
 def routes(store: Store, *, runs_dir: str | Path | None = None, tokenizer: Any = None) -> list[Route]:
     """The dashboard's routes over ``store``; ``runs_dir`` holds run folders (``metrics.jsonl``);
     ``tokenizer`` (optional, a transformers tokenizer) turns response token ids into text for the heat strip."""
-    call = Calls(store)
+    call = Calls(store)  # store reads off the event loop; file reads (runs) go to worker threads
     runs = Path(runs_dir) if runs_dir is not None else None
     cache = {path: _asset(name) for path, (name, _) in ASSETS.items()}
 
@@ -61,7 +62,8 @@ def routes(store: Store, *, runs_dir: str | Path | None = None, tokenizer: Any =
     async def summary(_: Request) -> Response:
         counts = await call(reader.rollout_counts, store)
         names = await call(reader.resource_names, store)
-        return _json({"store": store.url, "counts": counts, "resources": names, "runs": reader.find_runs(runs)})
+        found = await anyio.to_thread.run_sync(reader.find_runs, runs)
+        return _json({"store": store.url, "counts": counts, "resources": names, "runs": found})
 
     async def table(request: Request) -> Response:
         q = reader.TableQuery.from_params(dict(request.query_params))
@@ -69,7 +71,7 @@ def routes(store: Store, *, runs_dir: str | Path | None = None, tokenizer: Any =
 
     async def rollout(request: Request) -> Response:
         p = request.query_params
-        mode = reader.run_credit_mode(runs)
+        mode = await anyio.to_thread.run_sync(reader.run_credit_mode, runs)
         try:
             gamma = float(p.get("gamma") or mode["gamma"])
         except ValueError:
@@ -84,7 +86,7 @@ def routes(store: Store, *, runs_dir: str | Path | None = None, tokenizer: Any =
         return _json(detail)
 
     async def run(request: Request) -> Response:
-        return _json(reader.run_metrics(runs, request.path_params["path"]))
+        return _json(await anyio.to_thread.run_sync(reader.run_metrics, runs, request.path_params["path"]))
 
     async def resource(request: Request) -> Response:
         return _json(await call(reader.resource_history, store, request.path_params["name"]))
