@@ -28,6 +28,9 @@ from tracerl.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "run_config.json"
+"""The run's configuration (``config`` of :class:`MetricsLogger`), beside the metrics: the dashboard reads the
+credit mode from it."""
 PLOT_FILE = "rewards.png"
 
 
@@ -67,6 +70,9 @@ class MetricsLogger:
                     "trainer.wandb = true needs the wandb package; pip install wandb or set wandb = false"
                 ) from None
             self._wandb = wandb_module.init(project=experiment, dir=str(self.run_dir), config=dict(config or {}))
+        if config is not None:
+            text = json.dumps(dict(config), indent=2, default=str)
+            (self.run_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
         self._file = self.path.open("a" if append else "w", encoding="utf-8")
 
     def log(self, kind: str, step: int, values: Mapping[str, Any]) -> dict[str, Any]:

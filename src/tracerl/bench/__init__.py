@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "claims": "postgres claims/s with N claiming processes (claim vs claim_many) and double claims counted",
     "gateway": "gateway overhead per call and hf engine tokens/s through the gateway",
     "grpo": "GRPO update step time against TRL's GRPOTrainer on the same batch",
+    "dashboard": "dashboard rollouts table at 100,000 rollouts (sort, filter, deep pages) against the store API page",
     "learn": "held-out reward against training time on the demo task, tracerl beside TRL's GRPOTrainer",
     "algorithms": "GRPO, PPO, REINFORCE++ and RLOO on the demo task at the same training time",
     "pipeline": "steps per hour with synchronous vs asynchronous updates (async_updates) on the toy task",

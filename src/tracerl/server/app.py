@@ -48,13 +48,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tracerl.errors import InvalidInput, NotFound, PayloadTooLarge, ServerError, TracerlError, Unauthorized
 from tracerl.server import api, otlp
+from tracerl.server.dashboard import routes as dashboard
 from tracerl.store.base import Store
 from tracerl.store.wire import dumps, error_body
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", *dashboard.PUBLIC_PATHS})  # the dashboard's page and code, never data
 TITLE = "tracerl store server"
 
 
@@ -65,9 +66,13 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     gateway_router: APIRouter | None = None,
     expire_interval_s: float = 1.0,
+    runs_dir: str | None = None,
+    tokenizer: Any = None,
 ) -> Starlette:
     """The server app around ``store``. Routes: ``/api/v1/...`` (store), ``/v1/traces`` (OTLP),
-    ``/healthz``, ``/openapi.json``, ``/docs``, plus ``gateway_router``'s routes when one is given.
+    ``/healthz``, ``/openapi.json``, ``/docs``, plus ``gateway_router``'s routes when one is given, and the
+    dashboard at ``/`` (:mod:`tracerl.server.dashboard`; ``runs_dir`` holds the runs whose metrics it charts,
+    ``tokenizer`` decodes response tokens for its log-prob strip).
 
     The store API is served by the :class:`~tracerl.server.api.Api` ASGI layer (see that module for why);
     the gateway's FastAPI router runs in a FastAPI sub-app mounted behind the other routes, with its
@@ -117,6 +122,7 @@ def create_app(
         Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
         Route("/docs", docs, methods=["GET"], include_in_schema=False),
         *otlp.routes(store, max_body_bytes=max_body_bytes),
+        *dashboard.routes(store, runs_dir=runs_dir, tokenizer=tokenizer),
     ]
     if gateway is not None:
         routes.append(Mount("", app=gateway))

@@ -13,6 +13,7 @@ gateway router. ``--model NAME`` serves a trainable model (``tiny-random``, ``sm
 token-in/token-out at ``/r/{rollout}/{attempt}/v1``; ``--upstream URL`` forwards to any OpenAI-compatible
 endpoint instead (frozen: judges, evaluation).
 
+    tracerl serve --runs runs/                      # dashboard at http://127.0.0.1:8765/: charts runs/*/metrics.jsonl
     tracerl serve --model smollm2-135m              # store + gateway; agents use base_url .../r/{r}/{a}/v1
     tracerl serve --upstream http://127.0.0.1:8000/v1 --upstream-model my-model
 """
@@ -62,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upstream-model", help="model name to pass to --upstream (default: what clients send)")
     parser.add_argument("--upstream-key", default=None, help="API key for --upstream (default: $OPENAI_API_KEY)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="--model: requests batched together (default 8)")
+    parser.add_argument("--runs", default=None, help="dashboard: folder of run folders (metrics.jsonl) to chart")
+    parser.add_argument(
+        "--tokenizer", default=None, help="dashboard: HF tokenizer folder to show response tokens as text"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,12 +77,14 @@ def main(args: argparse.Namespace) -> int:
     try:
         router = gateway_router(store, args)
         app = build_app(
-            store, token=token, max_body_bytes=int(args.max_body_mb * 1024 * 1024), gateway_router=router
+            store, token=token, max_body_bytes=int(args.max_body_mb * 1024 * 1024), gateway_router=router,
+            runs_dir=getattr(args, "runs", None), tokenizer=dashboard_tokenizer(getattr(args, "tokenizer", None)),
         )
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         # store.url, not args.store: backends redact passwords from it
         print(f"tracerl serve: listening on http://{shown}:{port} (store {store.url})", flush=True)
+        print(f"tracerl serve: dashboard at http://{shown}:{port}/", flush=True)
         _run(app, sock)
     finally:
         store.close()
@@ -90,11 +97,32 @@ def build_app(
     token: str | None = None,
     max_body_bytes: int = 8 * 1024 * 1024,
     gateway_router: APIRouter | None = None,
+    runs_dir: str | None = None,
+    tokenizer: object = None,
 ) -> Starlette:
-    """The ASGI app for ``store``; ``gateway_router`` (a FastAPI ``APIRouter``) adds the gateway's routes."""
+    """The ASGI app for ``store``; ``gateway_router`` (a FastAPI ``APIRouter``) adds the gateway's routes;
+    ``runs_dir`` and ``tokenizer`` feed the dashboard."""
     from tracerl.server.app import create_app
 
-    return create_app(store, token=token, max_body_bytes=max_body_bytes, gateway_router=gateway_router)
+    return create_app(
+        store, token=token, max_body_bytes=max_body_bytes, gateway_router=gateway_router, runs_dir=runs_dir,
+        tokenizer=tokenizer,
+    )
+
+
+def dashboard_tokenizer(folder: str | None) -> object:
+    """The tokenizer in ``folder`` (offline), or ``None``; ``ConfigError`` naming the folder if it cannot load."""
+    if not folder:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (ImportError, OSError, ValueError) as e:
+        raise ConfigError(
+            f"--tokenizer {folder!r}: cannot load a tokenizer from it ({e}); pass a folder holding "
+            "tokenizer.json (a model folder), or leave --tokenizer out to show token ids"
+        ) from None
 
 
 def gateway_router(store: Store, args: argparse.Namespace) -> APIRouter | None:
