@@ -62,6 +62,8 @@ class Recipe:
     runners: int = 8
     val_every: int = 5
     grpo_options: JSON = field(default_factory=dict)
+    #: the RL stage's train tasks (a curriculum: e.g. the kinds the warm start still gets wrong); None: ``train``
+    rl_train: list[JSON] | None = None
 
     def agent_fn(self) -> Callable[..., Any]:
         """The agent function itself (imported from :attr:`agent`)."""
@@ -123,7 +125,7 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
                 time_budget_s=recipe.grpo_minutes * 60, max_steps=recipe.grpo_max_steps, val_every=recipe.val_every,
                 max_tokens=recipe.max_tokens,
                 seed=seed, progress=False,
-            ).fit(recipe.train, val_tasks=recipe.val)
+            ).fit(recipe.rl_train if recipe.rl_train is not None else recipe.train, val_tasks=recipe.val)
             train_s = time.monotonic() - t0
             done["grpo"] = {**_evaluate(recipe, str(fit.final_model)), "train_seconds": round(train_s, 1),
                             "steps": fit.steps, "val_before": fit.val_before, "val_after": fit.val_after,

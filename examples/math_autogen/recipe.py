@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
+    p.add_argument("--kl-coef", type=float, default=0.0, help="GRPO's KL penalty to the warm start (default: 0)")
+    p.add_argument("--rl-sources", nargs="+", default=list(SOURCES), choices=SOURCES,
+                   help="sources of the RL stage's train tasks (default: all the recipe's sources)")
     p.add_argument("--runners", type=int, default=8)
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}-questions", default=None, help=f"JSONL file of {split} questions")
@@ -81,7 +84,8 @@ def main(argv: list[str] | None = None) -> JSON:
         test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir), model=args.model,
         demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, grpo_minutes=args.grpo_minutes,
         group_size=args.group_size,
-        grpo_lr=args.lr, runners=args.runners, max_tokens=96,
+        grpo_lr=args.lr, runners=args.runners, max_tokens=96, grpo_options={"kl_coef": args.kl_coef},
+        rl_train=[t for t in train if t.get("source") in args.rl_sources] if not args.train_questions else None,
     )
     return run_recipe(recipe, seeds=args.seeds)
 
