@@ -65,6 +65,14 @@ class Recipe:
     #: the RL stage's train tasks (a curriculum: e.g. the kinds the warm start still gets wrong); None: ``train``
     rl_train: list[JSON] | None = None
 
+    def settings(self) -> JSON:
+        """What this recipe ran with (for ``results.json``): every setting, and task counts instead of tasks."""
+        out = {k: v for k, v in vars(self).items() if k not in ("train", "val", "test", "rl_train", "policy")}
+        out["run_dir"] = str(self.run_dir)
+        rl_train = self.rl_train if self.rl_train is not None else self.train
+        out.update(train=len(self.train), val=len(self.val), test=len(self.test), rl_train=len(rl_train))
+        return out
+
     def agent_fn(self) -> Callable[..., Any]:
         """The agent function itself (imported from :attr:`agent`)."""
         from tracerl.agent import agent_ref, load_agent
@@ -83,6 +91,8 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
 
     def save() -> None:
         path.write_text(json.dumps(results, indent=1))
+
+    results.setdefault("settings", {}).update(recipe.settings())
 
     demos_path = recipe.run_dir / "demos.jsonl"
     if not demos_path.exists():

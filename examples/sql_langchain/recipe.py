@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
+    p.add_argument("--rl-difficulty", nargs="+", default=["easy", "medium", "hard"], choices=("easy", "medium", "hard"),
+                   help="difficulties of the RL stage's train questions (default: all)")
     p.add_argument("--runners", type=int, default=8)
     p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
     return p.parse_args(argv)
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> JSON:
         run_dir=Path(args.run_dir), model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr, runners=args.runners,
         max_tokens=128, grpo_options={"returns": "step"},
+        rl_train=[t for t in train if t.get("difficulty", "easy") in args.rl_difficulty],
     )
     return run_recipe(recipe, seeds=args.seeds)
 

@@ -15,7 +15,9 @@ if str(EXAMPLES) not in sys.path:
 
 from recipes import Recipe, report, run_recipe  # noqa: E402
 
+import tracerl  # noqa: E402
 from tracerl.tasks import toy  # noqa: E402
+from tracerl.types import Mode, RolloutQuery  # noqa: E402
 
 
 @pytest.mark.timeout(900)  # 3 evaluations and 2 trainers, each starting its runner processes
@@ -25,7 +27,7 @@ def test_recipe_runs_every_stage_reports_and_resumes(tiny_model_dir: Path, tmp_p
         val=toy.make_tasks("val", 2), test=toy.make_tasks("val", 6), policy=lambda task, messages, tools: {
             "content": "4217"}, run_dir=tmp_path / "recipe", model=str(tiny_model_dir), demos=16, sft_epochs=3,
         sft_lr=3e-3, sft_batch_size=4, grpo_max_steps=1, group_size=2, batch_size=2, grpo_lr=1e-4, max_tokens=6,
-        runners=2, val_every=0,
+        runners=2, val_every=0, rl_train=toy.make_tasks("train", 16)[:3],
     )
     results = run_recipe(recipe, seeds=[0])
 
@@ -36,6 +38,10 @@ def test_recipe_runs_every_stage_reports_and_resumes(tiny_model_dir: Path, tmp_p
     assert len(base["rewards"]) == len(sft["rewards"]) == len(grpo["rewards"]) == 6
     assert base["mean"] < 0.3 and sft["mean"] > 0.8  # the warm start taught the digits
     assert sft["steps"] == 12 and grpo["steps"] == 1 and Path(grpo["model"]).is_dir()  # 16 demos / 4 × 3 epochs
+    assert results["settings"]["rl_train"] == 3 and results["settings"]["grpo_lr"] == 1e-4
+    store = tracerl.connect(f"sqlite:///{tmp_path / 'recipe' / 'seed0' / 'grpo' / 'store.db'}", create=False)
+    trained_on = {r.task["question"] for r in store.query_rollouts(RolloutQuery(mode=Mode.TRAIN, limit=100)).items}
+    assert trained_on and trained_on <= {t["question"] for t in recipe.rl_train or []}  # the RL stage's curriculum
     table = report(results)
     assert "| warm start (SFT) |" in table and "| RL (GRPO) |" in table
     assert "Warm start − base: +" in table and "RL − warm start:" in table and "n=6" in table
