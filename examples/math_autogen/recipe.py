@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, run_recipe
+from recipes import Recipe, run_recipe, write_configs
 
 import tracerl
 
@@ -41,6 +41,8 @@ def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     p.add_argument("--run-dir", default="runs/math_recipe", help="output folder (default: runs/math_recipe)")
+    p.add_argument("--write-config", action="store_true",
+                   help="record the demonstrations and write one `tracerl train` config per seed, then stop")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--n-test", type=int, default=30, help="test tasks per source (default: 30)")
@@ -87,6 +89,10 @@ def main(argv: list[str] | None = None) -> JSON:
         grpo_lr=args.lr, runners=args.runners, max_tokens=96, grpo_options={"kl_coef": args.kl_coef},
         rl_train=[t for t in train if t.get("source") in args.rl_sources] if not args.train_questions else None,
     )
+    if args.write_config:
+        for path in write_configs(recipe, seeds=args.seeds):
+            print(f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}")
+        return {}
     return run_recipe(recipe, seeds=args.seeds)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, run_recipe
+from recipes import Recipe, run_recipe, write_configs
 
 JSON = dict[str, Any]
 
@@ -35,6 +35,8 @@ def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     p.add_argument("--run-dir", default="runs/sql_recipe", help="output folder (default: runs/sql_recipe)")
+    p.add_argument("--write-config", action="store_true",
+                   help="record the demonstrations and write one `tracerl train` config per seed, then stop")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--questions", default=None, help="your JSONL questions (question, gold_sql, split)")
@@ -69,6 +71,10 @@ def main(argv: list[str] | None = None) -> JSON:
         max_tokens=128, grpo_options={"returns": "step"},
         rl_train=[t for t in train if t.get("difficulty", "easy") in args.rl_difficulty],
     )
+    if args.write_config:
+        for path in write_configs(recipe, seeds=args.seeds):
+            print(f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}")
+        return {}
     return run_recipe(recipe, seeds=args.seeds)
 
 
