@@ -62,6 +62,8 @@ class Recipe:
     runners: int = 8
     val_every: int = 5
     grpo_options: JSON = field(default_factory=dict)
+    #: Trainer settings of the RL stage beyond the ones above (e.g. ``dynamic_sampling``, ``max_sampled_groups``)
+    grpo_trainer_options: JSON = field(default_factory=dict)
     #: the RL stage's train tasks (a curriculum: e.g. the kinds the warm start still gets wrong); None: ``train``
     rl_train: list[JSON] | None = None
 
@@ -123,8 +125,7 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
                                        seed=seed, **recipe.grpo_options),
                 runners=recipe.runners, run_dir=str(folder / "grpo"), batch_size=recipe.batch_size,
                 time_budget_s=recipe.grpo_minutes * 60, max_steps=recipe.grpo_max_steps, val_every=recipe.val_every,
-                max_tokens=recipe.max_tokens,
-                seed=seed, progress=False,
+                max_tokens=recipe.max_tokens, seed=seed, progress=False, **recipe.grpo_trainer_options,
             ).fit(recipe.rl_train if recipe.rl_train is not None else recipe.train, val_tasks=recipe.val)
             train_s = time.monotonic() - t0
             done["grpo"] = {**_evaluate(recipe, str(fit.final_model)), "train_seconds": round(train_s, 1),
@@ -183,6 +184,7 @@ def write_configs(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> list[Path]:
             "", "[runners]", f"n = {recipe.runners}",
             "", "[trainer]", f"run_dir = {_toml(str((recipe.run_dir / f'seed{seed}' / 'train').resolve()))}",
             f"seed = {seed}", "progress = false",
+            *(f"{k} = {_toml(v)}" for k, v in recipe.grpo_trainer_options.items()),
             "", "[[stages]]", 'algorithm = "sft"', "[stages.options]", f"model = {_toml(recipe.model)}",
             f"demonstrations = {_toml(str(demos.resolve()))}", f"lr = {recipe.sft_lr!r}", f"seed = {seed}",
             "[stages.trainer]", f"epochs = {recipe.sft_epochs}", f"batch_size = {recipe.sft_batch_size}",

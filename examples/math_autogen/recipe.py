@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kl-coef", type=float, default=0.0, help="GRPO's KL penalty to the warm start (default: 0)")
     p.add_argument("--rl-sources", nargs="+", default=list(SOURCES), choices=SOURCES,
                    help="sources of the RL stage's train tasks (default: all the recipe's sources)")
+    p.add_argument("--dynamic-sampling", action="store_true",
+                   help="RL steps keep sampling until they hold groups with reward variance (DAPO)")
+    p.add_argument("--max-sampled-groups", type=float, default=4.0,
+                   help="with --dynamic-sampling: at most this many × 2 groups a step (default: 4)")
     p.add_argument("--runners", type=int, default=8)
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}-questions", default=None, help=f"JSONL file of {split} questions")
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> JSON:
         demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, grpo_minutes=args.grpo_minutes,
         group_size=args.group_size,
         grpo_lr=args.lr, runners=args.runners, max_tokens=96, grpo_options={"kl_coef": args.kl_coef},
+        grpo_trainer_options={"dynamic_sampling": True, "max_sampled_groups": args.max_sampled_groups}
+        if args.dynamic_sampling else {},
         rl_train=[t for t in train if t.get("source") in args.rl_sources] if not args.train_questions else None,
     )
     if args.write_config:
