@@ -7,6 +7,7 @@ POST     /api/v1/rollouts                           ``enqueue`` — body ``{"spe
 POST     /api/v1/claims                             ``claim`` — ``{"worker_id", "lease_s", "modes", "wait_s"}``
 POST     /api/v1/attempts/{id}/heartbeat            ``heartbeat`` — ``{"lease_s"}`` (body optional)
 POST     /api/v1/attempts/{id}/finish               ``finish`` — ``{"status", "reward", "error"}``
+POST     /api/v1/attempts/{id}/release              ``release`` — no body
 POST     /api/v1/rollouts/{id}/cancel               ``cancel``
 GET      /api/v1/rollouts/{id}                      ``get_rollout``
 GET      /api/v1/rollouts/{id}/attempts             ``get_attempts``
@@ -264,6 +265,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/api/v1/attempts/{attempt_id}/finish", "finish", "end a running attempt",
              _obj(["status"], status={"type": "string", "enum": [s.value for s in AttemptStatus][1:]},
                   reward=_opt({"type": "number"}), error=_opt(_STR))),
+    Endpoint("POST", "/api/v1/attempts/{attempt_id}/release", "release",
+             "hand back a running attempt that never started (its rollout is queued again)"),
     Endpoint("POST", "/api/v1/rollouts/query", "query", "query rollouts (filters and pagination)", _QUERY,
              body_required=False),
     Endpoint("POST", "/api/v1/rollouts/wait", "wait", "wait until rollouts are final",
@@ -322,6 +325,9 @@ def handlers(store: Store) -> dict[str, Handler]:
         reward, error = opt_num(body, "reward", "body"), opt_str(body, "error", "body")
         attempt_id = request.params["attempt_id"]
         return rollout_to_wire(await call(store.finish, attempt_id, status, reward=reward, error=error))
+
+    async def release(request: ApiRequest) -> Any:
+        return rollout_to_wire(await call(store.release, request.params["attempt_id"]))
 
     async def query(request: ApiRequest) -> Any:
         page = await call(store.query_rollouts, query_from_wire(request.json(optional=True)))
@@ -390,7 +396,7 @@ def handlers(store: Store) -> dict[str, Handler]:
             )
         return {"attempts": [attempt_to_wire(a) for a in await call(store.expire_leases)]}
 
-    handlers = (enqueue, claim, heartbeat, finish, query, wait, cancel, get_rollout, get_attempts, add_spans,
+    handlers = (enqueue, claim, heartbeat, finish, release, query, wait, cancel, get_rollout, get_attempts, add_spans,
                 get_spans, get_traces, put_resource, get_resource, bind_experiment, expire_leases)  # fmt: skip
     return {fn.__name__: fn for fn in handlers}
 
