@@ -81,7 +81,7 @@ from tracerl.store.wire import (
     spec_from_wire,
     trace_to_wire,
 )
-from tracerl.types import JSON, AttemptStatus, Mode, RolloutStatus, SpanKind
+from tracerl.types import JSON, AttemptStatus, Mode, RolloutQuery, RolloutStatus, SpanKind
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,15 @@ MAX_WAIT_S = 30.0
 MAX_BODY_DEPTH = MAX_JSON_DEPTH + 3
 """Deepest request body accepted (checked before any field is read): the stored JSON limit plus the
 wrapping levels of the deepest route, ``{"specs": [{"task": ...}]}``. Deeper bodies get a 400."""
+
+
+LIGHT_ROWS = 200
+"""A rollouts query of at most this many rows is answered on the normal lane; larger pages, and every
+``get_spans``/``get_traces``, are read and encoded on the heavy-reads lane (:meth:`Calls.heavy`)."""
+
+
+class Encoded(bytes):
+    """A response body already encoded as JSON (heavy reads are encoded off the event loop)."""
 
 
 class ApiRequest:
@@ -329,10 +338,16 @@ def handlers(store: Store) -> dict[str, Handler]:
     async def release(request: ApiRequest) -> Any:
         return rollout_to_wire(await call(store.release, request.params["attempt_id"]))
 
-    async def query(request: ApiRequest) -> Any:
-        page = await call(store.query_rollouts, query_from_wire(request.json(optional=True)))
+    def encoded_page(q: RolloutQuery) -> Any:
+        page = store.query_rollouts(q)
         items = [rollout_to_wire(x) for x in page.items]
         return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
+
+    async def query(request: ApiRequest) -> Any:
+        q = query_from_wire(request.json(optional=True))
+        if q.limit <= LIGHT_ROWS:
+            return await call(encoded_page, q)
+        return await call.heavy(lambda: Encoded(dumps(encoded_page(q))))
 
     async def wait(request: ApiRequest) -> Any:
         body = request.json()
@@ -360,8 +375,12 @@ def handlers(store: Store) -> dict[str, Handler]:
         encoding = q.get("encoding", "json")
         if encoding not in ("json", "packed"):
             raise InvalidInput(f"encoding {encoding!r} is not one of ['json', 'packed']")
-        spans = await call(store.get_spans, rollout_id=q.get("rollout_id"), attempt_id=q.get("attempt_id"))
-        return {"spans": [span_to_wire(s, packed=encoding == "packed") for s in spans]}
+
+        def read() -> Encoded:
+            spans = store.get_spans(rollout_id=q.get("rollout_id"), attempt_id=q.get("attempt_id"))
+            return Encoded(dumps({"spans": [span_to_wire(s, packed=encoding == "packed") for s in spans]}))
+
+        return await call.heavy(read)
 
     async def get_traces(request: ApiRequest) -> Any:
         body = request.json()
@@ -371,8 +390,12 @@ def handlers(store: Store) -> dict[str, Handler]:
         encoding = body.get("encoding") or "json"
         if encoding not in ("json", "packed"):
             raise InvalidInput(f"body.encoding {encoding!r} is not one of ['json', 'packed']")
-        traces = await call(store.get_traces, ids)
-        return {"traces": [trace_to_wire(t, packed=encoding == "packed") for t in traces]}
+
+        def read() -> Encoded:
+            traces = store.get_traces(ids)
+            return Encoded(dumps({"traces": [trace_to_wire(t, packed=encoding == "packed") for t in traces]}))
+
+        return await call.heavy(read)
 
     async def put_resource(request: ApiRequest) -> Any:
         value = request.json().get("value")
@@ -436,7 +459,8 @@ class Api:
                 if not message.get("more_body", False):
                     break
             request = ApiRequest(method, path, params, scope.get("query_string", b""), b"".join(chunks))
-            data = dumps(await handler(request))
+            result = await handler(request)
+            data = result if isinstance(result, Encoded) else dumps(result)
         except TracerlError as e:
             status, data = e.http_status, error_body(e)
             if status >= 500 or e.client_message is not None:  # the client gets less than the log
