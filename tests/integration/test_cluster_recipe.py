@@ -58,4 +58,4 @@ def test_a_trainer_without_runners_trains_on_rollouts_run_by_a_runner_process(
     with connect(url) as store:
         rollouts = store.query_rollouts(RolloutQuery(limit=10)).items
         workers = {a.worker_id for r in rollouts for a in store.get_attempts(r.rollout_id)}
-    assert workers and all(f"-{runner.pid}-w" in w for w in workers), workers  # every rollout ran in that process
+    assert workers == {f"{socket.gethostname()}-{runner.pid}"}, workers  # every rollout ran in that process

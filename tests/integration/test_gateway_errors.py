@@ -17,6 +17,7 @@ import pytest
 from tracerl.engines.hf import HFEngine
 from tracerl.engines.models import load_model
 from tracerl.gateway import RunningGateway, start_gateway
+from tracerl.gateway.app import MAX_BODY_DEPTH
 from tracerl.store.memory import MemoryStore
 from tracerl.types import RolloutSpec
 
@@ -149,3 +150,33 @@ def test_official_client_raises_bad_request_with_the_message(env: Env) -> None:
     assert info.value.code == "context_length_exceeded"
     assert info.value.param == "max_tokens"
     assert "ask for at most" in info.value.message
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """A JSON object nested exactly ``depth`` levels deep (``{}`` is 1)."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def test_body_nested_deeper_than_the_store_can_record_is_400_before_any_work(env: Env) -> None:
+    before = len(env.store.get_spans(attempt_id=env.attempt_id))
+    # one level over: the body (with a harmless extra field) would be stored one level down in the span
+    over = chat(some_future_field=_nested(MAX_BODY_DEPTH))  # the body is MAX_BODY_DEPTH + 1 levels
+    says = assert_openai_error(env.post("/chat/completions", over), 400, code="body_too_deep")
+    assert f"{MAX_BODY_DEPTH} levels" in says
+    # far beyond what the JSON parser itself can read (a 500 before the check existed)
+    huge = b'{"model": "tiny-random", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert_openai_error(env.post("/chat/completions", huge), 400, code="body_too_deep")
+    assert_openai_error(env.post("/completions", huge), 400, code="body_too_deep")
+    # on an attempt that does not exist, too: the body is refused before the store is asked
+    bad = httpx.post(f"{env.gateway.url}/r/nope/nope/v1/chat/completions", content=huge, timeout=60)
+    assert_openai_error(bad, 400, code="body_too_deep")
+    assert len(env.store.get_spans(attempt_id=env.attempt_id)) == before  # nothing generated or recorded
+    # exactly at the limit: served, and the store keeps the request as sent
+    ok = env.post("/chat/completions", chat(some_future_field=_nested(MAX_BODY_DEPTH - 1)))
+    assert ok.status_code == 200, ok.text
+    spans = env.store.get_spans(attempt_id=env.attempt_id)
+    assert len(spans) == before + 1
+    assert spans[-1].attributes["request"]["some_future_field"] == _nested(MAX_BODY_DEPTH - 1)

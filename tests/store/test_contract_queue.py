@@ -12,7 +12,7 @@ import pytest
 
 from tracerl.errors import AttemptFinished, IllegalTransition, InvalidInput, NotFound
 from tracerl.store import Store
-from tracerl.types import AttemptStatus, Mode, RolloutQuery, RolloutSpec, RolloutStatus
+from tracerl.types import AttemptStatus, Mode, RolloutQuery, RolloutSpec, RolloutStatus, Span, SpanKind
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -223,6 +223,54 @@ def test_heartbeat_of_finished_or_unknown_attempt(store: Store) -> None:
         store.heartbeat(c.attempt.attempt_id)
     with pytest.raises(NotFound):
         store.heartbeat("at-does-not-exist")
+
+
+# -- release ----------------------------------------------------------------------------------------
+
+
+def test_release_hands_an_unstarted_attempt_back_at_no_cost(store: Store) -> None:
+    rid = one(store, max_attempts=1)
+    c = store.claim("w")
+    assert c is not None
+    r = store.release(c.attempt.attempt_id)
+    assert r.status is RolloutStatus.QUEUED and r.attempts == 0
+    assert store.get_rollout(rid).status is RolloutStatus.QUEUED
+    assert store.get_attempts(rid) == []  # the attempt did nothing: it is gone
+    with pytest.raises(NotFound):
+        store.heartbeat(c.attempt.attempt_id)
+    c2 = store.claim("w2")  # claimable again, and its one attempt is still there to use
+    assert c2 is not None and c2.rollout.rollout_id == rid and c2.attempt.number == 1
+    store.finish(c2.attempt.attempt_id, AttemptStatus.SUCCEEDED, reward=1.0)
+    assert store.get_rollout(rid).status is RolloutStatus.SUCCEEDED
+
+
+def test_release_refuses_ended_started_and_unknown_attempts(store: Store) -> None:
+    rid = one(store)
+    c = store.claim("w")
+    assert c is not None
+    store.finish(c.attempt.attempt_id, AttemptStatus.FAILED, error="x")
+    with pytest.raises(AttemptFinished):
+        store.release(c.attempt.attempt_id)
+    c2 = store.claim("w")
+    assert c2 is not None and c2.rollout.rollout_id == rid
+    store.add_spans([Span(c2.attempt.attempt_id, 1, SpanKind.MESSAGE, name="m")])
+    with pytest.raises(InvalidInput, match="finish it instead"):
+        store.release(c2.attempt.attempt_id)
+    assert store.get_rollout(rid).status is RolloutStatus.RUNNING  # nothing changed
+    with pytest.raises(NotFound):
+        store.release("at-does-not-exist")
+
+
+def test_release_after_the_lease_ran_out_is_refused_like_heartbeat(store: Store) -> None:
+    rid = one(store)
+    c = store.claim("w", lease_s=0.2)
+    assert c is not None
+    time.sleep(0.5)
+    with pytest.raises(AttemptFinished, match="already ended as 'unresponsive'"):
+        store.release(c.attempt.attempt_id)
+    [a] = store.get_attempts(rid)
+    assert a.status is AttemptStatus.UNRESPONSIVE
+    assert store.get_rollout(rid).status is RolloutStatus.QUEUED
 
 
 # -- finish -----------------------------------------------------------------------------------------

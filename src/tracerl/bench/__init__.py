@@ -14,6 +14,7 @@ import sys
 BENCHMARKS: dict[str, str] = {
     "store": "store lifecycle throughput per backend (memory, sqlite, postgres, http)",
     "claims": "postgres claims/s with N claiming processes (claim vs claim_many) and double claims counted",
+    "stall": "light-client throughput of tracerl serve with vs without one client looping 10,000-row queries",
     "gateway": "gateway overhead per call and hf engine tokens/s through the gateway",
     "prefix": "hf engine rollouts/s on agent-shaped traffic with its prefix cache on vs off",
     "grpo": "GRPO update step time against TRL's GRPOTrainer on the same batch",

@@ -19,8 +19,9 @@ Prompt optimization without agent changes: a tracked chat call of a rollout that
 A tracked call first checks the attempt: unknown rollout, or an attempt that is not one of its attempts →
 404; an attempt that is no longer running (finished, cancelled, expired) → 409, and nothing is generated.
 The call's spans are written before the response is sent (streamed or not), so when the agent returns and
-its runner finishes the attempt, every call is already in the store. Errors use OpenAI's error JSON
-(:mod:`tracerl.gateway.errors`).
+its runner finishes the attempt, every call is already in the store. A body that is not JSON, or nests
+deeper than the store could record (:data:`MAX_BODY_DEPTH`), is a 400 before the attempt is looked up.
+Errors use OpenAI's error JSON (:mod:`tracerl.gateway.errors`).
 
 Usage, inside ``tracerl serve`` (``create_app(store, gateway_router=build_gateway_router(...))``) or
 standalone in-process (the trainer)::
@@ -47,7 +48,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response, StreamingResponse
 
 from tracerl.engines.base import TokenEngine
-from tracerl.errors import AttemptFinished, ConfigError
+from tracerl.errors import AttemptFinished, ConfigError, InvalidInput
 from tracerl.gateway.errors import GatewayError, error_body, to_openai_error
 from tracerl.gateway.history import AttemptKey
 from tracerl.gateway.recording import check_attempt, write_spans
@@ -55,7 +56,7 @@ from tracerl.gateway.service import DEFAULT_MAX_TOKENS, CallResult, TokenService
 from tracerl.gateway.spans import build_spans
 from tracerl.gateway.streaming import chat_events, completion_events, sse
 from tracerl.prompts import PromptBook, PromptTable, apply_to_body
-from tracerl.store.base import Store
+from tracerl.store.base import MAX_JSON_DEPTH, Store, validate_json_depth
 from tracerl.types import Mode
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,32 @@ def _error_response(exc: BaseException) -> Response:
     return _json_response(body, status)
 
 
+MAX_BODY_DEPTH = MAX_JSON_DEPTH - 1
+"""Deepest request body the gateway accepts: a tracked call stores the body as ``attributes["request"]`` of
+its spans (one level down), and the store keeps JSON at most :data:`~tracerl.store.base.MAX_JSON_DEPTH`
+levels deep. Deeper bodies get a 400 before the attempt is looked up or anything is generated."""
+
+
 async def _body(request: Request) -> Any:
+    """The request body as JSON; a :class:`GatewayError` (400) if it is malformed or nested too deep."""
     raw = await request.body()
+    too_deep = GatewayError(
+        f"the request body is nested more than {MAX_BODY_DEPTH} levels deep, more than the gateway can record; "
+        "flatten it (for example, send a deep tool argument as a JSON string)",
+        code="body_too_deep",
+    )
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+    except RecursionError:  # deeper than the parser itself can go: far over the limit
+        raise too_deep from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GatewayError(f"the request body is not valid JSON: {e}") from None
+    if raw.count(b"{") + raw.count(b"[") > MAX_BODY_DEPTH:  # else it cannot nest that deep
+        try:
+            validate_json_depth(body, "request body", MAX_BODY_DEPTH)
+        except InvalidInput:
+            raise too_deep from None
+    return body
 
 
 async def _aiter(events: Iterator[bytes]) -> AsyncIterator[bytes]:
@@ -160,8 +181,8 @@ def build_gateway_router(
     def handlers(endpoint: str) -> tuple[Any, Any]:
         async def tracked(request: Request, rollout_id: str, attempt_id: str) -> Response:
             try:
+                body = await _body(request)  # a malformed or too deep body is refused before any store call
                 await asyncio.to_thread(check_attempt, store, rollout_id, attempt_id)
-                body = await _body(request)
                 mode, prompts = await asyncio.to_thread(rollout_info, rollout_id)
                 if isinstance(body, dict) and "temperature" not in body and mode is not Mode.TRAIN:
                     body["temperature"] = 0.0  # evaluation rollouts decode greedily by default

@@ -115,6 +115,11 @@ def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
                 raise GatewayError(
                     f"{here}.function.arguments is not valid JSON: {args[:200]!r}", param=f"{here}.function.arguments"
                 ) from None
+            except RecursionError:
+                raise GatewayError(
+                    f"{here}.function.arguments nests deeper than the JSON parser can read; flatten it",
+                    param=f"{here}.function.arguments",
+                ) from None
         if not isinstance(args, dict):
             where_args = f"{here}.function.arguments"
             raise GatewayError(f"{where_args} must encode a JSON object", param=where_args)

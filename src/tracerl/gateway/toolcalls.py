@@ -56,7 +56,7 @@ def _as_call(payload: str, args_keys: tuple[str, ...]) -> ToolCall | None:
     """A :class:`ToolCall` from a JSON payload, or ``None`` when the payload is not a well-formed call."""
     try:
         obj = json.loads(payload)
-    except (json.JSONDecodeError, ValueError):
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
         return None
@@ -68,7 +68,7 @@ def _as_call(payload: str, args_keys: tuple[str, ...]) -> ToolCall | None:
     if isinstance(args, str):  # some models double-encode the arguments
         try:
             args = json.loads(args)
-        except (json.JSONDecodeError, ValueError):
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
             return None
     if not isinstance(args, dict):
         return None

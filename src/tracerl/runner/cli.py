@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace", type=float, default=DEFAULT_GRACE_S, metavar="S", help="seconds running rollouts get on SIGTERM"
     )
+    parser.add_argument(
+        "--prefetch", type=int, default=None, metavar="N",
+        help="claims held ahead for busy workers, taken in batches (default: -n; 0: claim only when a worker is free)",
+    )  # fmt: skip
     parser.add_argument("--mode", action="append", choices=["train", "val", "test"], help="only claim these modes")
     parser.add_argument("--model", default="default", help="model name the agent is given (default 'default')")
     parser.add_argument(
@@ -96,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
     sampling = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens)) if v is not None}
     options = dict(
         timeout_s=args.timeout, lease_s=args.lease, modes=args.mode, model=args.model,
-        api_key=args.api_key or token or "tracerl", sampling=sampling, grace_s=args.grace,
+        api_key=args.api_key or token or "tracerl", sampling=sampling, grace_s=args.grace, prefetch=args.prefetch,
     )  # fmt: skip
     runner: Runner | RayRunners
     if args.ray:

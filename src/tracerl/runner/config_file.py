@@ -27,7 +27,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "agent": (str,), "store": (str,), "gateway": (str,), "workers": (int,), "timeout": (int, float),
     "lease": (int, float), "grace": (int, float), "mode": (list,), "model": (str,), "api_key": (str,),
     "temperature": (int, float), "max_tokens": (int,), "app_dir": (str,), "ray": (str,), "actors": (int,),
-    "actor_cpus": (int, float), "ray_working_dir": (str,),
+    "actor_cpus": (int, float), "ray_working_dir": (str,), "prefetch": (int,),
 }  # fmt: skip
 
 

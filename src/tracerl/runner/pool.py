@@ -10,12 +10,17 @@ be killed without harming the others. Use it from code (the trainer does)::
 
 or from the shell: ``tracerl runner --agent my_agents:sql_agent --store URL --gateway URL -n 4``.
 
-Stopping (``stop()``, or SIGTERM/SIGINT to ``tracerl runner``): workers stop claiming at once; rollouts
+Claims are taken in batches for all the runner's workers and a few are held ahead for workers still busy
+(``prefetch``; :mod:`tracerl.runner.prefetch`): many small rollouts then cost one store transaction per
+batch, not one each.
+
+Stopping (``stop()``, or SIGTERM/SIGINT to ``tracerl runner``): workers stop claiming at once, and claims
+held for them go back to the queue (released, at no cost to ``max_attempts``); rollouts
 already running get ``grace_s`` seconds to finish normally; after that their agents are killed and their
 attempts finished as ``failed`` with an ``error`` span named ``runner_stopped``. ``failed`` is retryable, so
 the store requeues those rollouts for another runner (unless they used their last attempt, in which case
 they end ``failed``). A runner that is killed outright (SIGKILL, power loss) cannot do this; its attempts'
-leases run out and the store requeues them as ``unresponsive``.
+leases (of held claims too) run out and the store requeues them as ``unresponsive``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 from tracerl.agent import AgentRef, agent_ref
 from tracerl.errors import ConfigError
+from tracerl.runner.prefetch import ClaimQueue
 from tracerl.runner.process import AgentProcess
 from tracerl.runner.worker import Worker, WorkerConfig, WorkerStats
 from tracerl.store import connect
@@ -59,6 +65,9 @@ class Runner:
         model, api_key, sampling: what the ``LLM`` handle carries unless the resources bundle overrides it
             (``"model"`` and ``"sampling"`` keys of the ``resources_name`` resource).
         grace_s: how long :meth:`stop` lets running rollouts finish before ending them as ``failed``.
+        prefetch: claims the runner may hold for workers that are still busy (default ``n_workers``; 0: claim
+            only for workers that are waiting). Claims are taken in batches (``claim_many``), held claims are
+            heartbeated and handed back on :meth:`stop` (:mod:`tracerl.runner.prefetch`).
         token: bearer token of an ``http://`` store given by URL (default: ``TRACERL_TOKEN``).
     """
 
@@ -80,6 +89,7 @@ class Runner:
         claim_wait_s: float = 1.0,
         worker_prefix: str | None = None,
         token: str | None = None,
+        prefetch: int | None = None,
     ) -> None:
         if not isinstance(n_workers, int) or n_workers < 1:
             raise ConfigError(f"n_workers must be an integer ≥ 1, got {n_workers!r}")
@@ -87,6 +97,8 @@ class Runner:
             raise ConfigError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
         if not 0 < lease_s <= 86_400:
             raise ConfigError(f"lease_s must be in (0, 86400] seconds, got {lease_s!r}")
+        if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
+            raise ConfigError(f"prefetch must be an integer ≥ 0 (claims held for busy workers), got {prefetch!r}")
         if grace_s < 0:
             raise ConfigError(f"grace_s must be ≥ 0 seconds, got {grace_s!r}")
         if gateway_url is not None and not gateway_url.startswith(("http://", "https://")):
@@ -116,6 +128,8 @@ class Runner:
         self.store = store
         self.n_workers = n_workers
         self.grace_s = grace_s
+        self.prefetch = n_workers if prefetch is None else prefetch
+        self.claims: ClaimQueue | None = None
         self.worker_prefix = worker_prefix or f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = threading.Event()
         self._aborting = threading.Event()
@@ -135,6 +149,11 @@ class Runner:
                 p.spawn()
             for p in processes:
                 p.wait_ready()
+            cfg = self.config
+            self.claims = ClaimQueue(
+                self._store_for_worker(), self.worker_prefix, prefetch=self.prefetch, lease_s=cfg.lease_s,
+                modes=cfg.modes, claim_wait_s=cfg.claim_wait_s,
+            )  # fmt: skip
             for i, process in enumerate(processes):
                 store = self._store_for_worker()
                 worker = Worker(
@@ -142,6 +161,7 @@ class Runner:
                     store,
                     self.config,
                     process,
+                    claims=self.claims,
                     stopping=self._stopping,
                     aborting=self._aborting,
                 )
@@ -163,6 +183,8 @@ class Runner:
             self._stopped = True
             grace = self.grace_s if grace_s is None else grace_s
             self._stopping.set()
+            if self.claims is not None:
+                self.claims.close()  # held claims no worker started go back to the queue at once
             deadline = time.monotonic() + grace
             for w in self._workers:
                 w.join(max(0.0, deadline - time.monotonic()))

@@ -1,8 +1,9 @@
-"""One runner worker: a thread that claims rollouts and drives one agent worker process through them.
+"""One runner worker: a thread that takes claims and drives one agent worker process through them.
 
-The thread claims only once its agent worker process is ready (a replacement for one that crashed or was
-killed at a timeout is waited for first), so no lease runs out while the agent imports. For each claimed
-attempt the thread builds the :class:`~tracerl.agent.LLM` handle, hands the task to its
+The claims come from the runner's :class:`~tracerl.runner.prefetch.ClaimQueue` (batched, shared by the
+runner's workers). The thread asks for one only once its agent worker process is ready (a replacement for
+one that crashed or was killed at a timeout is waited for first), so no lease runs out while the agent
+imports. For each claimed attempt the thread builds the :class:`~tracerl.agent.LLM` handle, hands the task to its
 :class:`~tracerl.runner.process.AgentProcess`, and while the agent runs it
 
 * writes each span the agent emits to the store at once and only then acknowledges it, so the ``emit_*``
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 from tracerl.agent import LLM, AgentRef
 from tracerl.errors import AttemptFinished, NotFound, StoreUnavailable, TracerlError
 from tracerl.prompts import PROMPTS_RESOURCE, PROMPTS_VERSION_KEY, PromptBook
+from tracerl.runner.prefetch import ClaimQueue
 from tracerl.runner.process import AgentProcess, WorkerDied
 from tracerl.store import order
 from tracerl.store.base import Store
@@ -87,6 +89,7 @@ class Worker(threading.Thread):
         config: WorkerConfig,
         process: AgentProcess,
         *,
+        claims: ClaimQueue,
         stopping: threading.Event,
         aborting: threading.Event,
     ) -> None:
@@ -94,6 +97,7 @@ class Worker(threading.Thread):
         self.worker_id = worker_id
         self.store = store
         self.config = config
+        self.claims = claims
         self.stats = WorkerStats()
         self.error: BaseException | None = None
         self._process: AgentProcess | None = process
@@ -107,12 +111,7 @@ class Worker(threading.Thread):
                 if not self._ready_to_claim():
                     continue
                 try:
-                    claim = self.store.claim(
-                        self.worker_id,
-                        lease_s=self.config.lease_s,
-                        modes=self.config.modes,
-                        wait_s=self.config.claim_wait_s,
-                    )
+                    claim = self.claims.get(self._stopping)
                 except StoreUnavailable as e:
                     logger.warning("%s: store unavailable (%s); retrying", self.worker_id, e)
                     self._stopping.wait(1.0)

@@ -7,6 +7,7 @@ POST     /api/v1/rollouts                           ``enqueue`` — body ``{"spe
 POST     /api/v1/claims                             ``claim`` — ``{"worker_id", "lease_s", "modes", "wait_s"}``
 POST     /api/v1/attempts/{id}/heartbeat            ``heartbeat`` — ``{"lease_s"}`` (body optional)
 POST     /api/v1/attempts/{id}/finish               ``finish`` — ``{"status", "reward", "error"}``
+POST     /api/v1/attempts/{id}/release              ``release`` — no body
 POST     /api/v1/rollouts/{id}/cancel               ``cancel``
 GET      /api/v1/rollouts/{id}                      ``get_rollout``
 GET      /api/v1/rollouts/{id}/attempts             ``get_attempts``
@@ -80,7 +81,7 @@ from tracerl.store.wire import (
     spec_from_wire,
     trace_to_wire,
 )
-from tracerl.types import JSON, AttemptStatus, Mode, RolloutStatus, SpanKind
+from tracerl.types import JSON, AttemptStatus, Mode, RolloutQuery, RolloutStatus, SpanKind
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,15 @@ MAX_WAIT_S = 30.0
 MAX_BODY_DEPTH = MAX_JSON_DEPTH + 3
 """Deepest request body accepted (checked before any field is read): the stored JSON limit plus the
 wrapping levels of the deepest route, ``{"specs": [{"task": ...}]}``. Deeper bodies get a 400."""
+
+
+LIGHT_ROWS = 200
+"""A rollouts query of at most this many rows is answered on the normal lane; larger pages, and every
+``get_spans``/``get_traces``, are read and encoded on the heavy-reads lane (:meth:`Calls.heavy`)."""
+
+
+class Encoded(bytes):
+    """A response body already encoded as JSON (heavy reads are encoded off the event loop)."""
 
 
 class ApiRequest:
@@ -264,6 +274,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/api/v1/attempts/{attempt_id}/finish", "finish", "end a running attempt",
              _obj(["status"], status={"type": "string", "enum": [s.value for s in AttemptStatus][1:]},
                   reward=_opt({"type": "number"}), error=_opt(_STR))),
+    Endpoint("POST", "/api/v1/attempts/{attempt_id}/release", "release",
+             "hand back a running attempt that never started (its rollout is queued again)"),
     Endpoint("POST", "/api/v1/rollouts/query", "query", "query rollouts (filters and pagination)", _QUERY,
              body_required=False),
     Endpoint("POST", "/api/v1/rollouts/wait", "wait", "wait until rollouts are final",
@@ -323,10 +335,19 @@ def handlers(store: Store) -> dict[str, Handler]:
         attempt_id = request.params["attempt_id"]
         return rollout_to_wire(await call(store.finish, attempt_id, status, reward=reward, error=error))
 
-    async def query(request: ApiRequest) -> Any:
-        page = await call(store.query_rollouts, query_from_wire(request.json(optional=True)))
+    async def release(request: ApiRequest) -> Any:
+        return rollout_to_wire(await call(store.release, request.params["attempt_id"]))
+
+    def encoded_page(q: RolloutQuery) -> Any:
+        page = store.query_rollouts(q)
         items = [rollout_to_wire(x) for x in page.items]
         return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
+
+    async def query(request: ApiRequest) -> Any:
+        q = query_from_wire(request.json(optional=True))
+        if q.limit <= LIGHT_ROWS:
+            return await call(encoded_page, q)
+        return await call.heavy(lambda: Encoded(dumps(encoded_page(q))))
 
     async def wait(request: ApiRequest) -> Any:
         body = request.json()
@@ -354,8 +375,12 @@ def handlers(store: Store) -> dict[str, Handler]:
         encoding = q.get("encoding", "json")
         if encoding not in ("json", "packed"):
             raise InvalidInput(f"encoding {encoding!r} is not one of ['json', 'packed']")
-        spans = await call(store.get_spans, rollout_id=q.get("rollout_id"), attempt_id=q.get("attempt_id"))
-        return {"spans": [span_to_wire(s, packed=encoding == "packed") for s in spans]}
+
+        def read() -> Encoded:
+            spans = store.get_spans(rollout_id=q.get("rollout_id"), attempt_id=q.get("attempt_id"))
+            return Encoded(dumps({"spans": [span_to_wire(s, packed=encoding == "packed") for s in spans]}))
+
+        return await call.heavy(read)
 
     async def get_traces(request: ApiRequest) -> Any:
         body = request.json()
@@ -365,8 +390,12 @@ def handlers(store: Store) -> dict[str, Handler]:
         encoding = body.get("encoding") or "json"
         if encoding not in ("json", "packed"):
             raise InvalidInput(f"body.encoding {encoding!r} is not one of ['json', 'packed']")
-        traces = await call(store.get_traces, ids)
-        return {"traces": [trace_to_wire(t, packed=encoding == "packed") for t in traces]}
+
+        def read() -> Encoded:
+            traces = store.get_traces(ids)
+            return Encoded(dumps({"traces": [trace_to_wire(t, packed=encoding == "packed") for t in traces]}))
+
+        return await call.heavy(read)
 
     async def put_resource(request: ApiRequest) -> Any:
         value = request.json().get("value")
@@ -390,7 +419,7 @@ def handlers(store: Store) -> dict[str, Handler]:
             )
         return {"attempts": [attempt_to_wire(a) for a in await call(store.expire_leases)]}
 
-    handlers = (enqueue, claim, heartbeat, finish, query, wait, cancel, get_rollout, get_attempts, add_spans,
+    handlers = (enqueue, claim, heartbeat, finish, release, query, wait, cancel, get_rollout, get_attempts, add_spans,
                 get_spans, get_traces, put_resource, get_resource, bind_experiment, expire_leases)  # fmt: skip
     return {fn.__name__: fn for fn in handlers}
 
@@ -430,7 +459,8 @@ class Api:
                 if not message.get("more_body", False):
                     break
             request = ApiRequest(method, path, params, scope.get("query_string", b""), b"".join(chunks))
-            data = dumps(await handler(request))
+            result = await handler(request)
+            data = result if isinstance(result, Encoded) else dumps(result)
         except TracerlError as e:
             status, data = e.http_status, error_body(e)
             if status >= 500 or e.client_message is not None:  # the client gets less than the log

@@ -12,7 +12,12 @@ call made on the event loop would stop every other request (``/healthz`` include
   stops after :data:`IDLE_S` seconds without work and starts again on the next call;
 * network backends (postgres, http) run in anyio's bounded worker-thread pool, where calls overlap;
 * long polls (``claim`` with ``wait_s``, ``wait``) always take a separate pool of their own, so waiting
-  runners never hold up short calls.
+  runners never hold up short calls;
+* heavy reads (a page of thousands of rollouts, traces, spans — read *and* encoded as JSON, which costs
+  more than the read) take a lane of their own too (:meth:`Calls.heavy`): a second thread per local store
+  (sqlite reads use their own connection, so they run beside the writes), at most
+  :data:`HEAVY_READS` at a time for network stores. One client looping ``query(limit=10000)`` then
+  waits on its own lane and light requests keep theirs (``tracerl bench stall`` measures it).
 
 Usage (inside an async route handler)::
 
@@ -41,6 +46,9 @@ IDLE_S = 10.0  # an idle store thread exits after this long; the next call start
 
 # Long polls get their own thread budget so many waiting runners never starve the short calls.
 _long_polls = anyio.CapacityLimiter(256)
+HEAVY_READS = 2
+"""Heavy reads of a network store (postgres, http) that run at once; more wait their turn."""
+_heavy_reads = anyio.CapacityLimiter(HEAVY_READS)
 
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
 
@@ -94,16 +102,18 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_result(result)
 
 
-_threads: weakref.WeakKeyDictionary[Store, StoreThread] = weakref.WeakKeyDictionary()
+_threads: dict[str, weakref.WeakKeyDictionary[Store, StoreThread]] = {
+    "calls": weakref.WeakKeyDictionary(), "reads": weakref.WeakKeyDictionary()}  # fmt: skip
 _threads_lock = threading.Lock()
 
 
-def store_thread(store: Store) -> StoreThread:
-    """The one thread that runs ``store``'s calls (shared by every :class:`Calls` of that store)."""
+def store_thread(store: Store, lane: str = "calls") -> StoreThread:
+    """The one thread that runs ``store``'s calls of ``lane`` (``calls`` or heavy ``reads``), shared by every
+    :class:`Calls` of that store."""
     with _threads_lock:
-        found = _threads.get(store)
+        found = _threads[lane].get(store)
         if found is None:
-            found = _threads[store] = StoreThread(f"tracerl-store-{type(store).__name__}")
+            found = _threads[lane][store] = StoreThread(f"tracerl-store-{lane}-{type(store).__name__}")
         return found
 
 
@@ -113,11 +123,18 @@ class Calls:
     def __init__(self, store: Store) -> None:
         local = store.url.split("://", 1)[0].lower() in LOCAL_SCHEMES
         self.thread = store_thread(store) if local else None
+        self.reads = store_thread(store, "reads") if local else None
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self.thread is not None:
             return await self.thread.submit(functools.partial(fn, *args, **kwargs))
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    async def heavy(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a heavy read (and whatever encodes its answer) on the heavy-reads lane."""
+        if self.reads is not None:
+            return await self.reads.submit(functools.partial(fn, *args, **kwargs))
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=_heavy_reads)
 
     @staticmethod
     async def long(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -119,6 +119,14 @@ class Store(abc.ABC):
         expired it yet — it is ended as ``unresponsive`` and ``AttemptFinished`` is raised."""
 
     @abc.abstractmethod
+    def release(self, attempt_id: str) -> Rollout:
+        """Hand back a running attempt whose agent never started (a runner's prefetched claim it will not run):
+        the attempt is deleted and its rollout queued again as if it had not been claimed (the attempt costs
+        none of ``max_attempts``; :func:`status.release_attempt`). Returns the rollout. Raises
+        ``AttemptFinished`` if the attempt ended (with :meth:`heartbeat`'s rule for a lease that ran out),
+        ``InvalidInput`` if spans were recorded for it (it started: finish it instead), ``NotFound`` if unknown."""
+
+    @abc.abstractmethod
     def cancel(self, rollout_id: str) -> Rollout:
         """Cancel a queued or running rollout (a running attempt ends as ``cancelled``)."""
 
@@ -341,6 +349,14 @@ def validate_id(value: str, what: str) -> str:
     if "\x00" in value:
         raise InvalidInput(f"{what} {_short(value)} contains a NUL character, which no store backend accepts")
     return value
+
+
+def release_refused(attempt_id: str) -> InvalidInput:
+    """The error :meth:`Store.release` raises for an attempt that has recorded spans."""
+    return InvalidInput(
+        f"attempt {attempt_id!r} has recorded spans, so its agent started; only an attempt that never started "
+        "can be released: finish it instead"
+    )
 
 
 def validate_json_depth(value: object, what: str, limit: int = MAX_JSON_DEPTH) -> None:

@@ -389,6 +389,10 @@ class HttpStore(Store):
         out = self._call("POST", f"/attempts/{_seg(attempt_id, 'attempt_id')}/finish", body, idempotent=False)
         return Rollout.from_json(out)
 
+    def release(self, attempt_id: str) -> Rollout:
+        path = f"/attempts/{_seg(attempt_id, 'attempt_id')}/release"
+        return Rollout.from_json(self._call("POST", path, idempotent=False))
+
     def cancel(self, rollout_id: str) -> Rollout:
         path = f"/rollouts/{_seg(rollout_id, 'rollout_id')}/cancel"
         return Rollout.from_json(self._call("POST", path, idempotent=False))

@@ -20,6 +20,7 @@ from tracerl.store.base import (
     DEFAULT_LEASE_S,
     Store,
     new_id,
+    release_refused,
     validate_finish,
     validate_id,
     validate_ids,
@@ -154,6 +155,21 @@ class MemoryStore(Store):
             now = time.time()
             a = self._end_if_run_out_locked(self._attempt(attempt_id), now)  # then the end below refuses
             _, r = self._end_attempt_locked(a, status, reward, error, now)
+            self._lock.notify_all()
+            return copy.deepcopy(r)
+
+    def release(self, attempt_id: str) -> Rollout:
+        validate_id(attempt_id, "attempt_id")
+        with self._lock:
+            now = time.time()
+            a = self._end_if_run_out_locked(self._attempt(attempt_id), now)
+            r = self._rollouts[a.rollout_id]
+            if a.status is AttemptStatus.RUNNING and self._spans.get(attempt_id):
+                raise release_refused(attempt_id)
+            r = self._rollouts[r.rollout_id] = sm.release_attempt(a, r, now)  # AttemptFinished if it ended
+            del self._attempts[attempt_id]
+            self._attempts_of[r.rollout_id].remove(attempt_id)
+            self._queue[r.rollout_id] = None
             self._lock.notify_all()
             return copy.deepcopy(r)
 

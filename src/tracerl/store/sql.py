@@ -34,6 +34,7 @@ from tracerl.store.base import (
     DEFAULT_LEASE_S,
     Store,
     new_id,
+    release_refused,
     validate_claim_count,
     validate_finish,
     validate_id,
@@ -326,6 +327,29 @@ class SqlStore(SqlDataMixin, Store):
         self._signal()
         if run_out:
             sm.check_attempt(a.status, status, attempt_id)  # raises AttemptFinished
+        return r
+
+    def release(self, attempt_id: str) -> Rollout:
+        validate_id(attempt_id, "attempt_id")
+        with self._write() as tx:
+            a, r = self._lock_attempt(tx, attempt_id)
+            now = time.time()  # read after the row locks, as heartbeat does
+            if sm.lease_run_out(a, now):  # over: ended as heartbeat would end it, then refused below
+                a, r = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
+            elif a.status is AttemptStatus.RUNNING:
+                if tx.one("SELECT 1 FROM spans WHERE attempt_id = ? LIMIT 1", (attempt_id,)) is not None:
+                    raise release_refused(attempt_id)
+                r = sm.release_attempt(a, r, now)
+                tx.send("DELETE FROM attempts WHERE attempt_id = ?", (attempt_id,))
+                tx.send(
+                    "UPDATE rollouts SET status = ?, attempts = ?, updated_at = ? WHERE rollout_id = ?",
+                    (r.status.value, r.attempts, now, r.rollout_id),
+                )
+                tx.send("INSERT INTO queue (rollout_id, mode) VALUES (?, ?)", (r.rollout_id, r.mode.value))
+            self._changed(tx)
+        self._signal()
+        if a.status is not AttemptStatus.RUNNING:
+            sm.release_attempt(a, r, now)  # raises AttemptFinished: it has ended
         return r
 
     def _end_attempt_tx(

@@ -7,7 +7,10 @@
   ``BEGIN IMMEDIATE`` transaction, so claims are atomic (two claimers never get the same rollout) and
   writers queue behind each other for up to ``busy_timeout_s``. Readers never block writers (WAL). Network
   file systems are not supported (SQLite's locking does not work there).
-* **Threads.** One connection per store object, guarded by a lock; SQLite runs one writer at a time anyway.
+* **Threads.** Writes go through one connection per store object, guarded by a lock (SQLite runs one writer
+  at a time anyway). Reads of a file database use read connections of their own (one per thread reading
+  at the moment, kept for reuse), so a long read — a 10,000-row query — never holds up a write or a short
+  read, and writes never block readers (WAL). A ``:memory:`` database has only the one connection.
 * **Waiting.** ``claim(wait_s=...)`` and ``wait()`` wake at once on changes made through the same store
   object and poll cheaply (an indexed ``EXISTS`` read every ``poll_s`` seconds) for changes made by
   other processes.
@@ -127,6 +130,8 @@ class SqliteStore(SqlStore):
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._abandoned: list[sqlite3.Connection] = []
+        self._readers: list[sqlite3.Connection] = []  # idle read connections (file databases only)
+        self._readers_lock = threading.Lock()
         if self.path != ":memory:" and not create and not Path(self.path).is_file():
             raise ConfigError(
                 f"sqlite store file {self.path} does not exist (resolved to {Path(self.path).resolve()}); "
@@ -171,6 +176,8 @@ class SqliteStore(SqlStore):
             self._pid = os.getpid()
             self._lock = threading.RLock()  # another thread may have held the parent's at fork time
             self._abandoned.append(self._conn)  # never closed here: that could disturb the parent's locks
+            self._abandoned.extend(self._readers)
+            self._readers, self._readers_lock = [], threading.Lock()
             self._conn = self._open()
 
     # -- schema -----------------------------------------------------------------------------------
@@ -227,15 +234,32 @@ class SqliteStore(SqlStore):
     @contextmanager
     def _read(self) -> Iterator[_Tx]:
         self._check_fork()
-        with self._lock:
+        if self.path == ":memory:":  # one private database, one connection
+            with self._lock:
+                yield from self._snapshot(self._conn)
+            return
+        with self._readers_lock:
+            conn = self._readers.pop() if self._readers else None
+        if conn is None:
+            conn = self._open()
+        try:
+            yield from self._snapshot(conn)
+        except BaseException:
+            conn.close()  # never reuse a connection left in an unknown state
+            raise
+        with self._readers_lock:
+            self._readers.append(conn)
+
+    def _snapshot(self, conn: sqlite3.Connection) -> Iterator[_Tx]:
+        """One read transaction on ``conn`` (a consistent snapshot), as a generator for :meth:`_read`."""
+        try:
+            conn.execute("BEGIN")
             try:
-                self._conn.execute("BEGIN")
-                try:
-                    yield _Tx(self._conn)
-                finally:
-                    self._conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                raise self._translate(e) from e
+                yield _Tx(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise self._translate(e) from e
 
     def _external_version(self) -> int | None:
         with self._lock:
@@ -261,3 +285,7 @@ class SqliteStore(SqlStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()

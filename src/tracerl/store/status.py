@@ -12,8 +12,9 @@ Attempts start ``running`` and end exactly once in one of the other statuses. A 
 ended as ``unresponsive`` by :meth:`Store.expire_leases`; a runner that kills an overrunning agent ends its
 attempt as ``timeout``. Both, and ``failed``, are retryable.
 
-The moves themselves — start an attempt, end one (moving its rollout on), cancel a queued rollout — are the
-pure functions :func:`start_attempt`, :func:`end_attempt` and :func:`cancel_queued`: objects in, new objects
+The moves themselves — start an attempt, end one (moving its rollout on), release one that never started,
+cancel a queued rollout — are the pure functions :func:`start_attempt`, :func:`end_attempt`,
+:func:`release_attempt` and :func:`cancel_queued`: objects in, new objects
 out, checked against the tables below. Every backend calls them and only stores what they return.
 """
 
@@ -126,6 +127,20 @@ def end_attempt(
         error=error if error is not None else r.error,
     )
     return ended, moved
+
+
+def release_attempt(a: Attempt, r: Rollout, now: float) -> Rollout:
+    """Hand back ``a``, the running attempt of ``r`` whose agent never started (a runner's prefetched claim):
+    ``r`` is queued again with the attempt count it had before the claim, and the attempt is deleted — it did
+    nothing, so it costs none of ``max_attempts``. ``AttemptFinished`` if ``a`` already ended."""
+    if a.status is not A.RUNNING:
+        raise AttemptFinished(
+            f"attempt {a.attempt_id!r} already ended as {a.status.value!r}; only a running attempt can be released"
+        )
+    if a.number != r.attempts:
+        raise IllegalTransition(f"attempt {a.attempt_id!r} is not the latest attempt of rollout {r.rollout_id!r}")
+    check_rollout(r.status, R.QUEUED, r.rollout_id)
+    return replace(r, status=R.QUEUED, attempts=r.attempts - 1, updated_at=now)
 
 
 def cancel_queued(r: Rollout, now: float) -> Rollout:
