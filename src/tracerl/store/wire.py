@@ -35,6 +35,7 @@ from tracerl.errors import (
     TracerlError,
     Unauthorized,
 )
+from tracerl.store.schema import ATTEMPTS, ROLLOUTS, Table
 from tracerl.types import (
     JSON,
     Attempt,
@@ -283,41 +284,28 @@ def error_from_response(status: int, body: bytes) -> TracerlError:
     return cls(message)
 
 
+def _to_wire(table: Table, obj: object) -> JSON:
+    """The field columns of ``table`` read off ``obj`` by name, enums as their values: the same dict as the
+    dataclass's ``to_json``, built without ``dataclasses.asdict`` (which deep-copies the task: ~10× slower on
+    the server's hot path)."""
+    out: JSON = {}
+    for name, is_enum in _WIRE_FIELDS[table.name]:
+        v = getattr(obj, name)
+        out[name] = v.value if is_enum else v
+    return out
+
+
+_WIRE_FIELDS = {t.name: tuple((c.name, c.enum is not None) for c in t.fields) for t in (ROLLOUTS, ATTEMPTS)}
+
+
 def rollout_to_wire(r: Rollout) -> JSON:
-    """Same dict as :meth:`Rollout.to_json`, built without ``dataclasses.asdict`` (which deep-copies the
-    task: ~10× slower on the server's hot path)."""
-    return {
-        "rollout_id": r.rollout_id,
-        "task": r.task,
-        "mode": r.mode.value,
-        "group_id": r.group_id,
-        "status": r.status.value,
-        "max_attempts": r.max_attempts,
-        "attempts": r.attempts,
-        "resources_version": r.resources_version,
-        "reward": r.reward,
-        "error": r.error,
-        "idempotency_key": r.idempotency_key,
-        "metadata": r.metadata,
-        "created_at": r.created_at,
-        "updated_at": r.updated_at,
-    }
+    """A rollout as its wire dict (the same as :meth:`Rollout.to_json`)."""
+    return _to_wire(ROLLOUTS, r)
 
 
 def attempt_to_wire(a: Attempt) -> JSON:
-    """Same dict as :meth:`Attempt.to_json`, without ``dataclasses.asdict``."""
-    return {
-        "attempt_id": a.attempt_id,
-        "rollout_id": a.rollout_id,
-        "number": a.number,
-        "worker_id": a.worker_id,
-        "status": a.status.value,
-        "lease_expires_at": a.lease_expires_at,
-        "heartbeat_at": a.heartbeat_at,
-        "started_at": a.started_at,
-        "ended_at": a.ended_at,
-        "error": a.error,
-    }
+    """An attempt as its wire dict (the same as :meth:`Attempt.to_json`)."""
+    return _to_wire(ATTEMPTS, a)
 
 
 def trace_to_wire(t: RolloutTrace, *, packed: bool = True) -> JSON:
