@@ -30,6 +30,7 @@ from tracerl.store.base import (
     validate_span,
     validate_spec,
     validate_trace_ids,
+    validate_version,
 )
 from tracerl.types import (
     Attempt,
@@ -308,8 +309,7 @@ class MemoryStore(Store):
 
     def get_resource(self, name: str, version: int | None = None) -> Resource:
         validate_resource_name(name)
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-            raise InvalidInput(f"resource version must be an integer or None, got {version!r}")
+        validate_version(version)
         with self._lock:
             versions = self._resources.get(name)
             if not versions:

@@ -24,7 +24,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, LiteralString, cast
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -171,7 +171,7 @@ class PostgresStore(SqlStore):
 
     # -- transactions and dialect -----------------------------------------------------------------
     @contextmanager
-    def _write(self) -> Iterator[_Tx]:
+    def _write(self) -> Generator[_Tx, None, None]:
         try:
             with self._pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
                 yield _Tx(conn, pipeline)

@@ -27,6 +27,7 @@ from tracerl.store.base import (
     validate_resource_value,
     validate_span,
     validate_trace_ids,
+    validate_version,
 )
 from tracerl.store.queries import Queries
 from tracerl.store.schema import RESOURCES, SPANS
@@ -208,8 +209,7 @@ class SqlDataMixin(abc.ABC):
 
     def get_resource(self, name: str, version: int | None = None) -> Resource:
         validate_resource_name(name)
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-            raise InvalidInput(f"resource version must be an integer or None, got {version!r}")
+        validate_version(version)
         with self._read() as tx:
             latest = tx.one(self.q.latest_version, (name,))
             n = latest[0] if latest and latest[0] is not None else 0

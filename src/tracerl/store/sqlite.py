@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -172,7 +172,7 @@ class SqliteStore(SqlStore):
 
     # -- transactions -----------------------------------------------------------------------------
     @contextmanager
-    def _write(self) -> Iterator[_Tx]:
+    def _write(self) -> Generator[_Tx, None, None]:
         self._check_fork()
         with self._lock:
             try:
@@ -193,7 +193,7 @@ class SqliteStore(SqlStore):
                 raise self._translate(e) from e
 
     @contextmanager
-    def _read(self) -> Iterator[_Tx]:
+    def _read(self) -> Generator[_Tx, None, None]:
         self._check_fork()
         with self._lock:
             try:
