@@ -234,28 +234,26 @@ def validate_span(span: object) -> Span:
     name = cast(object, span.name)
     if isinstance(name, str) and "\x00" in name:
         span.name = name.replace("\x00", "\ufffd")  # see free_text
-    span.prompt_ids = _token_ids(span.prompt_ids, "prompt_ids")
-    span.response_ids = _token_ids(span.response_ids, "response_ids")
-    span.logprobs = _logprobs(span.logprobs, span.response_ids)
+    if span.prompt_ids is not None:
+        _check_token_ids(span.prompt_ids, "prompt_ids")
+    if span.response_ids is not None:
+        _check_token_ids(span.response_ids, "response_ids")
+    if span.logprobs is not None:
+        _check_logprobs(span.logprobs, span.response_ids)
     return span
 
 
-def _token_ids(ids: object, what: str) -> list[int] | None:
-    """``ids`` if it is ``None`` or a list of int32 token ids; ``InvalidInput`` naming span ``what`` if not."""
-    if ids is None:
-        return None
+def _check_token_ids(ids: object, what: str) -> None:
+    """``InvalidInput`` naming span ``what`` unless ``ids`` is a list of int32 token ids."""
     if not isinstance(ids, list) or not set(map(type, cast(list[object], ids))) <= {int}:  # C-speed check
         raise InvalidInput(f"span {what} must be a list of integers")
     checked = cast(list[int], ids)
     if checked and not (min(checked) >= INT32_MIN and max(checked) <= INT32_MAX):
         raise InvalidInput(f"span {what} holds an id outside the 32-bit range; token ids are stored as int32")
-    return checked
 
 
-def _logprobs(values: object, response_ids: list[int] | None) -> list[float] | None:
-    """``values`` if it is ``None`` or a list of numbers, one per response id; ``InvalidInput`` if not."""
-    if values is None:
-        return None
+def _check_logprobs(values: object, response_ids: list[int] | None) -> None:
+    """``InvalidInput`` unless ``values`` is a list of numbers, one per response id."""
     items = cast(list[object], values) if isinstance(values, list) else None
     if items is None or not (
         set(map(type, items)) <= {float, int}  # the fast path; numpy scalars take the slow one
@@ -267,7 +265,6 @@ def _logprobs(values: object, response_ids: list[int] | None) -> list[float] | N
             f"span logprobs has {len(items)} values but response_ids has "
             f"{0 if response_ids is None else len(response_ids)}; they must match one to one"
         )
-    return cast(list[float], items)
 
 
 def validate_reward(reward: object) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from tracerl.errors import InvalidInput
 from tracerl.store import codec
-from tracerl.store.schema import ATTEMPTS, RESOURCES, ROLLOUTS, SPANS, Column, Table
+from tracerl.store.schema import ATTEMPTS, RESOURCES, ROLLOUTS, SPANS, TABLES, Column, Table
 from tracerl.types import Attempt, Rollout, Span, SpanKind
 
 Row = tuple[Any, ...]
@@ -42,16 +42,11 @@ def dumps(value: Any, what: str) -> str:
         raise InvalidInput(f"{what} must be JSON-serialisable: {e}") from None
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
-def _decoder(c: Column) -> Callable[[Any], Any]:
+def _decoder(c: Column) -> Callable[[Any], Any] | None:
+    """What turns ``c``'s stored value back into the field's (``None``: the value as stored)."""
     if c.json:
         return json.loads
-    if c.enum is not None:
-        return c.enum
-    return _identity
+    return c.enum
 
 
 def selected(t: Table) -> tuple[Column, ...]:
@@ -59,14 +54,29 @@ def selected(t: Table) -> tuple[Column, ...]:
     return t.fields if t is not SPANS else t.columns
 
 
-_DECODERS: dict[str, tuple[tuple[str, Callable[[Any], Any]], ...]] = {
-    t.name: tuple((c.name, _decoder(c)) for c in selected(t)) for t in (ROLLOUTS, ATTEMPTS, SPANS, RESOURCES)
+# Per table, worked out once: the selected column names, and those whose stored value needs decoding.
+_READ: dict[str, tuple[tuple[str, ...], tuple[tuple[str, Callable[[Any], Any]], ...]]] = {
+    t.name: (
+        tuple(c.name for c in selected(t)),
+        tuple((c.name, d) for c in selected(t) if (d := _decoder(c)) is not None),
+    )
+    for t in (ROLLOUTS, ATTEMPTS, SPANS, RESOURCES)
 }
+_WRITTEN: dict[str, tuple[str, ...]] = {t.name: tuple(c.name for c in t.written) for t in TABLES}
+_STORED: dict[str, tuple[tuple[str, bool, bool], ...]] = {
+    t.name: tuple((c.name, c.json, c.enum is not None) for c in t.fields) for t in TABLES
+}
+_N_ROLLOUT = len(ROLLOUTS.fields)
+_SPAN_FIELDS = tuple(c.name for c in SPANS.fields)
 
 
 def record(t: Table, row: Sequence[Any]) -> dict[str, Any]:
     """A row of :func:`selected` columns of ``t`` as ``{name: value}``, JSON and enum columns decoded."""
-    return {name: decode(value) for (name, decode), value in zip(_DECODERS[t.name], row, strict=True)}
+    names, decoded = _READ[t.name]
+    rec = dict(zip(names, row, strict=True))
+    for name, decode in decoded:
+        rec[name] = decode(rec[name])
+    return rec
 
 
 def row_rollout(row: Sequence[Any]) -> Rollout:
@@ -79,25 +89,24 @@ def row_attempt(row: Sequence[Any]) -> Attempt:
 
 def split_rollout_attempt(row: Sequence[Any]) -> tuple[Rollout, Attempt]:
     """A row of a query selecting a rollout's columns, then its attempt's (``queries.RA``)."""
-    n = len(ROLLOUTS.fields)
-    return row_rollout(row[:n]), row_attempt(row[n:])
+    return row_rollout(row[:_N_ROLLOUT]), row_attempt(row[_N_ROLLOUT:])
 
 
 def values(t: Table, columns: Mapping[str, Any]) -> Row:
     """The parameters of ``t``'s INSERT (its :attr:`Table.written` columns) from ``{name: stored value}``."""
-    return tuple(columns[c.name] for c in t.written)
+    return tuple(map(columns.__getitem__, _WRITTEN[t.name]))
 
 
 def stored(t: Table, obj: object, **given: Any) -> dict[str, Any]:
     """``{column: stored value}`` for the field columns of ``t`` read off ``obj`` by name: JSON columns
     dumped, enums as their value; ``given`` supplies columns already encoded."""
     out: dict[str, Any] = {}
-    for c in t.fields:
-        if c.name in given:
-            out[c.name] = given[c.name]
+    for name, is_json, is_enum in _STORED[t.name]:
+        if name in given:
+            out[name] = given[name]
             continue
-        v = getattr(obj, c.name)
-        out[c.name] = dumps(v, f"{t.name} {c.name}") if c.json else v.value if c.enum is not None else v
+        v = getattr(obj, name)
+        out[name] = dumps(v, f"{t.name} {name}") if is_json else v.value if is_enum else v
     return out
 
 
@@ -121,6 +130,6 @@ def decode_spans(rows: Sequence[Sequence[Any]]) -> list[Span]:
         rec = record(SPANS, row)
         tracker = trackers.setdefault(rec["attempt_id"], codec.ContextTracker())
         prompt, response, logprobs = tracker.decode(rec["seq"], packed_of(rec), rec["kind"] is SpanKind.LLM_CALL)
-        fields = {c.name: rec[c.name] for c in SPANS.fields}
+        fields = {name: rec[name] for name in _SPAN_FIELDS}
         out.append(Span(**fields, prompt_ids=prompt, response_ids=response, logprobs=logprobs))
     return out
