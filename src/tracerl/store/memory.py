@@ -3,10 +3,9 @@
 A private SQLite database in memory (``sqlite:///:memory:``) behind the same code as the file backend, so
 ``memory://`` behaves exactly like the durable stores (JSON values, float32 log-probs, the status machine,
 span order) with no code of its own to keep in step. Measured with ``tracerl bench store`` against the
-dict-based backend it replaced (2 loaded cores): the same CPU per claim → add_spans → finish lifecycle within
-the noise (≈ 0.5 ms both), enqueue and ``query_rollouts`` many times faster (the dicts deep-copied every
-rollout they returned or scanned). Nothing survives the process, so use ``sqlite:///path`` for anything
-you want to keep.
+dict-based backend it replaced: the same CPU per lifecycle, within the noise of this machine (see
+``docs``/the issue 9 note). Nothing survives the process, so use ``sqlite:///path`` for anything you want
+to keep.
 """
 
 from __future__ import annotations
