@@ -12,7 +12,8 @@ import pytest
 
 from tracerl.errors import ConfigError, StoreUnavailable
 from tracerl.store import connect
-from tracerl.store.postgres import MIGRATIONS, PostgresStore, redact
+from tracerl.store.postgres import PostgresStore, redact
+from tracerl.store.schema import SCHEMA_VERSION
 from tracerl.types import RolloutQuery, RolloutSpec
 
 PG_URL = os.environ.get("TRACERL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")  # as conftest.py
@@ -53,7 +54,7 @@ def test_a_schema_from_a_newer_tracerl_is_refused(pg_schema: Callable[[], str]) 
     store.close()
     with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
         table = psycopg.sql.Identifier(store.schema, "schema_version")
-        conn.execute(psycopg.sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(table), (len(MIGRATIONS) + 1,))
+        conn.execute(psycopg.sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(table), (SCHEMA_VERSION + 1,))
     with pytest.raises(ConfigError, match="newer"):
         PostgresStore(url)
 

@@ -11,7 +11,8 @@ import pytest
 
 from tracerl.errors import ConfigError, StoreUnavailable
 from tracerl.store import connect
-from tracerl.store.sqlite import MIGRATIONS, SqliteStore
+from tracerl.store.schema import SCHEMA_VERSION
+from tracerl.store.sqlite import SqliteStore
 from tracerl.types import AttemptStatus, RolloutSpec, RolloutStatus, Span, SpanKind
 
 pytestmark = pytest.mark.timeout(60)
@@ -83,7 +84,7 @@ def test_file_uses_wal_and_records_its_schema_version(tmp_path: Path) -> None:
     SqliteStore(f"sqlite:///{path}").close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     conn.execute("INSERT INTO schema_version (version) VALUES (99)")
     conn.commit()
     conn.close()

@@ -165,12 +165,12 @@ def sql_sort_ratio(path: Path, offset: int, repeat: int) -> dict[str, float]:
     """Median ms of one sorted page read as whole-row sort vs deferred join, on the sqlite file ``path``."""
     import sqlite3
 
-    from tracerl.store.sql_rows import R_COLS
+    from tracerl.store.queries import R
 
     order = "reward DESC NULLS LAST, seq DESC"
-    naive = f"SELECT {R_COLS} FROM rollouts ORDER BY {order} LIMIT 50 OFFSET ?"
+    naive = f"SELECT {R} FROM rollouts ORDER BY {order} LIMIT 50 OFFSET ?"
     page = f"SELECT seq FROM rollouts ORDER BY {order} LIMIT 50 OFFSET ?"
-    deferred = f"SELECT {R_COLS} FROM rollouts WHERE seq IN ({page}) ORDER BY {order}"
+    deferred = f"SELECT {R} FROM rollouts WHERE seq IN ({page}) ORDER BY {order}"
     conn = sqlite3.connect(path)
     out: dict[str, float] = {}
     try:

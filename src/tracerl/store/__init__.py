@@ -10,7 +10,7 @@ Pick a backend by URL with :func:`connect`:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from tracerl.errors import ConfigError
 from tracerl.store.base import Store
@@ -24,7 +24,7 @@ def connect(url: str, *, create: bool = True, token: str | None = None, **option
     ``create=False`` is for commands that only read: a sqlite file that does not exist is refused
     (:class:`ConfigError` naming the path) instead of being created empty. ``token``: the bearer token of
     a ``tracerl serve --token`` store (``http://`` only; default: the ``TRACERL_TOKEN`` variable)."""
-    if not isinstance(url, str) or "://" not in url:
+    if not isinstance(cast(object, url), str) or "://" not in url:  # callers may pass anything
         raise ConfigError(
             f"store URL {url!r} has no scheme; use memory://, sqlite:///path.db, postgresql://... or http://host:port"
         )

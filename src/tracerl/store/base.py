@@ -18,8 +18,8 @@ from __future__ import annotations
 import abc
 import math
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 from tracerl.errors import InvalidInput
 from tracerl.types import (
@@ -197,20 +197,21 @@ class Store(abc.ABC):
 # -- validation shared by every backend ------------------------------------------------------------
 
 
-def validate_spec(spec: RolloutSpec) -> RolloutSpec:
-    """Check a spec's types and ranges; returns it with ``mode`` normalised to :class:`Mode`."""
+def validate_spec(spec: object) -> RolloutSpec:
+    """Check a spec's types and ranges (callers may pass anything); returns it with ``mode`` normalised to
+    :class:`Mode`."""
     if not isinstance(spec, RolloutSpec):
         raise InvalidInput(f"expected a RolloutSpec, got {type(spec).__name__}")
-    if not isinstance(spec.task, dict):
-        raise InvalidInput(f"rollout task must be a JSON object (dict), got {type(spec.task).__name__}")
+    task = cast(object, spec.task)  # what callers promise is checked, not assumed
+    if not isinstance(task, dict):
+        raise InvalidInput(f"rollout task must be a JSON object (dict), got {type(task).__name__}")
     try:
         spec.mode = Mode(spec.mode)
     except ValueError:
-        raise InvalidInput(
-            f"rollout mode {spec.mode!r} is not one of {[m.value for m in Mode]}"
-        ) from None
-    if not isinstance(spec.max_attempts, int) or spec.max_attempts < 1:
-        raise InvalidInput(f"max_attempts must be an integer ≥ 1, got {spec.max_attempts!r}")
+        raise InvalidInput(f"rollout mode {spec.mode!r} is not one of {[m.value for m in Mode]}") from None
+    max_attempts = cast(object, spec.max_attempts)
+    if not isinstance(max_attempts, int) or max_attempts < 1:
+        raise InvalidInput(f"max_attempts must be an integer ≥ 1, got {max_attempts!r}")
     if spec.group_id is not None:
         validate_id(spec.group_id, "group_id")
     if spec.idempotency_key is not None:
@@ -220,45 +221,61 @@ def validate_spec(spec: RolloutSpec) -> RolloutSpec:
     return spec
 
 
-def validate_span(span: Span) -> Span:
-    """Check a span's types; ``logprobs`` must match ``response_ids`` in length."""
+def validate_span(span: object) -> Span:
+    """Check a span's types (callers may pass anything); ``logprobs`` must match ``response_ids`` in length."""
     if not isinstance(span, Span):
         raise InvalidInput(f"expected a Span, got {type(span).__name__}")
     validate_id(span.attempt_id, "span attempt_id")
     if span.rollout_id:
         validate_id(span.rollout_id, "span rollout_id")
-    if not isinstance(span.seq, int) or span.seq < 0:
-        raise InvalidInput(f"span seq must be an integer ≥ 0, got {span.seq!r}")
+    seq = cast(object, span.seq)
+    if not isinstance(seq, int) or seq < 0:
+        raise InvalidInput(f"span seq must be an integer ≥ 0, got {seq!r}")
     try:
         span.kind = SpanKind(span.kind)
     except ValueError:
         raise InvalidInput(f"span kind {span.kind!r} is not one of {[k.value for k in SpanKind]}") from None
-    if not isinstance(span.attributes, dict):
-        raise InvalidInput(f"span attributes must be a JSON object, got {type(span.attributes).__name__}")
+    attributes = cast(object, span.attributes)
+    if not isinstance(attributes, dict):
+        raise InvalidInput(f"span attributes must be a JSON object, got {type(attributes).__name__}")
     validate_json_depth(span.attributes, "span attributes")
-    if isinstance(span.name, str) and "\x00" in span.name:
-        span.name = span.name.replace("\x00", "\ufffd")  # see free_text
-    for field_name in ("prompt_ids", "response_ids"):
-        ids = getattr(span, field_name)
-        if ids is not None and (not isinstance(ids, list) or not set(map(type, ids)) <= {int}):  # C-speed check
-            raise InvalidInput(f"span {field_name} must be a list of integers")
-        if ids and not (min(ids) >= INT32_MIN and max(ids) <= INT32_MAX):
-            raise InvalidInput(f"span {field_name} holds an id outside the 32-bit range; token ids are stored as int32")
+    name = cast(object, span.name)
+    if isinstance(name, str) and "\x00" in name:
+        span.name = name.replace("\x00", "\ufffd")  # see free_text
+    if span.prompt_ids is not None:
+        _check_token_ids(span.prompt_ids, "prompt_ids")
+    if span.response_ids is not None:
+        _check_token_ids(span.response_ids, "response_ids")
     if span.logprobs is not None:
-        if not isinstance(span.logprobs, list) or not (
-            set(map(type, span.logprobs)) <= {float, int}  # the fast path; numpy scalars take the slow one
-            or all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in span.logprobs)
-        ):
-            raise InvalidInput("span logprobs must be a list of numbers")
-        if span.response_ids is None or len(span.logprobs) != len(span.response_ids):
-            raise InvalidInput(
-                f"span logprobs has {len(span.logprobs)} values but response_ids has "
-                f"{0 if span.response_ids is None else len(span.response_ids)}; they must match one to one"
-            )
+        _check_logprobs(span.logprobs, span.response_ids)
     return span
 
 
-def validate_reward(reward: float | None) -> float | None:
+def _check_token_ids(ids: object, what: str) -> None:
+    """``InvalidInput`` naming span ``what`` unless ``ids`` is a list of int32 token ids."""
+    if not isinstance(ids, list) or not set(map(type, cast(list[object], ids))) <= {int}:  # C-speed check
+        raise InvalidInput(f"span {what} must be a list of integers")
+    checked = cast(list[int], ids)
+    if checked and not (min(checked) >= INT32_MIN and max(checked) <= INT32_MAX):
+        raise InvalidInput(f"span {what} holds an id outside the 32-bit range; token ids are stored as int32")
+
+
+def _check_logprobs(values: object, response_ids: list[int] | None) -> None:
+    """``InvalidInput`` unless ``values`` is a list of numbers, one per response id."""
+    items = cast(list[object], values) if isinstance(values, list) else None
+    if items is None or not (
+        set(map(type, items)) <= {float, int}  # the fast path; numpy scalars take the slow one
+        or all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items)
+    ):
+        raise InvalidInput("span logprobs must be a list of numbers")
+    if response_ids is None or len(items) != len(response_ids):
+        raise InvalidInput(
+            f"span logprobs has {len(items)} values but response_ids has "
+            f"{0 if response_ids is None else len(response_ids)}; they must match one to one"
+        )
+
+
+def validate_reward(reward: object) -> float | None:
     if reward is None:
         return None
     if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
@@ -266,18 +283,16 @@ def validate_reward(reward: float | None) -> float | None:
     return float(reward)
 
 
-def validate_finish(
-    status: AttemptStatus | str, reward: float | None, error: str | None
-) -> tuple[AttemptStatus, float | None, str | None]:
+def validate_finish(status: object, reward: object, error: object) -> tuple[AttemptStatus, float | None, str | None]:
     """Check the arguments of :meth:`Store.finish`; returns them with ``status`` as :class:`AttemptStatus`."""
-    reward = validate_reward(reward)
+    checked_reward = validate_reward(reward)
     try:
-        status = AttemptStatus(status)
+        checked = AttemptStatus(status)
     except ValueError:
         raise InvalidInput(f"attempt status {status!r} is not one of {[s.value for s in AttemptStatus]}") from None
     if error is not None and not isinstance(error, str):
         raise InvalidInput(f"error must be a string or None, got {type(error).__name__}")
-    return status, reward, free_text(error)
+    return checked, checked_reward, free_text(error)
 
 
 def free_text(text: str | None) -> str | None:
@@ -287,14 +302,15 @@ def free_text(text: str | None) -> str | None:
     return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
-def validate_lease(lease_s: float) -> float:
+def validate_lease(lease_s: object) -> float:
     if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s <= MAX_LEASE_S:
         raise InvalidInput(f"lease_s must be a number of seconds in (0, {MAX_LEASE_S:.0f}], got {lease_s!r}")
     return float(lease_s)
 
 
-def validate_query(query: RolloutQuery) -> RolloutQuery:
-    """Check ranges and normalise ``status``/``mode`` to their enums (``InvalidInput`` if unknown)."""
+def validate_query(query: object) -> RolloutQuery:
+    """Check ranges and normalise ``status``/``mode`` to their enums (``InvalidInput`` if unknown); callers may
+    pass anything."""
     if not isinstance(query, RolloutQuery):
         raise InvalidInput(f"expected a RolloutQuery, got {type(query).__name__}")
     try:
@@ -305,8 +321,9 @@ def validate_query(query: RolloutQuery) -> RolloutQuery:
         query.mode = Mode(query.mode) if query.mode is not None else None
     except ValueError:
         raise InvalidInput(f"query mode {query.mode!r} is not one of {[m.value for m in Mode]}") from None
-    if isinstance(query.limit, bool) or not isinstance(query.limit, int) or not isinstance(query.offset, int):
-        raise InvalidInput(f"query limit and offset must be integers, got {query.limit!r} and {query.offset!r}")
+    limit, offset = cast(object, query.limit), cast(object, query.offset)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not isinstance(offset, int):
+        raise InvalidInput(f"query limit and offset must be integers, got {limit!r} and {offset!r}")
     if not 1 <= query.limit <= MAX_QUERY_LIMIT:
         raise InvalidInput(f"query limit must be in [1, {MAX_QUERY_LIMIT}], got {query.limit}")
     if query.offset < 0:
@@ -318,25 +335,33 @@ def validate_query(query: RolloutQuery) -> RolloutQuery:
     return query
 
 
-def validate_resource_name(name: str) -> str:
+def validate_resource_name(name: object) -> str:
     return validate_id(name, "resource name")
 
 
-def validate_ids(values: Sequence[str], what: str) -> list[str]:
+def validate_ids(values: object, what: str) -> list[str]:
     """:func:`validate_id` for each of ``values`` (a list or tuple of ids)."""
-    if isinstance(values, (str, bytes)):
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise InvalidInput(f"{what} must be a list of ids, got {_short(values)}")
-    return [validate_id(v, what) for v in values]
+    return [validate_id(v, what) for v in cast(Iterable[object], values)]
 
 
-def validate_resource_value(value: dict[str, Any]) -> dict[str, Any]:
+def validate_version(version: object) -> int | None:
+    """``version`` if it is ``None`` (the latest) or an integer: the version argument of ``get_resource``."""
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise InvalidInput(f"resource version must be an integer or None, got {version!r}")
+    return version
+
+
+def validate_resource_value(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput(f"resource value must be a JSON object, got {type(value).__name__}")
-    validate_json_depth(value, "resource value")
-    return value
+    checked = cast(dict[str, Any], value)
+    validate_json_depth(checked, "resource value")
+    return checked
 
 
-def validate_id(value: str, what: str) -> str:
+def validate_id(value: object, what: str) -> str:
     """``value`` if it is a usable id: a non-empty string of at most :data:`MAX_ID_CHARS` characters
     without NUL (which postgres cannot store, so no backend accepts it)."""
     if not isinstance(value, str) or not value:
@@ -366,7 +391,8 @@ def validate_json_depth(value: object, what: str, limit: int = MAX_JSON_DEPTH) -
     flat value with thousands of entries costs microseconds."""
     if not isinstance(value, (dict, list, tuple)):
         return
-    level, depth = [value], 0
+    level: list[object] = [value]
+    depth = 0
     while level:
         depth += 1
         if depth > limit:
@@ -374,9 +400,9 @@ def validate_json_depth(value: object, what: str, limit: int = MAX_JSON_DEPTH) -
                 f"{what} is nested more than {limit} levels deep (stored JSON values may nest at most "
                 f"{MAX_JSON_DEPTH} levels); flatten it, or store the deep part as a JSON string"
             )
-        deeper: list[Any] = []
-        for v in level:
-            children = v.values() if isinstance(v, dict) else v
+        deeper: list[object] = []
+        for v in level:  # each a dict, list or tuple
+            children = cast(dict[object, object], v).values() if isinstance(v, dict) else cast(list[object], v)
             if not _CONTAINERS.isdisjoint(map(type, children)):
                 deeper.extend(c for c in children if type(c) in _CONTAINERS)
         level = deeper
@@ -388,7 +414,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else f"{text[:50]}...({len(text)} chars)"
 
 
-def validate_trace_ids(rollout_ids: Sequence[str]) -> list[str]:
+def validate_trace_ids(rollout_ids: object) -> list[str]:
     """The ids of a :meth:`Store.get_traces` call, checked (each an id; at most :data:`MAX_QUERY_LIMIT`)."""
     ids = validate_ids(rollout_ids, "rollout_ids")
     if len(ids) > MAX_QUERY_LIMIT:
@@ -398,7 +424,7 @@ def validate_trace_ids(rollout_ids: Sequence[str]) -> list[str]:
     return ids
 
 
-def validate_claim_count(n: int) -> int:
+def validate_claim_count(n: object) -> int:
     """``n`` if it is a count :meth:`Store.claim_many` accepts: an integer in [1, :data:`MAX_CLAIM_MANY`]."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLAIM_MANY:
         raise InvalidInput(f"claim_many takes a count in [1, {MAX_CLAIM_MANY}], got {n!r}")

@@ -22,7 +22,7 @@ import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from tracerl.errors import InvalidInput
 
@@ -30,7 +30,8 @@ MIN_PREFIX_REUSE = 16
 """Shortest shared prefix worth a reference: below it the saving (4 bytes per id) is not worth a lookup."""
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-_SWAP = sys.byteorder == "big"  # stored format is little-endian on every machine
+_SWAP = sys.byteorder == "big"
+_Item = TypeVar("_Item", int, float)  # stored format is little-endian on every machine
 
 
 def pack_ids(ids: Sequence[int]) -> bytes:
@@ -45,9 +46,8 @@ def pack_ids(ids: Sequence[int]) -> bytes:
     return arr.tobytes()
 
 
-def _unpack(typecode: str, data: bytes) -> list[Any]:
-    """Little-endian packed ``array(typecode)`` bytes → a Python list."""
-    arr = array(typecode)
+def _unpack(arr: array[_Item], data: bytes) -> list[_Item]:
+    """Little-endian packed bytes → a Python list, through the empty ``arr`` of the stored item type."""
     arr.frombytes(data)
     if _SWAP:
         arr.byteswap()
@@ -56,7 +56,7 @@ def _unpack(typecode: str, data: bytes) -> list[Any]:
 
 def unpack_ids(data: bytes) -> list[int]:
     """Inverse of :func:`pack_ids`."""
-    return _unpack("i", data)
+    return _unpack(array("i"), data)
 
 
 def pack_floats(values: Sequence[float]) -> bytes:
@@ -69,7 +69,7 @@ def pack_floats(values: Sequence[float]) -> bytes:
 
 def unpack_floats(data: bytes) -> list[float]:
     """Inverse of :func:`pack_floats` (returns Python floats holding float32 values)."""
-    return _unpack("f", data)
+    return _unpack(array("f"), data)
 
 
 def round_f32(values: Sequence[float]) -> list[float]:

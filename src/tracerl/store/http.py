@@ -37,7 +37,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import quote, urlencode, urlsplit
 
 from tracerl.errors import ConfigError, InvalidInput, StoreUnavailable
@@ -53,6 +53,7 @@ from tracerl.store.base import (
     validate_reward,
     validate_span,
     validate_trace_ids,
+    validate_version,
 )
 from tracerl.store.wire import dumps, error_from_response, loads, span_from_wire, span_to_wire, trace_from_wire
 from tracerl.types import (
@@ -257,7 +258,8 @@ class HttpStore(Store):
         self._headers = headers.encode("latin-1")
         self.timeout = timeout
         self.retries = retries
-        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1:
+        limit = cast(object, max_response_bytes)  # callers may pass anything
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"max_response_bytes must be a positive integer, got {max_response_bytes!r}")
         self.max_response_bytes = max_response_bytes
         self._local = threading.local()
@@ -384,7 +386,7 @@ class HttpStore(Store):
         error: str | None = None,
     ) -> Rollout:
         reward = validate_reward(reward)
-        value = status.value if isinstance(status, AttemptStatus) else status
+        value = status.value if isinstance(cast(object, status), AttemptStatus) else status  # or its str value
         body = {"status": value, "reward": reward, "error": error}
         out = self._call("POST", f"/attempts/{_seg(attempt_id, 'attempt_id')}/finish", body, idempotent=False)
         return Rollout.from_json(out)
@@ -467,8 +469,7 @@ class HttpStore(Store):
 
     def get_resource(self, name: str, version: int | None = None) -> Resource:
         validate_resource_name(name)
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-            raise InvalidInput(f"resource version must be an integer, got {version!r}")
+        validate_version(version)
         query = "" if version is None else f"?version={version}"
         return Resource.from_json(self._call("GET", f"/resources/{quote(name, safe='')}{query}", idempotent=True))
 
@@ -502,5 +503,5 @@ def _spec_json(spec: object) -> dict[str, Any]:
     validate_json_depth(spec.task, "rollout task")  # deeper than this cannot even be serialised
     validate_json_depth(spec.metadata, "rollout metadata")
     d = {k: getattr(spec, k) for k in _SPEC_FIELDS}  # the server checks and names bad fields
-    d["mode"] = spec.mode.value if isinstance(spec.mode, Mode) else spec.mode
+    d["mode"] = spec.mode.value if isinstance(cast(object, spec.mode), Mode) else spec.mode  # or its str value
     return d

@@ -2,6 +2,12 @@
 
 Everything lives in dicts guarded by one lock; a condition variable wakes claimers and waiters. Nothing
 survives the process, so use ``sqlite:///path`` for anything you want to keep.
+
+Why not the SQL code on a private ``sqlite:///:memory:`` database (one backend less)? Measured in one
+process, alternating (``tracerl bench store``'s lifecycle, 1,000 × claim → add_spans(4) → finish, 5 rounds):
+CPU per lifecycle 617 µs here vs 692 µs on sqlite ``:memory:`` (+12%), though ``query_rollouts`` was 2×
+faster there (793 vs 1,518 µs for a 50-row page of 3,000). The lifecycle is what tests and runners repeat,
+so the dicts stay; the contract suite keeps both behaving alike.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from tracerl.store.base import (
     validate_span,
     validate_spec,
     validate_trace_ids,
+    validate_version,
 )
 from tracerl.types import (
     Attempt,
@@ -324,8 +331,7 @@ class MemoryStore(Store):
 
     def get_resource(self, name: str, version: int | None = None) -> Resource:
         validate_resource_name(name)
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-            raise InvalidInput(f"resource version must be an integer or None, got {version!r}")
+        validate_version(version)
         with self._lock:
             versions = self._resources.get(name)
             if not versions:

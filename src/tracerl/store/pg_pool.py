@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from typing import Any
 
@@ -79,7 +79,7 @@ class Pool:
                 self._cond.wait(remaining)
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self) -> Generator[psycopg.Connection[Any], None, None]:
         self._check_fork()
         conn = self._checkout()
         if conn is None:

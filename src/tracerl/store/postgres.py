@@ -24,12 +24,14 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, LiteralString, cast
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from tracerl.errors import ConfigError, Conflict, InvalidInput, ServerError, StoreUnavailable, TracerlError
+from tracerl.store.queries import POSTGRES_QUERIES
+from tracerl.store.schema import POSTGRES, SCHEMA_VERSION, VERSION_TABLE, migration_plan
 from tracerl.store.sql import SqlStore
 from tracerl.store.sql_rows import Row, Tx
 from tracerl.types import Attempt, Rollout, RolloutSpec
@@ -48,53 +50,11 @@ log = logging.getLogger(__name__)
 SCHEMA_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")  # used with fullmatch: "$" would let "name\n" through
 DEFAULT_SCHEMA = "tracerl"
 
-MIGRATIONS: list[list[str]] = [
-    [  # 1: initial schema
-        """CREATE TABLE rollouts (
-            seq BIGSERIAL PRIMARY KEY, rollout_id TEXT NOT NULL UNIQUE, task TEXT NOT NULL, mode TEXT NOT NULL,
-            group_id TEXT NOT NULL, status TEXT NOT NULL, max_attempts BIGINT NOT NULL, attempts BIGINT NOT NULL,
-            resources_version BIGINT, reward DOUBLE PRECISION, error TEXT, idempotency_key TEXT UNIQUE,
-            metadata TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
-        "CREATE INDEX rollouts_status ON rollouts (status)",
-        "CREATE INDEX rollouts_group ON rollouts (group_id)",
-        "CREATE INDEX rollouts_created ON rollouts (created_at)",
-        "CREATE TABLE queue (pos BIGSERIAL PRIMARY KEY, rollout_id TEXT NOT NULL UNIQUE, mode TEXT NOT NULL)",
-        """CREATE TABLE attempts (
-            attempt_id TEXT PRIMARY KEY, rollout_id TEXT NOT NULL, number BIGINT NOT NULL, worker_id TEXT NOT NULL,
-            status TEXT NOT NULL, lease_expires_at DOUBLE PRECISION NOT NULL, heartbeat_at DOUBLE PRECISION NOT NULL,
-            started_at DOUBLE PRECISION NOT NULL, ended_at DOUBLE PRECISION, error TEXT)""",
-        "CREATE INDEX attempts_rollout ON attempts (rollout_id, number)",
-        "CREATE INDEX attempts_lease ON attempts (lease_expires_at) WHERE status = 'running'",
-        """CREATE TABLE spans (
-            attempt_id TEXT NOT NULL, seq BIGINT NOT NULL, rollout_id TEXT NOT NULL, kind TEXT NOT NULL,
-            name TEXT NOT NULL, parent_seq BIGINT, start_time DOUBLE PRECISION NOT NULL, end_time DOUBLE PRECISION,
-            attributes TEXT NOT NULL, prompt BYTEA, prompt_ref BIGINT, prefix_len BIGINT NOT NULL DEFAULT 0,
-            response BYTEA, logprobs BYTEA, PRIMARY KEY (attempt_id, seq))""",
-        """CREATE TABLE resources (
-            name TEXT NOT NULL, version BIGINT NOT NULL, value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (name, version))""",
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    ],
-    [  # 2: span order assigned by the store (tracerl.store.order); old spans keep their seq order
-        "ALTER TABLE spans ADD COLUMN position BIGINT NOT NULL DEFAULT -1",
-        "UPDATE spans SET position = (SELECT COUNT(*) FROM spans p WHERE p.attempt_id = spans.attempt_id "
-        "AND p.seq < spans.seq)",
-        "CREATE UNIQUE INDEX spans_position ON spans (attempt_id, position)",
-    ],
-]
-
-MIGRATIONS_SQL: list[list[LiteralString]] = [[cast(LiteralString, q) for q in step] for step in MIGRATIONS]
-_PG_SQL: dict[str, LiteralString] = {}
-
-
-def _pg(sql: str) -> LiteralString:
-    """``?`` placeholders → psycopg's ``%s`` (cached: the same few statements run over and over).
-
-    Every statement is assembled from constants in ``sql.py``; values always travel as parameters."""
-    out = _PG_SQL.get(sql)
-    if out is None:
-        out = _PG_SQL[sql] = cast(LiteralString, sql.replace("%", "%%").replace("?", "%s"))
-    return out
+def _sql(text: str) -> LiteralString:
+    """A statement of ``queries.py`` or ``schema.py`` as psycopg's ``LiteralString``: each is assembled from
+    constants there (values always travel as parameters), which the type checker cannot follow through
+    their formatting."""
+    return cast(LiteralString, text)
 
 
 class _Tx:
@@ -106,22 +66,22 @@ class _Tx:
         self._conn, self._pipeline = conn, pipeline
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        return self._conn.execute(_pg(sql), params).fetchone()
+        return self._conn.execute(_sql(sql), params).fetchone()
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return self._conn.execute(_pg(sql), params).fetchall()
+        return self._conn.execute(_sql(sql), params).fetchall()
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cur = self._conn.execute(_pg(sql), params)
+        cur = self._conn.execute(_sql(sql), params)
         self._pipeline.sync()
         return cur.rowcount
 
     def send(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._conn.execute(_pg(sql), params)
+        self._conn.execute(_sql(sql), params)
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         cur = self._conn.cursor()
-        cur.executemany(_pg(sql), rows)
+        cur.executemany(_sql(sql), rows)
         self._pipeline.sync()
         return cur.rowcount
 
@@ -155,8 +115,7 @@ def parse_url(url: str) -> tuple[str, str]:
 class PostgresStore(SqlStore):
     """The store in a PostgreSQL schema. See the module docstring."""
 
-    FOR_UPDATE = " FOR UPDATE"
-    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+    q = POSTGRES_QUERIES
 
     def __init__(
         self, url: str, *, pool_size: int = 8, pool_timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 1.0
@@ -185,23 +144,23 @@ class PostgresStore(SqlStore):
 
     def _migrate(self) -> None:
         with self._pool.connection() as conn:
-            if self._version(conn) == len(MIGRATIONS):
+            if self._version(conn) == SCHEMA_VERSION:
                 return
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tracerl-migrate:{self.schema}",))
                 conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(pgsql.Identifier(self.schema)))
-                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                conn.execute(VERSION_TABLE)
                 current = self._version(conn)
-                if current > len(MIGRATIONS):
+                if current > SCHEMA_VERSION:
                     raise ConfigError(
                         f"postgres schema {self.schema!r} at {self.url} has schema version {current}, newer than "
-                        f"this tracerl understands ({len(MIGRATIONS)}); upgrade tracerl to use it"
+                        f"this tracerl understands ({SCHEMA_VERSION}); upgrade tracerl to use it"
                     )
-                for number in range(current, len(MIGRATIONS)):
-                    for statement in MIGRATIONS_SQL[number]:
-                        conn.execute(statement)
-                    conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number + 1,))
-                    log.info("postgres store %s schema %s migrated to version %d", self.url, self.schema, number + 1)
+                for version, statements in migration_plan(POSTGRES, current):
+                    for statement in statements:
+                        conn.execute(_sql(statement))
+                    conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+                    log.info("postgres store %s schema %s migrated to version %d", self.url, self.schema, version)
 
     def _version(self, conn: psycopg.Connection[Any]) -> int:
         row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
@@ -212,7 +171,7 @@ class PostgresStore(SqlStore):
 
     # -- transactions and dialect -----------------------------------------------------------------
     @contextmanager
-    def _write(self) -> Iterator[_Tx]:
+    def _write(self) -> Generator[_Tx, None, None]:
         try:
             with self._pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
                 yield _Tx(conn, pipeline)
@@ -222,24 +181,21 @@ class PostgresStore(SqlStore):
     def _read(self) -> AbstractContextManager[_Tx]:
         return self._write()  # a transaction gives the statements of a read one snapshot, too
 
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
-        return f"{column} = ANY(?)", list(values)
-
     def _changed(self, tx: Tx) -> None:
-        tx.send("SELECT pg_notify(?, '')", (self._channel,))
+        tx.send(self.q.notify, (self._channel,))
 
     def _lock_attempt(self, tx: Tx, attempt_id: str) -> tuple[Attempt, Rollout]:
-        row = tx.one("SELECT rollout_id FROM attempts WHERE attempt_id = ?", (attempt_id,))
+        row = tx.one(self.q.rollout_of_attempt, (attempt_id,))
         if row is not None:
             self._rollout_tx(tx, row[0], lock=True)  # rollout before attempt: the lock order everywhere
         return super()._lock_attempt(tx, attempt_id)
 
     def _lock_spans(self, tx: Tx, attempt_ids: Sequence[str]) -> None:
         for aid in attempt_ids:  # sorted by the caller: one lock order, no deadlock between two writers
-            tx.send("SELECT pg_advisory_xact_lock(hashtext(?))", (f"tracerl-spans:{self.schema}:{aid}",))
+            tx.send(self.q.advisory_lock, (f"tracerl-spans:{self.schema}:{aid}",))
 
     def _lock_resource(self, tx: Tx, name: str) -> None:
-        tx.one("SELECT pg_advisory_xact_lock(hashtext(?))", (f"tracerl-resource:{self.schema}:{name}",))
+        tx.one(self.q.advisory_lock, (f"tracerl-resource:{self.schema}:{name}",))
 
     def enqueue(self, specs: Sequence[RolloutSpec]) -> list[Rollout]:
         for _ in range(3):  # two processes enqueuing one idempotency key at once: the loser re-reads

@@ -1,19 +1,14 @@
 """The store contract over SQL, written once for the sqlite and postgres backends.
 
 A backend subclasses :class:`SqlStore` and supplies transactions (:meth:`SqlStore._write`,
-:meth:`SqlStore._read`) that yield a :class:`Tx`, its schema (``migrations``) and a few dialect hooks
-(row locking, list parameters, wake-ups). Everything else — the queue, leases, retries through the status
+:meth:`SqlStore._read`) that yield a :class:`Tx`, its named queries (:attr:`SqlStore.q`) and a few hooks
+(extra locks, wake-ups). Everything else — the queue, leases, retries through the status
 machine in ``status.py``, span encoding with prefix reuse (``codec.py``) — lives here so both backends
 behave exactly like :class:`~tracerl.store.memory.MemoryStore`, the reference.
 
 This module holds the queue half (rollouts, attempts, leases, waiting); ``sql_data.py`` the data half (spans,
-resources, experiment binding); ``sql_rows.py`` the column lists and row ↔ object conversion. Queries are
-written with ``?`` placeholders; the postgres transaction rewrites them to ``%s``.
-
-Tables: ``rollouts`` (``seq`` gives creation order), ``queue`` (queued rollout ids; ``pos`` gives claim
-order, so a retried rollout goes to the back like in memory), ``attempts``, ``spans`` (primary key
-``(attempt_id, seq)``, ids packed by ``codec``), ``resources`` (``(name, version)``), ``meta``
-(experiment binding) and ``schema_version``.
+resources, experiment binding). The tables are defined in ``schema.py``, the statements in ``queries.py``
+(one set per dialect, :attr:`SqlStore.q`), the row ↔ object mapping in ``sql_rows.py``.
 """
 
 from __future__ import annotations
@@ -43,19 +38,10 @@ from tracerl.store.base import (
     validate_query,
     validate_spec,
 )
+from tracerl.store.queries import QUERY_FILTERS
+from tracerl.store.schema import ATTEMPTS, QUEUE, ROLLOUTS
 from tracerl.store.sql_data import SqlDataMixin
-from tracerl.store.sql_rows import (
-    A_COLS,
-    N_R,
-    R_ALIASED,
-    R_COLS,
-    RA_COLS,
-    RUNNING,
-    Tx,
-    dumps,
-    row_attempt,
-    row_rollout,
-)
+from tracerl.store.sql_rows import Tx, dumps, row_attempt, row_rollout, split_rollout_attempt, stored, values
 from tracerl.types import (
     Attempt,
     AttemptStatus,
@@ -74,8 +60,6 @@ RECHECK_S = 0.5  # a waiter re-reads at least this often (leases run out without
 class SqlStore(SqlDataMixin, Store):
     """Shared implementation; subclasses provide transactions, schema and dialect hooks."""
 
-    FOR_UPDATE = ""  # row lock suffix for SELECTs whose rows the transaction will change
-    SKIP_LOCKED = ""  # suffix for the queue-head SELECT so concurrent claimers skip each other's rows
     poll_s = 0.025  # how often a waiting claimer re-checks the database for other processes' changes
 
     def __init__(self) -> None:
@@ -93,22 +77,16 @@ class SqlStore(SqlDataMixin, Store):
     def _read(self) -> AbstractContextManager[Tx]:
         """A read-only transaction with one consistent snapshot."""
 
-    @abc.abstractmethod
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
-        """``(sql, param)`` testing ``column`` against a list passed as one parameter."""
-
     def _changed(self, tx: Tx) -> None:
         """Inside a transaction that may wake claimers/waiters of other processes (postgres NOTIFY)."""
 
     def _lock_attempt(self, tx: Tx, attempt_id: str) -> tuple[Attempt, Rollout]:
         """An attempt and its rollout, both locked for change; ``NotFound`` if the attempt is unknown."""
-        row = tx.one(
-            f"SELECT {RA_COLS} FROM attempts a JOIN rollouts r ON r.rollout_id = a.rollout_id WHERE a.attempt_id = ?",
-            (attempt_id,),
-        )
+        row = tx.one(self.q.attempt_with_rollout, (attempt_id,))
         if row is None:
             raise NotFound(f"no attempt with id {attempt_id!r}")
-        return row_attempt(row[N_R:]), row_rollout(row[:N_R])
+        r, a = split_rollout_attempt(row)
+        return a, r
 
     # -- wake-ups ---------------------------------------------------------------------------------
     def _signal(self) -> None:
@@ -161,11 +139,12 @@ class SqlStore(SqlDataMixin, Store):
         keys = [s.idempotency_key for s, _, _ in prepared if s.idempotency_key is not None]
         known: dict[str, Rollout] = {}
         if keys:
-            cond, param = self._in("idempotency_key", keys)
-            for row in tx.all(f"SELECT {R_COLS} FROM rollouts WHERE {cond}", (param,)):
-                known[row[10]] = row_rollout(row)
+            for row in tx.all(self.q.rollouts_by_key, (self.q.dialect.list_param(keys),)):
+                found = row_rollout(row)
+                known[str(found.idempotency_key)] = found
         out: list[Rollout] = []
         rows: list[tuple[Any, ...]] = []
+        queued: list[tuple[Any, ...]] = []
         for spec, task, metadata in prepared:
             if spec.idempotency_key is not None and spec.idempotency_key in known:
                 out.append(copy.deepcopy(known[spec.idempotency_key]))
@@ -186,12 +165,12 @@ class SqlStore(SqlDataMixin, Store):
             )
             if spec.idempotency_key is not None:
                 known[spec.idempotency_key] = r
-            rows.append((rid, task, r.mode.value, r.group_id, r.status.value, r.max_attempts, 0,
-                         r.resources_version, None, None, r.idempotency_key, metadata, now, now))  # fmt: skip
+            rows.append(values(ROLLOUTS, stored(ROLLOUTS, r, task=task, metadata=metadata)))
+            queued.append(values(QUEUE, {"rollout_id": rid, "mode": r.mode.value}))
             out.append(r)
         if rows:
-            tx.many(f"INSERT INTO rollouts ({R_COLS}) VALUES ({', '.join('?' * N_R)})", rows)
-            tx.many("INSERT INTO queue (rollout_id, mode) VALUES (?, ?)", [(row[0], row[2]) for row in rows])
+            tx.many(self.q.insert_rollout, rows)
+            tx.many(self.q.insert_queue, queued)
         return out
 
     def claim(
@@ -208,35 +187,29 @@ class SqlStore(SqlDataMixin, Store):
             wanted = sorted({Mode(m).value for m in modes}) if modes else None
         except ValueError:
             raise InvalidInput(f"claim modes {modes!r} must be among {[m.value for m in Mode]}") from None
-        mode_sql = f" WHERE mode IN ({', '.join('?' * len(wanted))})" if wanted else ""
         deadline = time.monotonic() + max(0.0, wait_s)
         while True:
             gen = self._gen
-            claim, expired = self._claim_once(worker_id, lease_s, mode_sql, wanted or [])
+            claim, expired = self._claim_once(worker_id, lease_s, wanted or [])
             if expired:
                 self._signal()
             remaining = deadline - time.monotonic()
             if claim is not None or remaining <= 0:
                 return claim
-            self._wait_change(gen, remaining, lambda: self._claimable(mode_sql, wanted or []))
+            self._wait_change(gen, remaining, lambda: self._claimable(wanted or []))
 
-    def _claimable(self, mode_sql: str, modes: list[str]) -> bool:
+    def _claimable(self, modes: list[str]) -> bool:
+        q = self.q
+        sql, params = (q.claimable_modes, (q.dialect.list_param(modes),)) if modes else (q.claimable, ())
         with self._read() as tx:
-            return (
-                tx.one(
-                    f"SELECT 1 WHERE EXISTS (SELECT 1 FROM queue{mode_sql}) OR EXISTS "
-                    "(SELECT 1 FROM attempts WHERE status = 'running' AND lease_expires_at < ?)",
-                    (*modes, time.time()),
-                )
-                is not None
-            )
+            return tx.one(sql, (*params, time.time())) is not None
 
-    def _claim_once(self, worker_id: str, lease_s: float, mode_sql: str, modes: list[str]) -> tuple[Claim | None, bool]:
-        claims, expired = self._claim_n(worker_id, 1, lease_s, mode_sql, modes)
+    def _claim_once(self, worker_id: str, lease_s: float, modes: list[str]) -> tuple[Claim | None, bool]:
+        claims, expired = self._claim_n(worker_id, 1, lease_s, modes)
         return (claims[0] if claims else None), expired
 
     def _claim_n(
-        self, worker_id: str, n: int, lease_s: float, mode_sql: str, modes: list[str]
+        self, worker_id: str, n: int, lease_s: float, modes: list[str]
     ) -> tuple[list[Claim], bool]:
         """Up to ``n`` queue heads claimed in one transaction (one commit, statements pipelined)."""
         with self._write() as tx:
@@ -244,30 +217,19 @@ class SqlStore(SqlDataMixin, Store):
             expired = self._expire_tx(tx, now)
             if expired:
                 self._changed(tx)
-            lock = " FOR UPDATE OF q, r SKIP LOCKED" if self.SKIP_LOCKED else ""
-            heads = tx.all(
-                f"SELECT q.pos, {R_ALIASED} FROM queue q JOIN rollouts r ON r.rollout_id = q.rollout_id"
-                f"{mode_sql.replace('mode', 'q.mode')} ORDER BY q.pos LIMIT ?{lock}",
-                [*modes, n],
-            )
+            q = self.q
+            sql, params = (q.claim_heads_modes, (q.dialect.list_param(modes), n)) if modes else (q.claim_heads, (n,))
+            heads = tx.all(sql, params)
             if not heads:
                 return [], bool(expired)
-            cond, param = self._in("pos", [h[0] for h in heads])
-            tx.send(f"DELETE FROM queue WHERE {cond}", (param,))
+            tx.send(q.dequeue, (q.dialect.list_param([pos for pos, *_ in heads]),))
             now = time.time()  # the claim's own time, not the transaction's start (the expiry pass took some)
             started = [sm.start_attempt(row_rollout(h[1:]), new_id("at"), worker_id, lease_s, now) for h in heads]
             claims = [Claim(rollout=r, attempt=a) for r, a in started]
             for c in claims:
                 r, a = c.rollout, c.attempt
-                tx.send(
-                    "UPDATE rollouts SET status = ?, attempts = ?, updated_at = ? WHERE rollout_id = ?",
-                    (r.status.value, r.attempts, now, r.rollout_id),
-                )
-                tx.send(
-                    f"INSERT INTO attempts ({A_COLS}) VALUES ({', '.join('?' * 10)})",
-                    (a.attempt_id, a.rollout_id, a.number, a.worker_id, RUNNING, a.lease_expires_at, now, now, None,
-                     None),
-                )  # fmt: skip
+                tx.send(q.start_rollout, (r.status.value, r.attempts, now, r.rollout_id))
+                tx.send(q.insert_attempt, values(ATTEMPTS, stored(ATTEMPTS, a)))
             return claims, bool(expired)
 
     def claim_many(
@@ -279,8 +241,7 @@ class SqlStore(SqlDataMixin, Store):
             wanted = sorted({Mode(m).value for m in modes}) if modes else []
         except ValueError:
             raise InvalidInput(f"claim modes {modes!r} must be among {[m.value for m in Mode]}") from None
-        mode_sql = f" WHERE mode IN ({', '.join('?' * len(wanted))})" if wanted else ""
-        claims, expired = self._claim_n(worker_id, n, lease_s, mode_sql, wanted)
+        claims, expired = self._claim_n(worker_id, n, lease_s, wanted)
         if expired:
             self._signal()
         return claims
@@ -296,10 +257,7 @@ class SqlStore(SqlDataMixin, Store):
                 self._changed(tx)
             elif a.status is AttemptStatus.RUNNING:
                 a.heartbeat_at, a.lease_expires_at = now, now + lease_s
-                tx.send(
-                    "UPDATE attempts SET heartbeat_at = ?, lease_expires_at = ? WHERE attempt_id = ?",
-                    (now, a.lease_expires_at, attempt_id),
-                )
+                tx.send(self.q.heartbeat, (now, a.lease_expires_at, attempt_id))
                 return a
         self._signal()
         sm.check_attempt(a.status, AttemptStatus.RUNNING, attempt_id)  # raises AttemptFinished: it has ended
@@ -357,46 +315,31 @@ class SqlStore(SqlDataMixin, Store):
     ) -> tuple[Attempt, Rollout]:
         """End ``a`` as ``status`` and move ``r`` on (:func:`status.end_attempt`); returns both as written."""
         a, r = sm.end_attempt(a, r, status, reward=reward, error=error, now=now)
-        tx.send(
-            "UPDATE attempts SET status = ?, ended_at = ?, error = ? WHERE attempt_id = ?",
-            (status.value, now, error, a.attempt_id),
-        )
-        tx.send(
-            "UPDATE rollouts SET status = ?, updated_at = ?, reward = ?, error = ? WHERE rollout_id = ?",
-            (r.status.value, now, r.reward, r.error, r.rollout_id),
-        )
+        tx.send(self.q.end_attempt, (status.value, now, error, a.attempt_id))
+        tx.send(self.q.move_rollout, (r.status.value, now, r.reward, r.error, r.rollout_id))
         if r.status is RolloutStatus.QUEUED:
-            tx.send("INSERT INTO queue (rollout_id, mode) VALUES (?, ?)", (r.rollout_id, r.mode.value))
+            tx.send(self.q.insert_queue, values(QUEUE, {"rollout_id": r.rollout_id, "mode": r.mode.value}))
         return a, r
 
     def cancel(self, rollout_id: str) -> Rollout:
         validate_id(rollout_id, "rollout_id")
         with self._write() as tx:
             now = time.time()
-            removed = tx.run("DELETE FROM queue WHERE rollout_id = ?", (rollout_id,))  # queue row first: lock order
+            removed = tx.run(self.q.dequeue_rollout, (rollout_id,))  # queue row first: lock order
             r = self._rollout_tx(tx, rollout_id, lock=True)
             if r.status is RolloutStatus.RUNNING:
-                rows = tx.all(
-                    f"SELECT {A_COLS} FROM attempts WHERE rollout_id = ? AND status = 'running' "
-                    f"ORDER BY number{self.FOR_UPDATE}",
-                    (rollout_id,),
-                )
-                for row in rows:
+                for row in tx.all(self.q.running_attempts_locked, (rollout_id,)):
                     _, r = self._end_attempt_tx(tx, row_attempt(row), r, AttemptStatus.CANCELLED, None, None, now)
             else:
                 r = sm.cancel_queued(r, now)
                 assert removed == 1, f"queued rollout {rollout_id} had no queue row"
-                tx.run(
-                    "UPDATE rollouts SET status = ?, updated_at = ? WHERE rollout_id = ?",
-                    (r.status.value, now, rollout_id),
-                )
+                tx.run(self.q.cancel_rollout, (r.status.value, now, rollout_id))
             self._changed(tx)
         self._signal()
         return r
 
     def _rollout_tx(self, tx: Tx, rollout_id: str, *, lock: bool = False) -> Rollout:
-        suffix = self.FOR_UPDATE if lock else ""
-        row = tx.one(f"SELECT {R_COLS} FROM rollouts WHERE rollout_id = ?{suffix}", (rollout_id,))
+        row = tx.one(self.q.rollout_locked if lock else self.q.rollout, (rollout_id,))
         if row is None:
             raise NotFound(f"no rollout with id {rollout_id!r}")
         return row_rollout(row)
@@ -410,51 +353,39 @@ class SqlStore(SqlDataMixin, Store):
         validate_id(rollout_id, "rollout_id")
         with self._read() as tx:
             self._rollout_tx(tx, rollout_id)
-            rows = tx.all(f"SELECT {A_COLS} FROM attempts WHERE rollout_id = ? ORDER BY number", (rollout_id,))
+            rows = tx.all(self.q.attempts_of, (rollout_id,))
         return [row_attempt(row) for row in rows]
 
     def query_rollouts(self, query: RolloutQuery) -> Page:
         q = validate_query(query)
-        where: list[str] = []
-        params: list[Any] = []
-        if q.status:
-            cond, param = self._in("status", [RolloutStatus(s).value for s in q.status])
-            where.append(cond)
-            params.append(param)
-        for column, value in (
-            ("mode = ?", None if q.mode is None else Mode(q.mode).value),
-            ("group_id = ?", q.group_id),
-            ("resources_version = ?", q.resources_version),
-            ("created_at >= ?", q.created_after),
-            ("created_at < ?", q.created_before),
-        ):
-            if value is not None:
-                where.append(column)
-                params.append(value)
-        if q.rollout_ids is not None:
-            cond, param = self._in("rollout_id", list(q.rollout_ids))
-            where.append(cond)
-            params.append(param)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        list_param = self.q.dialect.list_param
+        given: dict[str, Any] = {
+            "status": None if not q.status else list_param([RolloutStatus(s).value for s in q.status]),
+            "mode": None if q.mode is None else Mode(q.mode).value,
+            "group_id": q.group_id,
+            "resources_version": q.resources_version,
+            "created_after": q.created_after,
+            "created_before": q.created_before,
+            "rollout_ids": None if q.rollout_ids is None else list_param(list(q.rollout_ids)),
+        }
+        used = tuple(f for f in QUERY_FILTERS if given[f] is not None)
+        params = [given[f] for f in used]
+        count_sql, page_sql = self.q.query_rollouts(used)
         with self._read() as tx:
-            total_row = tx.one(f"SELECT COUNT(*) FROM rollouts{clause}", params)
-            rows = tx.all(
-                f"SELECT {R_COLS} FROM rollouts{clause} ORDER BY seq LIMIT ? OFFSET ?", [*params, q.limit, q.offset]
-            )
+            total_row = tx.one(count_sql, params)
+            rows = tx.all(page_sql, [*params, q.limit, q.offset])
         total = int(total_row[0]) if total_row else 0
         return Page(items=[row_rollout(row) for row in rows], total=total, offset=q.offset, limit=q.limit)
 
     def wait(self, rollout_ids: Sequence[str], *, timeout_s: float) -> list[Rollout]:
         ids = validate_ids(rollout_ids, "rollout_ids")
         deadline = time.monotonic() + max(0.0, timeout_s)
-        cond, param = self._in("rollout_id", ids)
+        param = self.q.dialect.list_param(ids)
         while True:
             gen = self._gen
             self._expire_if_due()
             with self._read() as tx:
-                found = {
-                    row[0]: row_rollout(row) for row in tx.all(f"SELECT {R_COLS} FROM rollouts WHERE {cond}", (param,))
-                }
+                found = {r.rollout_id: r for r in map(row_rollout, tx.all(self.q.rollouts_in, (param,)))}
             for rid in ids:
                 if rid not in found:
                     raise NotFound(f"no rollout with id {rid!r}")
@@ -475,22 +406,14 @@ class SqlStore(SqlDataMixin, Store):
 
     def _expire_if_due(self) -> None:
         with self._read() as tx:
-            due = tx.one(
-                "SELECT 1 FROM attempts WHERE status = 'running' AND lease_expires_at < ? LIMIT 1", (time.time(),)
-            )
+            due = tx.one(self.q.lease_run_out, (time.time(),))
         if due is not None:
             self.expire_leases()
 
     def _expire_tx(self, tx: Tx, now: float) -> list[Attempt]:
-        lock = " FOR UPDATE OF a, r SKIP LOCKED" if self.SKIP_LOCKED else ""
-        rows = tx.all(
-            f"SELECT {RA_COLS} FROM attempts a JOIN rollouts r ON r.rollout_id = a.rollout_id "
-            f"WHERE a.status = 'running' AND a.lease_expires_at < ? ORDER BY a.lease_expires_at{lock}",
-            (now,),
-        )
         out: list[Attempt] = []
-        for row in rows:
-            a, r = row_attempt(row[N_R:]), row_rollout(row[:N_R])
+        for row in tx.all(self.q.expired, (now,)):
+            r, a = split_rollout_attempt(row)
             why = "lease expired without heartbeat"
             a, _ = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, why, now)
             out.append(a)

@@ -27,18 +27,21 @@ from tracerl.store.base import (
     validate_resource_value,
     validate_span,
     validate_trace_ids,
+    validate_version,
 )
+from tracerl.store.queries import Queries
+from tracerl.store.schema import RESOURCES, SPANS
 from tracerl.store.sql_rows import (
-    A_COLS,
-    R_COLS,
-    S_COLS,
     Row,
     Tx,
     decode_spans,
     dumps,
+    packed_of,
+    record,
     row_attempt,
-    row_packed,
     row_rollout,
+    stored,
+    values,
 )
 from tracerl.types import Attempt, Resource, Rollout, RolloutTrace, Span, SpanKind
 
@@ -49,7 +52,7 @@ class SqlDataMixin(abc.ABC):
     """``add_spans``/``get_spans``, resources and ``bind_experiment`` on top of the backend's transactions."""
 
     url: str
-    FOR_UPDATE: str
+    q: Queries  # the named statements of the backend's dialect
     _contexts: OrderedDict[tuple[str, int], list[int]]
     _contexts_lock: threading.Lock
 
@@ -58,9 +61,6 @@ class SqlDataMixin(abc.ABC):
 
     @abc.abstractmethod
     def _read(self) -> AbstractContextManager[Tx]: ...
-
-    @abc.abstractmethod
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, Any]: ...
 
     @abc.abstractmethod
     def _rollout_tx(self, tx: Tx, rollout_id: str, *, lock: bool = False) -> Rollout: ...
@@ -78,26 +78,23 @@ class SqlDataMixin(abc.ABC):
         new_contexts: dict[tuple[str, int], list[int]] = {}
         with self._write() as tx:
             self._lock_spans(tx, attempt_ids)
-            cond, param = self._in("attempt_id", attempt_ids)
-            rollout_of = {
-                row[0]: row[1] for row in tx.all(f"SELECT attempt_id, rollout_id FROM attempts WHERE {cond}", (param,))
-            }
+            q, param = self.q, self.q.dialect.list_param(attempt_ids)
+            rollout_of: dict[str, str] = dict(tx.all(q.rollouts_of_attempts, (param,)))
             for aid in attempt_ids:
                 if aid not in rollout_of:
                     raise NotFound(f"no attempt with id {aid!r}")
-            seq_cond, seq_param = self._in("seq", sorted({s.seq for s in spans}))
-            stored = set(tx.all(f"SELECT attempt_id, seq FROM spans WHERE {cond} AND {seq_cond}", (param, seq_param)))
+            seq_param = q.dialect.list_param(sorted({s.seq for s in spans}))
+            existing = set(tx.all(q.stored_span_keys, (param, seq_param)))
             fresh: dict[tuple[str, int], tuple[Span, str]] = {}
             for s, a in zip(spans, attrs, strict=True):
                 key = (s.attempt_id, s.seq)
-                if key not in stored and key not in fresh:
+                if key not in existing and key not in fresh:
                     fresh[key] = (s, a)
             if not fresh:
                 return 0
             new = [s for s, _ in fresh.values()]
-            last_sql = f"SELECT attempt_id, MAX(position) FROM spans WHERE {cond} GROUP BY attempt_id"
-            last = dict(tx.all(last_sql, (param,)))
-            positions = order.assign_positions(new, lambda aid: 0 if last.get(aid) is None else last[aid] + 1)
+            last: dict[str, int | None] = dict(tx.all(q.last_positions, (param,)))
+            positions = order.assign_positions(new, lambda aid: _after(last.get(aid)))
             rows: list[tuple[Any, ...]] = []
             for i, ((s, a), position) in enumerate(zip(fresh.values(), positions, strict=True)):
                 previous = None
@@ -106,10 +103,15 @@ class SqlDataMixin(abc.ABC):
                 packed = codec.encode_tokens(s.prompt_ids, s.response_ids, s.logprobs, previous)
                 if s.kind is SpanKind.LLM_CALL:
                     new_contexts[(s.attempt_id, s.seq)] = codec.context_of(s.prompt_ids, s.response_ids)
-                rows.append((s.attempt_id, s.seq, rollout_of[s.attempt_id], s.kind.value, s.name, s.parent_seq,
-                             s.start_time, s.end_time, a, position, packed.prompt, packed.prompt_ref,
-                             packed.prefix_len, packed.response, packed.logprobs))  # fmt: skip
-            added = tx.many(f"INSERT INTO spans ({S_COLS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING", rows)
+                columns = {
+                    "attempt_id": s.attempt_id, "seq": s.seq, "rollout_id": rollout_of[s.attempt_id],
+                    "kind": s.kind.value, "name": s.name, "parent_seq": s.parent_seq, "start_time": s.start_time,
+                    "end_time": s.end_time, "attributes": a, "position": position, "prompt": packed.prompt,
+                    "prompt_ref": packed.prompt_ref, "prefix_len": packed.prefix_len, "response": packed.response,
+                    "logprobs": packed.logprobs,
+                }  # fmt: skip
+                rows.append(values(SPANS, columns))
+            added = tx.many(q.insert_spans, rows)
         with self._contexts_lock:
             for key, ctx in new_contexts.items():
                 self._remember_context(key, ctx)
@@ -128,10 +130,7 @@ class SqlDataMixin(abc.ABC):
         attempt_id = batch[i].attempt_id
         stored_last: int | None = None
         if not any(s.attempt_id == attempt_id and s.kind is SpanKind.LLM_CALL for s in batch[:i]):
-            row = tx.one(
-                "SELECT seq FROM spans WHERE attempt_id = ? AND kind = ? ORDER BY position DESC LIMIT 1",
-                (attempt_id, SpanKind.LLM_CALL.value),
-            )
+            row = tx.one(self.q.last_llm_call, (attempt_id,))
             stored_last = None if row is None else row[0]
         prev = order.previous_llm_call(stored_last, batch, i)
         if prev is None:
@@ -142,13 +141,10 @@ class SqlDataMixin(abc.ABC):
         with self._contexts_lock:
             ctx = self._contexts.get(key)
         if ctx is None:
-            rows = tx.all(
-                f"SELECT {S_COLS} FROM spans WHERE attempt_id = ? AND kind = ? ORDER BY position",
-                (attempt_id, SpanKind.LLM_CALL.value),
-            )
             tracker = codec.ContextTracker()
-            for r in rows:
-                tracker.decode(r[1], row_packed(r), True)
+            for row in tx.all(self.q.llm_calls_of, (attempt_id,)):
+                rec = record(SPANS, row)
+                tracker.decode(rec["seq"], packed_of(rec), True)
             ctx = tracker.contexts[prev]
             with self._contexts_lock:
                 self._remember_context(key, ctx)
@@ -160,38 +156,31 @@ class SqlDataMixin(abc.ABC):
         validate_id(rollout_id or attempt_id or "", "rollout_id" if rollout_id is not None else "attempt_id")
         with self._read() as tx:
             if attempt_id is not None:
-                if tx.one("SELECT 1 FROM attempts WHERE attempt_id = ?", (attempt_id,)) is None:
+                if tx.one(self.q.attempt_exists, (attempt_id,)) is None:
                     raise NotFound(f"no attempt with id {attempt_id!r}")
-                rows = tx.all(f"SELECT {S_COLS} FROM spans WHERE attempt_id = ? ORDER BY position", (attempt_id,))
+                rows = tx.all(self.q.spans_of_attempt, (attempt_id,))
             else:
                 self._rollout_tx(tx, str(rollout_id))
-                cols = ", ".join(f"s.{c.strip()}" for c in S_COLS.split(","))
-                rows = tx.all(
-                    f"SELECT {cols} FROM spans s JOIN attempts a ON a.attempt_id = s.attempt_id "
-                    "WHERE a.rollout_id = ? ORDER BY a.number, s.position",
-                    (rollout_id,),
-                )
+                rows = tx.all(self.q.spans_of_rollout, (rollout_id,))
         return decode_spans(rows)
 
     def get_traces(self, rollout_ids: Sequence[str]) -> list[RolloutTrace]:
         ids = validate_trace_ids(rollout_ids)
         if not ids:
             return []
-        cond, param = self._in("rollout_id", list(dict.fromkeys(ids)))
+        q, param = self.q, self.q.dialect.list_param(list(dict.fromkeys(ids)))
         with self._read() as tx:
-            found_rows = tx.all(f"SELECT {R_COLS} FROM rollouts WHERE {cond}", (param,))
-            rollouts = {row[0]: row_rollout(row) for row in found_rows}
+            rollouts = {r.rollout_id: r for r in map(row_rollout, tx.all(q.rollouts_in, (param,)))}
             for rid in ids:
                 if rid not in rollouts:
                     raise NotFound(f"no rollout with id {rid!r}")
             attempts: dict[str, list[Attempt]] = {rid: [] for rid in rollouts}
-            for row in tx.all(f"SELECT {A_COLS} FROM attempts WHERE {cond} ORDER BY number", (param,)):
-                attempts[row[1]].append(row_attempt(row))
+            for a in map(row_attempt, tx.all(q.attempts_of_in, (param,))):
+                attempts[a.rollout_id].append(a)
             finals = [a.attempt_id for a in map(sm.final_attempt, attempts.values()) if a is not None]
             rows: list[Row] = []
             if finals:
-                a_cond, a_param = self._in("attempt_id", finals)
-                rows = tx.all(f"SELECT {S_COLS} FROM spans WHERE {a_cond} ORDER BY attempt_id, position", (a_param,))
+                rows = tx.all(q.spans_of_attempts, (q.dialect.list_param(finals),))
         spans: dict[str, list[Span]] = {}
         for s in decode_spans(rows):
             spans.setdefault(s.attempt_id, []).append(s)
@@ -212,47 +201,45 @@ class SqlDataMixin(abc.ABC):
         text = dumps(value, "resource value")
         with self._write() as tx:
             self._lock_resource(tx, name)
-            row = tx.one("SELECT MAX(version) FROM resources WHERE name = ?", (name,))
+            row = tx.one(self.q.latest_version, (name,))
             version = (row[0] if row and row[0] is not None else 0) + 1
             res = Resource(name=name, version=version, value=json.loads(text))
-            tx.run(
-                "INSERT INTO resources (name, version, value, created_at) VALUES (?, ?, ?, ?)",
-                (name, version, text, res.created_at),
-            )
+            tx.run(self.q.insert_resource, values(RESOURCES, stored(RESOURCES, res, value=text)))
         return res
 
     def get_resource(self, name: str, version: int | None = None) -> Resource:
         validate_resource_name(name)
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-            raise InvalidInput(f"resource version must be an integer or None, got {version!r}")
+        validate_version(version)
         with self._read() as tx:
-            latest = tx.one("SELECT MAX(version) FROM resources WHERE name = ?", (name,))
+            latest = tx.one(self.q.latest_version, (name,))
             n = latest[0] if latest and latest[0] is not None else 0
             if n == 0:
                 raise NotFound(f"no resource named {name!r}; write one with put_resource({name!r}, {{...}})")
             if version is not None and not 1 <= version <= n:
                 raise NotFound(f"resource {name!r} has versions 1..{n}, not {version}")
-            row = tx.one(
-                "SELECT name, version, value, created_at FROM resources WHERE name = ? AND version = ?",
-                (name, n if version is None else version),
-            )
+            row = tx.one(self.q.resource, (name, n if version is None else version))
         assert row is not None
-        return Resource(name=row[0], version=row[1], value=json.loads(row[2]), created_at=row[3])
+        return Resource(**record(RESOURCES, row))
 
     def bind_experiment(self, name: str) -> None:
         validate_id(name, "experiment name")
         with self._write() as tx:
-            row = tx.one(f"SELECT value FROM meta WHERE key = ?{self.FOR_UPDATE}", ("experiment",))
+            row = tx.one(self.q.meta_value_locked, ("experiment",))
             if row is not None and row[0] != name:
                 advice = f"use another store URL for {name!r}, or the same experiment name to resume"
                 raise ExperimentConflict(
                     f"store {self.url} is already used by experiment {row[0]!r}; {advice}"
                 ).for_client(f"this store is already used by experiment {row[0]!r}; {advice}")
             if row is None:
-                tx.run("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING", ("experiment", name))
-                stored = tx.one("SELECT value FROM meta WHERE key = ?", ("experiment",))
-                if stored is not None and stored[0] != name:
-                    why = f"was just bound to experiment {stored[0]!r} by another process; use another store URL"
+                tx.run(self.q.insert_meta, ("experiment", name))
+                bound = tx.one(self.q.meta_value, ("experiment",))
+                if bound is not None and bound[0] != name:
+                    why = f"was just bound to experiment {bound[0]!r} by another process; use another store URL"
                     raise ExperimentConflict(f"store {self.url} {why} for {name!r}").for_client(
                         f"this store {why} for {name!r}"
                     )
+
+
+def _after(last: int | None) -> int:
+    """The first free position after ``last`` (the highest stored one; ``None``: the attempt has none)."""
+    return 0 if last is None else last + 1

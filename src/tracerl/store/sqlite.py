@@ -23,57 +23,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from tracerl.errors import ConfigError, StoreUnavailable, TracerlError
+from tracerl.store.queries import SQLITE_QUERIES
+from tracerl.store.schema import SCHEMA_VERSION, SQLITE, VERSION_TABLE, migration_plan
 from tracerl.store.sql import SqlStore
 from tracerl.store.sql_rows import Row
 
 log = logging.getLogger(__name__)
-
-MIGRATIONS: list[list[str]] = [
-    [  # 1: initial schema
-        """CREATE TABLE rollouts (
-            seq INTEGER PRIMARY KEY, rollout_id TEXT NOT NULL UNIQUE, task TEXT NOT NULL, mode TEXT NOT NULL,
-            group_id TEXT NOT NULL, status TEXT NOT NULL, max_attempts INTEGER NOT NULL, attempts INTEGER NOT NULL,
-            resources_version INTEGER, reward REAL, error TEXT, idempotency_key TEXT UNIQUE, metadata TEXT NOT NULL,
-            created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
-        "CREATE INDEX rollouts_status ON rollouts (status)",
-        "CREATE INDEX rollouts_group ON rollouts (group_id)",
-        "CREATE INDEX rollouts_created ON rollouts (created_at)",
-        "CREATE TABLE queue (pos INTEGER PRIMARY KEY, rollout_id TEXT NOT NULL UNIQUE, mode TEXT NOT NULL)",
-        """CREATE TABLE attempts (
-            attempt_id TEXT PRIMARY KEY, rollout_id TEXT NOT NULL, number INTEGER NOT NULL, worker_id TEXT NOT NULL,
-            status TEXT NOT NULL, lease_expires_at REAL NOT NULL, heartbeat_at REAL NOT NULL,
-            started_at REAL NOT NULL, ended_at REAL, error TEXT)""",
-        "CREATE INDEX attempts_rollout ON attempts (rollout_id, number)",
-        "CREATE INDEX attempts_lease ON attempts (lease_expires_at) WHERE status = 'running'",
-        """CREATE TABLE spans (
-            attempt_id TEXT NOT NULL, seq INTEGER NOT NULL, rollout_id TEXT NOT NULL, kind TEXT NOT NULL,
-            name TEXT NOT NULL, parent_seq INTEGER, start_time REAL NOT NULL, end_time REAL,
-            attributes TEXT NOT NULL, prompt BLOB, prompt_ref INTEGER, prefix_len INTEGER NOT NULL DEFAULT 0,
-            response BLOB, logprobs BLOB, PRIMARY KEY (attempt_id, seq))""",
-        """CREATE TABLE resources (
-            name TEXT NOT NULL, version INTEGER NOT NULL, value TEXT NOT NULL, created_at REAL NOT NULL,
-            PRIMARY KEY (name, version))""",
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    ],
-    [  # 2: span order assigned by the store (tracerl.store.order); old spans keep their seq order
-        "ALTER TABLE spans ADD COLUMN position INTEGER NOT NULL DEFAULT -1",
-        "UPDATE spans SET position = (SELECT COUNT(*) FROM spans p WHERE p.attempt_id = spans.attempt_id "
-        "AND p.seq < spans.seq)",
-        "CREATE UNIQUE INDEX spans_position ON spans (attempt_id, position)",
-    ],
-]
-
 
 class _Tx:
     """A transaction on the store's connection (the caller holds the connection lock)."""
@@ -112,6 +77,8 @@ def parse_url(url: str) -> str:
 
 class SqliteStore(SqlStore):
     """The store in one SQLite file. See the module docstring for durability and concurrency."""
+
+    q = SQLITE_QUERIES
 
     def __init__(
         self,
@@ -188,22 +155,23 @@ class SqliteStore(SqlStore):
         return int(row[0] or 0) if row else 0
 
     def _migrate(self) -> None:
-        if self._version() == len(MIGRATIONS):
+        """Create the tables of ``schema.py`` in a new file, or bring an older file's forward."""
+        if self._version() == SCHEMA_VERSION:
             return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            self._conn.execute(VERSION_TABLE)
             current = self._version()
-            if current > len(MIGRATIONS):
+            if current > SCHEMA_VERSION:
                 raise ConfigError(
                     f"sqlite store {self.path} has schema version {current}, newer than this tracerl "
-                    f"understands ({len(MIGRATIONS)}); upgrade tracerl to open it"
+                    f"understands ({SCHEMA_VERSION}); upgrade tracerl to open it"
                 )
-            for number in range(current, len(MIGRATIONS)):
-                for statement in MIGRATIONS[number]:
+            for version, statements in migration_plan(SQLITE, current):
+                for statement in statements:
                     self._conn.execute(statement)
-                self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number + 1,))
-                log.info("sqlite store %s migrated to schema version %d", self.path, number + 1)
+                self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                log.info("sqlite store %s migrated to schema version %d", self.path, version)
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
@@ -211,7 +179,7 @@ class SqliteStore(SqlStore):
 
     # -- transactions -----------------------------------------------------------------------------
     @contextmanager
-    def _write(self) -> Iterator[_Tx]:
+    def _write(self) -> Generator[_Tx, None, None]:
         self._check_fork()
         with self._lock:
             try:
@@ -232,7 +200,7 @@ class SqliteStore(SqlStore):
                 raise self._translate(e) from e
 
     @contextmanager
-    def _read(self) -> Iterator[_Tx]:
+    def _read(self) -> Generator[_Tx, None, None]:
         self._check_fork()
         if self.path == ":memory:":  # one private database, one connection
             with self._lock:
@@ -265,9 +233,6 @@ class SqliteStore(SqlStore):
         with self._lock:
             row = self._conn.execute("PRAGMA data_version").fetchone()
         return int(row[0]) if row else None
-
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, Any]:
-        return f"{column} IN (SELECT value FROM json_each(?))", json.dumps(list(values))
 
     def _translate(self, e: sqlite3.Error) -> TracerlError:
         text = str(e)

@@ -23,7 +23,7 @@ import sys
 import time
 from array import array
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 from tracerl.errors import (
     ERRORS_BY_NAME,
@@ -35,6 +35,7 @@ from tracerl.errors import (
     TracerlError,
     Unauthorized,
 )
+from tracerl.store.schema import ATTEMPTS, ROLLOUTS, Table
 from tracerl.types import (
     JSON,
     Attempt,
@@ -86,7 +87,7 @@ def pack_array(values: Sequence[int] | Sequence[float], typecode: str) -> str:
     return base64.b64encode(arr.tobytes()).decode("ascii")
 
 
-def unpack_array(text: object, typecode: str, where: str, key: str) -> list[Any]:
+def unpack_array(text: object, typecode: Literal["i", "d"], where: str, key: str) -> list[int] | list[float]:
     """Inverse of :func:`pack_array`; ``InvalidInput`` naming ``where.key`` if ``text`` is not valid."""
     if type(text) is not str:
         raise InvalidInput(f"{where}.{key} must be a base64 string, got {type(text).__name__}")
@@ -94,7 +95,7 @@ def unpack_array(text: object, typecode: str, where: str, key: str) -> list[Any]
         raw = base64.b64decode(text, validate=True)
     except ValueError:
         raise InvalidInput(f"{where}.{key} is not valid base64") from None
-    arr = array(typecode)
+    arr: array[int] | array[float] = array("i") if typecode == "i" else array("d")
     if len(raw) % arr.itemsize:
         raise InvalidInput(f"{where}.{key} has {len(raw)} bytes, not a multiple of {arr.itemsize}")
     arr.frombytes(raw)
@@ -114,8 +115,9 @@ def span_to_wire(span: Span, *, packed: bool = True) -> JSON:
     return d
 
 
-_ARRAYS = (("prompt_ids", "prompt_ids_b64", "i"), ("response_ids", "response_ids_b64", "i"),
-           ("logprobs", "logprobs_b64", "d"))  # fmt: skip
+_ARRAYS: tuple[tuple[str, str, Literal["i", "d"]], ...] = (
+    ("prompt_ids", "prompt_ids_b64", "i"), ("response_ids", "response_ids_b64", "i"), ("logprobs", "logprobs_b64", "d"),
+)  # fmt: skip
 _SPAN_FIELDS = frozenset(
     {
         "attempt_id", "seq", "position", "kind", "name", "rollout_id", "parent_seq", "start_time", "end_time",
@@ -127,8 +129,7 @@ _SPAN_FIELDS = frozenset(
 
 def span_from_wire(d: object, where: str = "span") -> Span:
     """Build a :class:`Span` from its wire dict, checking every field's type (``InvalidInput`` names it)."""
-    if not isinstance(d, dict):
-        raise InvalidInput(f"{where} must be a JSON object, got {type(d).__name__}")
+    d = as_object(d, where)
     if not d.keys() <= _SPAN_FIELDS:
         unknown = sorted(d.keys() - _SPAN_FIELDS)
         raise InvalidInput(f"{where} has unknown fields {unknown}; known: {sorted(_SPAN_FIELDS)}")
@@ -156,11 +157,8 @@ def span_from_wire(d: object, where: str = "span") -> Span:
 
 def spec_from_wire(d: object, where: str = "spec") -> RolloutSpec:
     """Build a :class:`RolloutSpec` from its wire dict with strict type checks."""
-    if not isinstance(d, dict):
-        raise InvalidInput(f"{where} must be a JSON object, got {type(d).__name__}")
-    task = req(d, "task", where)
-    if not isinstance(task, dict):
-        raise InvalidInput(f"{where}.task must be a JSON object, got {type(task).__name__}")
+    d = as_object(d, where)
+    task = as_object(req(d, "task", where), f"{where}.task")
     max_attempts = opt_int(d, "max_attempts", where)
     return RolloutSpec(
         task=task,
@@ -175,29 +173,36 @@ def spec_from_wire(d: object, where: str = "spec") -> RolloutSpec:
 
 def query_from_wire(d: object) -> RolloutQuery:
     """Build a :class:`RolloutQuery` from its wire dict with strict type checks."""
-    if not isinstance(d, dict):
-        raise InvalidInput(f"query must be a JSON object, got {type(d).__name__}")
-    statuses = d.get("status")
+    d = as_object(d, "query")
+    statuses: object = d.get("status")
     if statuses is not None and not isinstance(statuses, list):
         raise InvalidInput(f"query.status must be a list of statuses, got {statuses!r}")
-    ids = d.get("rollout_ids")
-    if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
+    ids: object = d.get("rollout_ids")
+    if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in cast(list[object], ids))):
         raise InvalidInput("query.rollout_ids must be a list of strings")
     limit, offset = opt_int(d, "limit", "query"), opt_int(d, "offset", "query")
+    status_list = cast(list[object] | None, statuses)
     return RolloutQuery(
-        status=[enum_value(RolloutStatus, s, "query.status") for s in statuses] if statuses else None,
+        status=[enum_value(RolloutStatus, s, "query.status") for s in status_list] if status_list else None,
         mode=enum_value(Mode, d["mode"], "query.mode") if d.get("mode") is not None else None,
         group_id=opt_str(d, "group_id", "query"),
         resources_version=opt_int(d, "resources_version", "query"),
         created_after=opt_num(d, "created_after", "query"),
         created_before=opt_num(d, "created_before", "query"),
-        rollout_ids=ids,
+        rollout_ids=cast(list[str] | None, ids),
         limit=100 if limit is None else limit,
         offset=0 if offset is None else offset,
     )
 
 
 # Small strict field readers shared with the server. Each raises InvalidInput naming ``where.key``.
+
+
+def as_object(d: object, where: str) -> JSON:
+    """``d`` if it is a JSON object (a dict); ``InvalidInput`` naming ``where`` if not."""
+    if not isinstance(d, dict):
+        raise InvalidInput(f"{where} must be a JSON object, got {type(d).__name__}")
+    return cast(JSON, d)
 
 
 def req(d: JSON, key: str, where: str) -> Any:
@@ -251,7 +256,7 @@ def opt_obj(d: JSON, key: str, where: str) -> JSON | None:
     v = d.get(key)
     if v is not None and not isinstance(v, dict):
         raise InvalidInput(f"{where}.{key} must be a JSON object, got {type(v).__name__}")
-    return v
+    return cast(JSON | None, v)
 
 
 def enum_value(cls: Any, value: object, where: str) -> Any:
@@ -283,41 +288,28 @@ def error_from_response(status: int, body: bytes) -> TracerlError:
     return cls(message)
 
 
+def _to_wire(table: Table, obj: object) -> JSON:
+    """The field columns of ``table`` read off ``obj`` by name, enums as their values: the same dict as the
+    dataclass's ``to_json``, built without ``dataclasses.asdict`` (which deep-copies the task: ~10× slower on
+    the server's hot path)."""
+    out: JSON = {}
+    for name, is_enum in _WIRE_FIELDS[table.name]:
+        v = getattr(obj, name)
+        out[name] = v.value if is_enum else v
+    return out
+
+
+_WIRE_FIELDS = {t.name: tuple((c.name, c.enum is not None) for c in t.fields) for t in (ROLLOUTS, ATTEMPTS)}
+
+
 def rollout_to_wire(r: Rollout) -> JSON:
-    """Same dict as :meth:`Rollout.to_json`, built without ``dataclasses.asdict`` (which deep-copies the
-    task: ~10× slower on the server's hot path)."""
-    return {
-        "rollout_id": r.rollout_id,
-        "task": r.task,
-        "mode": r.mode.value,
-        "group_id": r.group_id,
-        "status": r.status.value,
-        "max_attempts": r.max_attempts,
-        "attempts": r.attempts,
-        "resources_version": r.resources_version,
-        "reward": r.reward,
-        "error": r.error,
-        "idempotency_key": r.idempotency_key,
-        "metadata": r.metadata,
-        "created_at": r.created_at,
-        "updated_at": r.updated_at,
-    }
+    """A rollout as its wire dict (the same as :meth:`Rollout.to_json`)."""
+    return _to_wire(ROLLOUTS, r)
 
 
 def attempt_to_wire(a: Attempt) -> JSON:
-    """Same dict as :meth:`Attempt.to_json`, without ``dataclasses.asdict``."""
-    return {
-        "attempt_id": a.attempt_id,
-        "rollout_id": a.rollout_id,
-        "number": a.number,
-        "worker_id": a.worker_id,
-        "status": a.status.value,
-        "lease_expires_at": a.lease_expires_at,
-        "heartbeat_at": a.heartbeat_at,
-        "started_at": a.started_at,
-        "ended_at": a.ended_at,
-        "error": a.error,
-    }
+    """An attempt as its wire dict (the same as :meth:`Attempt.to_json`)."""
+    return _to_wire(ATTEMPTS, a)
 
 
 def trace_to_wire(t: RolloutTrace, *, packed: bool = True) -> JSON:

@@ -4,7 +4,7 @@ The store contract orders rollouts by creation only; the dashboard's table also 
 duration, status and resources version, server-side, so a page of 50 out of 100,000 rollouts costs one
 indexed ``COUNT`` and one ``ORDER BY … LIMIT`` in the database. For the SQL backends (sqlite, postgres)
 :func:`rollout_table` runs that query through the backend's own read transaction (the table layout is the
-one written in ``store/sqlite.py`` / ``store/postgres.py``); for the others (memory, an HTTP store) it pages
+one defined in ``store/schema.py``); for the others (memory, an HTTP store) it pages
 through :meth:`~tracerl.store.Store.query_rollouts` with the same filters and sorts in Python — correct
 everywhere, fast where it matters (a dashboard over a remote store should run next to its database).
 
@@ -136,15 +136,17 @@ def rollout_table(store: Store, q: TableQuery) -> dict[str, Any]:
 
 
 def _sql_table(store: Any, q: TableQuery) -> tuple[list[Rollout], int]:
-    from tracerl.store.sql_rows import R_COLS, row_rollout
+    from tracerl.store.queries import R
+    from tracerl.store.sql_rows import row_rollout
 
+    p = store.q.dialect.param  # the backend's placeholder
     where: list[str] = []
     params: list[Any] = []
     for cond, value in (
-        ("status = ?", q.status.value if q.status else None),
-        ("mode = ?", q.mode.value if q.mode else None),
-        ("group_id = ?", q.group_id),
-        ("resources_version = ?", q.resources_version),
+        (f"status = {p}", q.status.value if q.status else None),
+        (f"mode = {p}", q.mode.value if q.mode else None),
+        (f"group_id = {p}", q.group_id),
+        (f"resources_version = {p}", q.resources_version),
     ):
         if value is not None:
             where.append(cond)
@@ -155,11 +157,11 @@ def _sql_table(store: Any, q: TableQuery) -> tuple[list[Rollout], int]:
     # A deferred join: the sort (which must keep offset + limit rows) carries only the key and seq, and the
     # wide rows (task, metadata) are read for the one page — at 100,000 rows and offset 90,000, 4–9× faster
     # than sorting whole rows (tracerl bench dashboard, on a loaded 2-core machine).
-    page = f"SELECT seq FROM rollouts{clause} ORDER BY {order} LIMIT ? OFFSET ?"
+    page = f"SELECT seq FROM rollouts{clause} ORDER BY {order} LIMIT {p} OFFSET {p}"
     with store._read() as tx:  # the one query the store contract has no method for
         total_row = tx.one(f"SELECT COUNT(*) FROM rollouts{clause}", params)
         rows = tx.all(
-            f"SELECT {R_COLS} FROM rollouts WHERE seq IN ({page}) ORDER BY {order}", [*params, q.limit, q.offset]
+            f"SELECT {R} FROM rollouts WHERE seq IN ({page}) ORDER BY {order}", [*params, q.limit, q.offset]
         )
     return [row_rollout(row) for row in rows], int(total_row[0]) if total_row else 0
 
