@@ -19,22 +19,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tracerl.algorithms.base import JSON, StepResult
 from tracerl.algorithms.config import (
     LoRAConfig,
     PolicyConfig,
-    build_config,
     choice,
     int_at_least,
     model_names,
     number,
 )
+from tracerl.algorithms.weights import WeightsAlgorithm
 from tracerl.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from tracerl.algorithms.learner import GRPOLearner
     from tracerl.algorithms.transitions import CreditBatch
     from tracerl.store.base import Store
@@ -113,7 +114,7 @@ class GRPOConfig(PolicyConfig):
             )
 
 
-class GRPO:
+class GRPO(WeightsAlgorithm[GRPOConfig, "GRPOLearner"]):
     """The GRPO algorithm: ``tracerl.GRPO(model=..., group_size=..., lr=..., lora=None, **options)``.
 
     ``options`` are the other fields of :class:`GRPOConfig`. Building a GRPO object is cheap and never
@@ -124,61 +125,10 @@ class GRPO:
     #: the config this algorithm validates its options with (RLOO narrows it)
     config_class: type[GRPOConfig] = GRPOConfig
 
-    def __init__(
-        self,
-        model: str = "smollm2-135m",
-        *,
-        group_size: int = 4,
-        lr: float = 1e-5,
-        lora: LoRAConfig | dict[str, Any] | None = None,
-        **options: Any,
-    ) -> None:
-        self.config: GRPOConfig = build_config(
-            self.config_class, type(self).__name__, model=model, group_size=group_size, lr=lr, lora=lora, **options
-        )
-        self.learner: GRPOLearner | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config!r})"
-
-    # -- the Algorithm protocol ------------------------------------------------------------------
-    @property
-    def model(self) -> str:
-        return self.config.model
-
-    @property
-    def group_size(self) -> int:
-        return self.config.group_size
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
-
-    @property
-    def device(self) -> str:
-        return str(self._learner().device)
-
-    @property
-    def weights_version(self) -> int:
-        return self.learner.weights_version if self.learner is not None else 0
-
-    def to_json(self) -> JSON:
-        return {"name": self.name, **self.config.to_json()}
-
-    def setup(self, model: Any = None, tokenizer: Any = None) -> GRPOLearner:
-        """Build the learner on ``model`` (a transformers causal LM), or load ``config.model`` if None."""
+    def build_learner(self, model: nn.Module, pad_id: int) -> GRPOLearner:
         from tracerl.algorithms.learner import GRPOLearner
 
-        if model is None:
-            from tracerl.engines.models import load_model
-
-            model, tokenizer = load_model(self.config.model)
-        pad_id = getattr(tokenizer, "pad_token_id", None)
-        self.learner = GRPOLearner(model, self.config, pad_id=int(pad_id) if pad_id is not None else 0)
-        return self.learner
-
-    def items(self, train_tasks: Sequence[JSON]) -> list[JSON]:
-        return list(train_tasks)
+        return GRPOLearner(model, self.config, pad_id=pad_id)
 
     def make_batch(self, store: Store, items: Sequence[JSON], rollout_ids: Sequence[str]) -> CreditBatch:
         """Credit assignment on finished rollouts with this config's returns/advantage settings."""
@@ -192,19 +142,4 @@ class GRPO:
 
     def update(self, batch: CreditBatch) -> StepResult:
         """One PPO-clip update on the batch's transitions (see :class:`~tracerl.algorithms.learner.GRPOLearner`)."""
-        result = self._learner().update(batch.transitions)
-        return StepResult(result.metrics, result.version, result.state_dict)
-
-    def engine_weights(self) -> dict[str, Any] | None:
-        return self._learner().engine_state_dict()
-
-    def save(self, folder: str | Path) -> None:
-        if self.learner is None:
-            raise ConfigError("nothing to save yet: call setup() before save()")
-        self.learner.save_checkpoint(folder)
-
-    def load(self, folder: str | Path) -> None:
-        self._learner().load_checkpoint(folder)
-
-    def _learner(self) -> GRPOLearner:
-        return self.learner if self.learner is not None else self.setup()
+        return self.step_result(self._learner().update(batch.transitions))

@@ -28,22 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tracerl.algorithms.base import JSON, StepResult
-from tracerl.algorithms.config import (
-    LoRAConfig,
-    PolicyConfig,
-    build_config,
-    choice,
-    int_at_least,
-    model_names,
-    number,
-)
+from tracerl.algorithms.config import PolicyConfig, choice, int_at_least, model_names, number
+from tracerl.algorithms.weights import WeightsAlgorithm
 from tracerl.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from tracerl.algorithms.ppo_learner import ReturnsLearner
     from tracerl.algorithms.rollout_batch import RolloutBatch
     from tracerl.store.base import Store
@@ -79,6 +73,9 @@ class _ClipConfig(PolicyConfig):
         choice("loss_norm", self.loss_norm, ("rollout", "token"))
         if self.tis_cap is not None:
             number("tis_cap", self.tis_cap, low=1.0)
+
+
+ConfigT = TypeVar("ConfigT", bound=_ClipConfig)
 
 
 @dataclass
@@ -149,66 +146,13 @@ class REINFORCEppConfig(_ClipConfig):
             )
 
 
-class _ReturnsAlgorithm:
+class _ReturnsAlgorithm(WeightsAlgorithm[ConfigT, "ReturnsLearner[Any]"]):
     """The Algorithm protocol for PPO and REINFORCE++ (they differ in config and learner only)."""
 
-    name = ""
-    config_class: type[_ClipConfig] = _ClipConfig
-
-    def __init__(
-        self,
-        model: str = "smollm2-135m",
-        *,
-        group_size: int = 4,
-        lr: float = 1e-5,
-        lora: LoRAConfig | dict[str, Any] | None = None,
-        **options: Any,
-    ) -> None:
-        self.config: Any = build_config(
-            self.config_class, type(self).__name__, model=model, group_size=group_size, lr=lr, lora=lora, **options
-        )
-        self.learner: ReturnsLearner[Any] | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config!r})"
-
-    @property
-    def model(self) -> str:
-        return str(self.config.model)
-
-    @property
-    def group_size(self) -> int:
-        return int(self.config.group_size)
-
-    @property
-    def seed(self) -> int:
-        return int(self.config.seed)
-
-    @property
-    def device(self) -> str:
-        return str(self._learner().device)
-
-    @property
-    def weights_version(self) -> int:
-        return self.learner.weights_version if self.learner is not None else 0
-
-    def to_json(self) -> JSON:
-        return {"name": self.name, **self.config.to_json()}
-
-    def setup(self, model: Any = None, tokenizer: Any = None) -> ReturnsLearner[Any]:
-        """Build the learner on ``model`` (a transformers causal LM), or load ``config.model`` if None."""
+    def build_learner(self, model: nn.Module, pad_id: int) -> ReturnsLearner[Any]:
         from tracerl.algorithms import ppo_learner
 
-        if model is None:
-            from tracerl.engines.models import load_model
-
-            model, tokenizer = load_model(self.config.model)
-        pad_id = getattr(tokenizer, "pad_token_id", None)
-        self.learner = ppo_learner.build(model, self.config, pad_id=int(pad_id) if pad_id is not None else 0)
-        return self.learner
-
-    def items(self, train_tasks: Sequence[JSON]) -> list[JSON]:
-        return list(train_tasks)
+        return ppo_learner.build(model, self.config, pad_id=pad_id)
 
     def make_batch(self, store: Store, items: Sequence[JSON], rollout_ids: Sequence[str]) -> RolloutBatch:
         """Whole rollouts with per-call rewards; advantages come in :meth:`update` (they need the model)."""
@@ -217,37 +161,20 @@ class _ReturnsAlgorithm:
         return rollouts_from_store(store, rollout_ids, self.config.train_models)
 
     def update(self, batch: RolloutBatch) -> StepResult:
-        result = self._learner().update(batch)
-        return StepResult(result.metrics, result.version, result.state_dict)
-
-    def engine_weights(self) -> dict[str, Any] | None:
-        return self._learner().engine_state_dict()
-
-    def save(self, folder: str | Path) -> None:
-        if self.learner is None:
-            raise ConfigError("nothing to save yet: call setup() before save()")
-        self.learner.save_checkpoint(folder)
-
-    def load(self, folder: str | Path) -> None:
-        self._learner().load_checkpoint(folder)
-
-    def _learner(self) -> ReturnsLearner[Any]:
-        return self.learner if self.learner is not None else self.setup()
+        return self.step_result(self._learner().update(batch))
 
 
-class PPO(_ReturnsAlgorithm):
+class PPO(_ReturnsAlgorithm[PPOConfig]):
     """PPO with a learned critic: ``tracerl.PPO(model=..., group_size=..., lr=..., **options)``; the options
     are the fields of :class:`PPOConfig`."""
 
     name = "ppo"
     config_class = PPOConfig
-    config: PPOConfig
 
 
-class REINFORCEpp(_ReturnsAlgorithm):
+class REINFORCEpp(_ReturnsAlgorithm[REINFORCEppConfig]):
     """REINFORCE++: ``tracerl.REINFORCEpp(model=..., group_size=..., lr=..., kl_coef=..., **options)``; the
     options are the fields of :class:`REINFORCEppConfig`."""
 
     name = "reinforce++"
     config_class = REINFORCEppConfig
-    config: REINFORCEppConfig
