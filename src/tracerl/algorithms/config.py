@@ -1,17 +1,21 @@
-"""Configuration shared by the algorithms that train weights (GRPO, SFT): model, optimizer, precision, LoRA.
+"""Configuration shared by the algorithms that train weights (GRPO, PPO, SFT, ...): model, optimizer,
+precision, LoRA (:class:`PolicyConfig`), and the clipped-surrogate RL fields (:class:`ClipConfig`).
 
 Plain dataclasses validated in ``__post_init__`` (a bad value is refused with a message naming it and the
-fix); importing this module loads no torch. Each algorithm's config (``GRPOConfig``, ``SFTConfig``) extends
-:class:`PolicyConfig` with its own fields.
+fix); importing this module loads no torch. Each algorithm's config (``GRPOConfig``, ``PPOConfig``,
+``SFTConfig``) extends one of them with its own fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracerl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tracerl.credit import LossNorm
 
 
 @dataclass
@@ -93,6 +97,53 @@ class PolicyConfig:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class ClipConfig(PolicyConfig):
+    """The fields of the RL algorithms with a clipped surrogate loss (GRPO, RLOO, PPO, REINFORCE++).
+
+    * ``group_size``: rollouts per task; group baselines compare rollouts of the same task.
+    * ``epochs``: optimisation passes (one optimizer step each) over each batch of transitions.
+    * ``clip_eps_low`` / ``clip_eps_high``: the PPO ratio is clipped to ``[1−low, 1+high]`` (DAPO raises
+      ``high`` to 0.28 to let rare good tokens grow).
+    * ``kl_coef``: β of the KL penalty to the frozen initial policy (0: no reference model is kept).
+    * ``gamma``: the discount across the calls of a rollout.
+    * ``loss_norm``: ``rollout`` (each rollout's tokens averaged, then the rollouts) or ``token``.
+    * ``max_staleness``: transitions sampled by weights more than this many updates old are dropped.
+    * ``tis_cap``: truncated importance sampling. The engine that sampled a call (maybe in bf16, with other
+      kernels) is not exactly the learner; each on-policy token's loss is weighted by
+      ``min(π_learner(x) / π_sampler(x), tis_cap)`` so that gap cannot bias the update unseen. None: off
+      (the gap is measured and logged either way: ``mismatch_*`` metrics).
+    * ``train_models``: an agent with several roles names a model per role (:mod:`tracerl.gateway.routing`);
+      only the calls answered by these model names are trained (None: every call). Credit is assigned over
+      all of a rollout's calls first.
+    """
+
+    group_size: int = 4
+    epochs: int = 1
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    kl_coef: float = 0.0
+    gamma: float = 1.0
+    loss_norm: LossNorm = "rollout"
+    max_staleness: int = 1
+    tis_cap: float | None = 2.0
+    train_models: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        model_names("train_models", self.train_models)
+        int_at_least("group_size", self.group_size, 1)
+        int_at_least("epochs", self.epochs, 1)
+        int_at_least("max_staleness", self.max_staleness, 0)
+        number("clip_eps_low", self.clip_eps_low, low=0.0, high=1.0, low_open=True, high_open=True)
+        number("clip_eps_high", self.clip_eps_high, low=0.0, low_open=True)
+        number("kl_coef", self.kl_coef, low=0.0)
+        number("gamma", self.gamma, low=0.0, high=1.0, low_open=True)
+        choice("loss_norm", self.loss_norm, ("rollout", "token"))
+        if self.tis_cap is not None:
+            number("tis_cap", self.tis_cap, low=1.0)
 
 
 def build_config(cls: type[Any], what: str, **values: Any) -> Any:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tracerl.algorithms.base import JSON, StepResult
-from tracerl.algorithms.config import PolicyConfig, choice, int_at_least, model_names, number
+from tracerl.algorithms.config import ClipConfig, choice, int_at_least, number
 from tracerl.algorithms.weights import WeightsAlgorithm
 from tracerl.errors import ConfigError
 
@@ -45,43 +45,13 @@ if TYPE_CHECKING:
 __all__ = ["PPO", "PPOConfig", "REINFORCEpp", "REINFORCEppConfig"]
 
 
-@dataclass
-class _ClipConfig(PolicyConfig):
-    """Fields PPO and REINFORCE++ share (see :class:`~tracerl.algorithms.grpo.GRPOConfig` for their meaning)."""
-
-    group_size: int = 4
-    epochs: int = 2
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    kl_coef: float = 0.0
-    gamma: float = 1.0
-    loss_norm: str = "rollout"
-    max_staleness: int = 1
-    tis_cap: float | None = 2.0
-    train_models: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        model_names("train_models", self.train_models)
-        int_at_least("group_size", self.group_size, 1)
-        int_at_least("epochs", self.epochs, 1)
-        int_at_least("max_staleness", self.max_staleness, 0)
-        number("clip_eps_low", self.clip_eps_low, low=0.0, high=1.0, low_open=True, high_open=True)
-        number("clip_eps_high", self.clip_eps_high, low=0.0, low_open=True)
-        number("kl_coef", self.kl_coef, low=0.0)
-        number("gamma", self.gamma, low=0.0, high=1.0, low_open=True)
-        choice("loss_norm", self.loss_norm, ("rollout", "token"))
-        if self.tis_cap is not None:
-            number("tis_cap", self.tis_cap, low=1.0)
-
-
-ConfigT = TypeVar("ConfigT", bound=_ClipConfig)
+ConfigT = TypeVar("ConfigT", bound=ClipConfig)
 
 
 @dataclass
-class PPOConfig(_ClipConfig):
-    """PPO with a learned critic (model/optimizer fields: :class:`PolicyConfig`; clip/KL/staleness fields as
-    in :class:`~tracerl.algorithms.grpo.GRPOConfig`).
+class PPOConfig(ClipConfig):
+    """PPO with a learned critic (model/optimizer fields: :class:`~tracerl.algorithms.config.PolicyConfig`;
+    clip/KL/staleness fields: :class:`~tracerl.algorithms.config.ClipConfig`).
 
     * ``group_size``: rollouts per task (1 is fine: the critic is the baseline).
     * ``epochs``: optimisation passes over each batch (one optimizer step each).
@@ -97,6 +67,7 @@ class PPOConfig(_ClipConfig):
       :func:`~tracerl.algorithms.rollout_batch.rollouts_batch`). None: every call.
     """
 
+    epochs: int = 2
     lam: float = 0.95
     critic: str = "head"
     critic_model: str | None = None
@@ -123,7 +94,7 @@ class PPOConfig(_ClipConfig):
 
 
 @dataclass
-class REINFORCEppConfig(_ClipConfig):
+class REINFORCEppConfig(ClipConfig):
     """REINFORCE++ (fields as :class:`PPOConfig`'s, without a critic).
 
     * ``kl_coef``: β of the KL penalty *in the reward* (token level, k1), not in the loss.
@@ -131,7 +102,6 @@ class REINFORCEppConfig(_ClipConfig):
     * ``adv_eps``: added to the batch standard deviation of the returns.
     """
 
-    epochs: int = 1
     baseline: str = "none"
     adv_eps: float = 1e-6
 

@@ -31,10 +31,11 @@ from torch import Tensor, nn
 from tracerl import credit
 from tracerl.algorithms import estimators as est
 from tracerl.algorithms.batch import MicroBatch, build_micro_batches
+from tracerl.algorithms.config import ClipConfig
 from tracerl.algorithms.critic import Critic
 from tracerl.algorithms.learner import UpdateResult, _mismatch_metrics
 from tracerl.algorithms.policy import Policy
-from tracerl.algorithms.ppo import PPOConfig, REINFORCEppConfig, _ClipConfig
+from tracerl.algorithms.ppo import PPOConfig, REINFORCEppConfig
 from tracerl.algorithms.rollout_batch import RolloutBatch
 from tracerl.algorithms.transitions import Transition
 from tracerl.errors import ConfigError
@@ -43,10 +44,10 @@ logger = logging.getLogger(__name__)
 
 CRITIC_FILE = "critic.pt"
 
-C = TypeVar("C", bound=_ClipConfig)
+C = TypeVar("C", bound=ClipConfig)
 
 
-def build(model: nn.Module, config: _ClipConfig, *, pad_id: int = 0) -> ReturnsLearner[Any]:
+def build(model: nn.Module, config: ClipConfig, *, pad_id: int = 0) -> ReturnsLearner[Any]:
     """The learner for ``config`` (:class:`PPOLearner` or :class:`REINFORCEppLearner`)."""
     if isinstance(config, PPOConfig):
         return PPOLearner(model, config, pad_id=pad_id)
