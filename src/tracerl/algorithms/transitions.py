@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 import torch
 from torch import Tensor
@@ -315,24 +316,27 @@ def _position(span: Span) -> int:
     return span.position
 
 
+class CreditOptions(TypedDict, total=False):
+    """The keyword options of :func:`assign_credit` (defaults there)."""
+
+    returns: credit.ReturnsMode
+    advantage: credit.AdvantageMode
+    scale: credit.ScaleMode
+    gamma: float
+    eps: float
+    models: Sequence[str] | None
+
+
 def transitions_from_store(
-    store: Store,
-    rollout_ids: Sequence[str],
-    *,
-    returns: credit.ReturnsMode = "uniform",
-    advantage: credit.AdvantageMode = "grpo",
-    scale: credit.ScaleMode = "std",
-    gamma: float = 1.0,
-    eps: float = 1e-4,
-    models: Sequence[str] | None = None,
+    store: Store, rollout_ids: Sequence[str], **options: Unpack[CreditOptions]
 ) -> CreditBatch:
-    """Read the rollouts' llm calls and rewards from ``store`` and assign credit (module docstring).
+    """Read the rollouts' llm calls and rewards from ``store`` and :func:`assign_credit` with ``options``
+    (module docstring).
 
     The reads are :meth:`Store.get_traces` calls, one per :data:`MAX_QUERY_LIMIT` rollouts: a step costs a
     constant number of store calls, however many rollouts it holds."""
     records, skipped = read_trainable(store, rollout_ids)
-    batch = assign_credit(records, returns=returns, advantage=advantage, scale=scale, gamma=gamma, eps=eps,
-                          models=models)  # fmt: skip
+    batch = assign_credit(records, **options)
     batch.add_read(records, skipped)
     batch.rerendered_calls = sum(c.prefix_reused is False for r in records for c in r.calls)
     return batch
