@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tracerl.errors import ConfigError
 
@@ -32,9 +32,10 @@ class LoRAConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+        # the values are what the user passed: checked as objects, whatever the annotations say
+        if isinstance(self.r, bool) or not isinstance(cast(object, self.r), int) or self.r < 1:
             raise ConfigError(f"lora.r must be an integer ≥ 1 (8-64 is typical), got {self.r!r}")
-        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+        if not isinstance(cast(object, self.alpha), (int, float)) or self.alpha <= 0:
             raise ConfigError(f"lora.alpha must be > 0 (usually 2·r), got {self.alpha!r}")
         if not (self.targets == "all-linear" or (isinstance(self.targets, list) and self.targets)):
             raise ConfigError(
@@ -71,7 +72,7 @@ class PolicyConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model:
+        if not isinstance(cast(object, self.model), str) or not self.model:
             raise ConfigError(f"model must be a model name such as 'smollm2-135m' or a folder path, got {self.model!r}")
         int_at_least("micro_batch_size", self.micro_batch_size, 1)
         int_at_least("seed", self.seed, 0)
@@ -90,7 +91,7 @@ class PolicyConfig:
             except TypeError as e:
                 known = [f.name for f in dataclasses.fields(LoRAConfig)]
                 raise ConfigError(f"lora {self.lora!r} has unknown keys ({e}); the known keys are {known}") from None
-        elif self.lora is not None and not isinstance(self.lora, LoRAConfig):
+        elif self.lora is not None and not isinstance(cast(object, self.lora), LoRAConfig):
             raise ConfigError(f"lora must be None, a LoRAConfig or a dict of its fields, got {self.lora!r}")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
@@ -188,7 +189,6 @@ def choice(name: str, value: object, options: tuple[str, ...]) -> None:
 
 def model_names(name: str, value: object) -> None:
     """Refuse ``value`` unless it is None or a non-empty list of non-empty model names."""
-    if value is not None and (
-        not isinstance(value, list) or not value or not all(isinstance(m, str) and m for m in value)
-    ):
+    names = cast("list[object]", value) if isinstance(value, list) else None
+    if value is not None and (not names or not all(isinstance(m, str) and m for m in names)):
         raise ConfigError(f"{name} must be None or a non-empty list of model names such as ['solver'], got {value!r}")

@@ -22,6 +22,7 @@ import torch
 
 from tracerl import credit
 from tracerl.algorithms.estimators import step_rewards
+from tracerl.algorithms.torch_types import floats
 from tracerl.algorithms.transitions import (
     RolloutRecord,
     StepBatch,
@@ -37,9 +38,9 @@ from tracerl.store.base import Store
 class RolloutBatch(StepBatch):
     """The trainable calls of a step's rollouts, in rollout then call order, with their per-call rewards."""
 
-    call_rewards: list[float] = field(default_factory=list)  # (M,) r_t per transition
+    call_rewards: list[float] = field(default_factory=list[float])  # (M,) r_t per transition
     #: the final reward R of each rollout with calls, and its group id (REINFORCE++'s group baseline)
-    finals: dict[str, float] = field(default_factory=dict)
+    finals: dict[str, float] = field(default_factory=dict[str, float])
 
 
 def rollouts_batch(records: Sequence[RolloutRecord], models: Sequence[str] | None = None) -> RolloutBatch:
@@ -63,7 +64,7 @@ def rollouts_batch(records: Sequence[RolloutRecord], models: Sequence[str] | Non
     for r in usable:
         calls = sorted(r.calls, key=lambda c: c.seq)
         r_t = step_rewards(*reward_placement(calls, r.rewards), r.final_reward)  # (T,)
-        rewards += r_t.tolist()
+        rewards += floats(r_t)
         transitions += [
             Transition(prompt_ids=c.prompt_ids, response_ids=c.response_ids, logprobs=c.logprobs, advantage=0.0,
                        rollout_id=r.rollout_id, weights_version=c.weights_version, group_id=r.group_id,
@@ -90,7 +91,7 @@ def _keep_models(record: RolloutRecord, models: Sequence[str]) -> RolloutRecord:
     if not kept:
         return RolloutRecord(record.rollout_id, record.group_id, record.final_reward, [], [])
     # (T,) the intermediate rewards per call, over all calls
-    r_t = credit.attach_rewards(*reward_placement(calls, record.rewards)).tolist()
+    r_t = floats(credit.attach_rewards(*reward_placement(calls, record.rewards)))
     rewards: list[tuple[int, float]] = []
     for c, r in zip(calls, r_t, strict=True):
         if r:

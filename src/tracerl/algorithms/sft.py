@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from tracerl.algorithms.sft_learner import SFTLearner
+    from tracerl.credit import LossNorm
     from tracerl.store.base import Store
 
 __all__ = ["SFT", "SFTBatch", "SFTConfig", "SFTExample"]
@@ -63,7 +64,7 @@ class SFTConfig(PolicyConfig):
     from_store: str | None = None
     group_size: int = 0
     min_reward: float = 1.0
-    loss_norm: str = "token"
+    loss_norm: LossNorm = "token"
     max_length: int = 4096
 
     def __post_init__(self) -> None:
@@ -102,7 +103,7 @@ class SFTBatch:
     informative_groups: int
     rollouts: int = 0
     response_tokens: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict[str, float])
 
     def metrics(self) -> dict[str, float]:
         return {"examples": float(len(self.examples)), **self.extra}

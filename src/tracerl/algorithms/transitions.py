@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from tracerl import credit
+from tracerl.algorithms.torch_types import floats
 from tracerl.errors import ServerError
 from tracerl.store.base import MAX_QUERY_LIMIT, Store
 from tracerl.types import RolloutStatus, RolloutTrace, Span, SpanKind
@@ -88,7 +89,7 @@ class RolloutRecord:
     final_reward: float
     calls: list[LLMCallRecord]
     #: intermediate rewards as (seq, value); the final reward is not among them
-    rewards: list[tuple[int, float]] = field(default_factory=list)
+    rewards: list[tuple[int, float]] = field(default_factory=list[tuple[int, float]])
 
 
 @dataclass(slots=True)
@@ -205,7 +206,7 @@ def assign_credit(
     rollout_of_call = torch.cat(
         [torch.full((len(g),), i, dtype=torch.int64) for i, g in enumerate(per_rollout_returns)]
     )  # (M,)
-    advantages = credit.call_advantages(all_returns, rollout_of_call, stats).tolist()  # (M,)
+    advantages = floats(credit.call_advantages(all_returns, rollout_of_call, stats))  # (M,)
 
     out: list[Transition] = []
     m = 0
