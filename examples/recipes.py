@@ -62,6 +62,18 @@ class Recipe:
     runners: int = 8
     val_every: int = 5
     grpo_options: JSON = field(default_factory=dict)
+    #: Trainer settings of the RL stage beyond the ones above (e.g. ``dynamic_sampling``, ``max_sampled_groups``)
+    grpo_trainer_options: JSON = field(default_factory=dict)
+    #: the RL stage's train tasks (a curriculum: e.g. the kinds the warm start still gets wrong); None: ``train``
+    rl_train: list[JSON] | None = None
+
+    def settings(self) -> JSON:
+        """What this recipe ran with (for ``results.json``): every setting, and task counts instead of tasks."""
+        out = {k: v for k, v in vars(self).items() if k not in ("train", "val", "test", "rl_train", "policy")}
+        out["run_dir"] = str(self.run_dir)
+        rl_train = self.rl_train if self.rl_train is not None else self.train
+        out.update(train=len(self.train), val=len(self.val), test=len(self.test), rl_train=len(rl_train))
+        return out
 
     def agent_fn(self) -> Callable[..., Any]:
         """The agent function itself (imported from :attr:`agent`)."""
@@ -73,7 +85,6 @@ class Recipe:
 def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
     """Run every stage of ``recipe`` for ``seeds`` (skipping what ``results.json`` holds); returns the results."""
     import tracerl
-    from tracerl.demonstrations import write_jsonl
 
     recipe.run_dir.mkdir(parents=True, exist_ok=True)
     path = recipe.run_dir / "results.json"
@@ -82,17 +93,10 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
     def save() -> None:
         path.write_text(json.dumps(results, indent=1))
 
-    demos_path = recipe.run_dir / "demos.jsonl"
-    if not demos_path.exists():
-        runs: list[Any] = []
-        t0 = time.monotonic()
-        demos = tracerl.record_demonstrations(recipe.agent_fn(), recipe.train[: recipe.demos], recipe.policy, runs=runs)
-        write_jsonl(demos_path, demos)
-        solved = sum(1 for r in runs if r.reward is not None and r.reward >= 1.0)
-        results["demos"] = {"tasks": len(runs), "solved_by_gold": solved, "transcripts": len(demos),
-                            "seconds": round(time.monotonic() - t0, 1)}
-        print(f"[{recipe.name}] {len(demos)} demonstration transcripts from {solved}/{len(runs)} train tasks")
-        save()
+    results.setdefault("settings", {}).update(recipe.settings())
+
+    demos_path = _record_demonstrations(recipe, results)
+    save()
     if "base" not in results:
         results["base"] = _evaluate(recipe, recipe.model)
         save()
@@ -121,9 +125,8 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
                                        seed=seed, **recipe.grpo_options),
                 runners=recipe.runners, run_dir=str(folder / "grpo"), batch_size=recipe.batch_size,
                 time_budget_s=recipe.grpo_minutes * 60, max_steps=recipe.grpo_max_steps, val_every=recipe.val_every,
-                max_tokens=recipe.max_tokens,
-                seed=seed, progress=False,
-            ).fit(recipe.train, val_tasks=recipe.val)
+                max_tokens=recipe.max_tokens, seed=seed, progress=False, **recipe.grpo_trainer_options,
+            ).fit(recipe.rl_train if recipe.rl_train is not None else recipe.train, val_tasks=recipe.val)
             train_s = time.monotonic() - t0
             done["grpo"] = {**_evaluate(recipe, str(fit.final_model)), "train_seconds": round(train_s, 1),
                             "steps": fit.steps, "val_before": fit.val_before, "val_after": fit.val_after,
@@ -132,6 +135,79 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
         print(f"[{recipe.name}] seed {seed} RL: {done['grpo']['mean']:.3f}")
     print(report(results))
     return results
+
+
+def _record_demonstrations(recipe: Recipe, results: JSON) -> Path:
+    """``run_dir/demos.jsonl``: the gold policy's transcripts on the first ``demos`` train tasks (recorded once)."""
+    import tracerl
+    from tracerl.demonstrations import write_jsonl
+
+    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    demos_path = recipe.run_dir / "demos.jsonl"
+    if not demos_path.exists():
+        runs: list[Any] = []
+        t0 = time.monotonic()
+        demos = tracerl.record_demonstrations(recipe.agent_fn(), recipe.train[: recipe.demos], recipe.policy, runs=runs)
+        write_jsonl(demos_path, demos)
+        solved = sum(1 for r in runs if r.reward is not None and r.reward >= 1.0)
+        results["demos"] = {"tasks": len(runs), "solved_by_gold": solved, "transcripts": len(demos),
+                            "seconds": round(time.monotonic() - t0, 1)}
+        print(f"[{recipe.name}] {len(demos)} demonstration transcripts from {solved}/{len(runs)} train tasks")
+    return demos_path
+
+
+def write_configs(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> list[Path]:
+    """The recipe's training as ``tracerl train`` configs: records the demonstrations, writes the RL stage's train
+    tasks and the val tasks as JSONL, and one ``seed{S}.toml`` per seed with two stages (SFT on the
+    demonstrations, then GRPO) — the same stages and settings :func:`run_recipe` runs, in one run folder per seed
+    (``seed{S}/train``). Run one with ``PYTHONPATH=examples tracerl train RUN_DIR/seed0.toml`` (the runner
+    processes import the agent from ``examples/``); evaluate its final model with the example's ``evaluate.py``.
+    """
+    from tracerl.demonstrations import write_jsonl
+
+    demos = _record_demonstrations(recipe, {})
+    train_path, val_path = recipe.run_dir / "rl_train_tasks.jsonl", recipe.run_dir / "val_tasks.jsonl"
+    write_jsonl(train_path, recipe.rl_train if recipe.rl_train is not None else recipe.train)
+    write_jsonl(val_path, recipe.val)
+    paths = []
+    for seed in seeds:
+        grpo = {"group_size": recipe.group_size, "lr": recipe.grpo_lr, "seed": seed, **recipe.grpo_options}
+        grpo_trainer: JSON = {"batch_size": recipe.batch_size, "val_every": recipe.val_every,
+                              "max_tokens": recipe.max_tokens, "time_budget_s": recipe.grpo_minutes * 60}
+        if recipe.grpo_max_steps is not None:
+            grpo_trainer["max_steps"] = recipe.grpo_max_steps
+        lines = [
+            f"# {recipe.name} recipe, seed {seed}: SFT on the gold demonstrations, then GRPO (written by recipes.py)",
+            f"agent = {_toml(recipe.agent)}",
+            f"train_tasks = {_toml(str(train_path.resolve()))}",
+            f"val_tasks = {_toml(str(val_path.resolve()))}",
+            "", "[runners]", f"n = {recipe.runners}",
+            "", "[trainer]", f"run_dir = {_toml(str((recipe.run_dir / f'seed{seed}' / 'train').resolve()))}",
+            f"seed = {seed}", "progress = false",
+            *(f"{k} = {_toml(v)}" for k, v in recipe.grpo_trainer_options.items()),
+            "", "[[stages]]", 'algorithm = "sft"', "[stages.options]", f"model = {_toml(recipe.model)}",
+            f"demonstrations = {_toml(str(demos.resolve()))}", f"lr = {recipe.sft_lr!r}", f"seed = {seed}",
+            "[stages.trainer]", f"epochs = {recipe.sft_epochs}", f"batch_size = {recipe.sft_batch_size}",
+            "val_every = 0",
+            "", "[[stages]]", 'algorithm = "grpo"', "[stages.options]",
+            *(f"{k} = {_toml(v)}" for k, v in grpo.items()),
+            "[stages.trainer]", *(f"{k} = {_toml(v)}" for k, v in grpo_trainer.items()),
+        ]
+        path = recipe.run_dir / f"seed{seed}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        paths.append(path)
+    return paths
+
+
+def _toml(value: Any) -> str:
+    """A TOML literal for a string, number or boolean (TOML's basic strings read JSON's escapes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    raise TypeError(f"cannot write {value!r} ({type(value).__name__}) to a recipe config")
 
 
 def _evaluate(recipe: Recipe, model: str) -> JSON:

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, run_recipe
+from recipes import Recipe, run_recipe, write_configs
 
 import tracerl
 
@@ -41,6 +41,8 @@ def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     p.add_argument("--run-dir", default="runs/math_recipe", help="output folder (default: runs/math_recipe)")
+    p.add_argument("--write-config", action="store_true",
+                   help="record the demonstrations and write one `tracerl train` config per seed, then stop")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--n-test", type=int, default=30, help="test tasks per source (default: 30)")
@@ -51,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
+    p.add_argument("--kl-coef", type=float, default=0.0, help="GRPO's KL penalty to the warm start (default: 0)")
+    p.add_argument("--rl-sources", nargs="+", default=list(SOURCES), choices=SOURCES,
+                   help="sources of the RL stage's train tasks (default: all the recipe's sources)")
+    p.add_argument("--dynamic-sampling", action="store_true",
+                   help="RL steps keep sampling until they hold groups with reward variance (DAPO)")
+    p.add_argument("--max-sampled-groups", type=float, default=4.0,
+                   help="with --dynamic-sampling: at most this many × 2 groups a step (default: 4)")
     p.add_argument("--runners", type=int, default=8)
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}-questions", default=None, help=f"JSONL file of {split} questions")
@@ -81,8 +90,15 @@ def main(argv: list[str] | None = None) -> JSON:
         test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir), model=args.model,
         demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, grpo_minutes=args.grpo_minutes,
         group_size=args.group_size,
-        grpo_lr=args.lr, runners=args.runners, max_tokens=96,
+        grpo_lr=args.lr, runners=args.runners, max_tokens=96, grpo_options={"kl_coef": args.kl_coef},
+        grpo_trainer_options={"dynamic_sampling": True, "max_sampled_groups": args.max_sampled_groups}
+        if args.dynamic_sampling else {},
+        rl_train=[t for t in train if t.get("source") in args.rl_sources] if not args.train_questions else None,
     )
+    if args.write_config:
+        for path in write_configs(recipe, seeds=args.seeds):
+            print(f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}")
+        return {}
     return run_recipe(recipe, seeds=args.seeds)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, run_recipe
+from recipes import Recipe, run_recipe, write_configs
 
 import tracerl
 
@@ -39,6 +39,8 @@ def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     p.add_argument("--run-dir", default="runs/rag_recipe", help="output folder (default: runs/rag_recipe)")
+    p.add_argument("--write-config", action="store_true",
+                   help="record the demonstrations and write one `tracerl train` config per seed, then stop")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--corpus", default=None, help="your JSONL documents (id, title, text)")
@@ -75,6 +77,10 @@ def main(argv: list[str] | None = None) -> JSON:
         grpo_minutes=args.grpo_minutes,
         group_size=args.group_size, grpo_lr=args.lr, runners=args.runners, max_tokens=64,
     )
+    if args.write_config:
+        for path in write_configs(recipe, seeds=args.seeds):
+            print(f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}")
+        return {}
     return run_recipe(recipe, seeds=args.seeds)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, run_recipe
+from recipes import Recipe, run_recipe, write_configs
 
 JSON = dict[str, Any]
 
@@ -35,6 +35,8 @@ def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     p.add_argument("--run-dir", default="runs/sql_recipe", help="output folder (default: runs/sql_recipe)")
+    p.add_argument("--write-config", action="store_true",
+                   help="record the demonstrations and write one `tracerl train` config per seed, then stop")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--questions", default=None, help="your JSONL questions (question, gold_sql, split)")
@@ -45,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
+    p.add_argument("--rl-difficulty", nargs="+", default=["easy", "medium", "hard"], choices=("easy", "medium", "hard"),
+                   help="difficulties of the RL stage's train questions (default: all)")
     p.add_argument("--runners", type=int, default=8)
     p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
     return p.parse_args(argv)
@@ -65,7 +69,12 @@ def main(argv: list[str] | None = None) -> JSON:
         run_dir=Path(args.run_dir), model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr, runners=args.runners,
         max_tokens=128, grpo_options={"returns": "step"},
+        rl_train=[t for t in train if t.get("difficulty", "easy") in args.rl_difficulty],
     )
+    if args.write_config:
+        for path in write_configs(recipe, seeds=args.seeds):
+            print(f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}")
+        return {}
     return run_recipe(recipe, seeds=args.seeds)
 
 

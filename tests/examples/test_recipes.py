@@ -15,7 +15,9 @@ if str(EXAMPLES) not in sys.path:
 
 from recipes import Recipe, report, run_recipe  # noqa: E402
 
+import tracerl  # noqa: E402
 from tracerl.tasks import toy  # noqa: E402
+from tracerl.types import Mode, RolloutQuery  # noqa: E402
 
 
 @pytest.mark.timeout(900)  # 3 evaluations and 2 trainers, each starting its runner processes
@@ -25,7 +27,7 @@ def test_recipe_runs_every_stage_reports_and_resumes(tiny_model_dir: Path, tmp_p
         val=toy.make_tasks("val", 2), test=toy.make_tasks("val", 6), policy=lambda task, messages, tools: {
             "content": "4217"}, run_dir=tmp_path / "recipe", model=str(tiny_model_dir), demos=16, sft_epochs=3,
         sft_lr=3e-3, sft_batch_size=4, grpo_max_steps=1, group_size=2, batch_size=2, grpo_lr=1e-4, max_tokens=6,
-        runners=2, val_every=0,
+        runners=2, val_every=0, rl_train=toy.make_tasks("train", 16)[:3],
     )
     results = run_recipe(recipe, seeds=[0])
 
@@ -36,6 +38,10 @@ def test_recipe_runs_every_stage_reports_and_resumes(tiny_model_dir: Path, tmp_p
     assert len(base["rewards"]) == len(sft["rewards"]) == len(grpo["rewards"]) == 6
     assert base["mean"] < 0.3 and sft["mean"] > 0.8  # the warm start taught the digits
     assert sft["steps"] == 12 and grpo["steps"] == 1 and Path(grpo["model"]).is_dir()  # 16 demos / 4 × 3 epochs
+    assert results["settings"]["rl_train"] == 3 and results["settings"]["grpo_lr"] == 1e-4
+    store = tracerl.connect(f"sqlite:///{tmp_path / 'recipe' / 'seed0' / 'grpo' / 'store.db'}", create=False)
+    trained_on = {r.task["question"] for r in store.query_rollouts(RolloutQuery(mode=Mode.TRAIN, limit=100)).items}
+    assert trained_on and trained_on <= {t["question"] for t in recipe.rl_train or []}  # the RL stage's curriculum
     table = report(results)
     assert "| warm start (SFT) |" in table and "| RL (GRPO) |" in table
     assert "Warm start − base: +" in table and "RL − warm start:" in table and "n=6" in table
@@ -43,3 +49,38 @@ def test_recipe_runs_every_stage_reports_and_resumes(tiny_model_dir: Path, tmp_p
     saved = (tmp_path / "recipe" / "results.json").read_text()
     again = run_recipe(recipe, seeds=[0])  # everything is in results.json: nothing is trained or evaluated again
     assert again == results and (tmp_path / "recipe" / "results.json").read_text() == saved
+
+
+@pytest.mark.timeout(600)
+def test_recipe_configs_run_with_tracerl_train(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """``recipe.py --write-config``: the same stages as a ``tracerl train`` config, which runs as written."""
+    import os
+    import subprocess
+
+    from recipes import write_configs
+
+    from tracerl.config import load_run_config
+
+    train = toy.make_tasks("train", 8)
+    recipe = Recipe(
+        name="toy", agent="tracerl.tasks.toy:digits_agent", train=train, val=toy.make_tasks("val", 2),
+        test=toy.make_tasks("val", 2), policy=lambda task, messages, tools: {"content": "4217"},
+        run_dir=tmp_path / "recipe", model=str(tiny_model_dir), demos=8, sft_epochs=2, sft_lr=3e-3, sft_batch_size=4,
+        grpo_minutes=5, group_size=2, batch_size=2, grpo_lr=1e-4, max_tokens=6, runners=2, val_every=0,
+        grpo_options={"returns": "step"}, rl_train=train[:4],
+    )
+    (path,) = write_configs(recipe, seeds=[3])
+    run = load_run_config(path)
+    sft, grpo = run.stages
+    assert (sft.algorithm, sft.options["lr"], sft.options["seed"], sft.trainer["epochs"]) == ("sft", 3e-3, 3, 2)
+    assert grpo.algorithm == "grpo" and grpo.options["returns"] == "step" and grpo.options["group_size"] == 2
+    assert grpo.trainer["time_budget_s"] == 300 and run.runners.n == 2 and run.trainer.seed == 3
+    assert len((tmp_path / "recipe" / "rl_train_tasks.jsonl").read_text().splitlines()) == 4
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tracerl", "train", str(path), "--max-steps", "2"], capture_output=True, text=True,
+        timeout=500, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stage 1 (sft): 2 steps" in proc.stdout and "stage 2 (grpo): 2 steps" in proc.stdout, proc.stdout
+    assert (tmp_path / "recipe" / "seed3" / "train" / "final").is_dir()

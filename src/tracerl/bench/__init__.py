@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "store": "store lifecycle throughput per backend (memory, sqlite, postgres, http)",
     "claims": "postgres claims/s with N claiming processes (claim vs claim_many) and double claims counted",
     "gateway": "gateway overhead per call and hf engine tokens/s through the gateway",
+    "prefix": "hf engine rollouts/s on agent-shaped traffic with its prefix cache on vs off",
     "grpo": "GRPO update step time against TRL's GRPOTrainer on the same batch",
     "dashboard": "dashboard rollouts table at 100,000 rollouts (sort, filter, deep pages) against the store API page",
     "learn": "held-out reward against training time on the demo task, tracerl beside TRL's GRPOTrainer",
