@@ -22,6 +22,7 @@ over the warm start.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -35,6 +36,24 @@ if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))  # the runner's worker processes import the agents from here
 
 JSON = dict[str, Any]
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str) -> None:
+    """The command-line options every example's ``recipe.py`` shares (output, seeds, model, warm start, GRPO,
+    runners); each recipe adds its own data options. ``run_dir``: the default output folder."""
+    p = parser
+    p.add_argument("--run-dir", default=run_dir, help=f"output folder (default: {run_dir})")
+    p.add_argument("--write-config", action="store_true",
+                   help="record the demonstrations and write one `tracerl train` config per seed, then stop")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--demos", type=int, default=48, help="train tasks turned into demonstrations (default: 48)")
+    p.add_argument("--sft-lr", type=float, default=1e-4, help="SFT learning rate (default: 1e-4)")
+    p.add_argument("--sft-epochs", type=int, default=2)
+    p.add_argument("--grpo-minutes", type=float, default=10.0)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
+    p.add_argument("--runners", type=int, default=8)
 
 
 @dataclass

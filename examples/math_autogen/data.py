@@ -29,12 +29,12 @@ templates, so held-out questions can share a template with training ones, with o
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from tracerl.errors import ConfigError
+from tracerl.train.data import read_jsonl_lines
 
 SEED = 20_251_125
 POOL_SIZE = 600
@@ -96,15 +96,9 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
     from math_autogen.reward import parse_number
 
     tasks: list[dict[str, Any]] = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{n} is not JSON ({e.msg}); write one object per line") from None
-        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
-            raise ConfigError(f"{path}:{n} needs a 'question' string, got {line[:120]!r}")
+    for n, item in read_jsonl_lines(path, what="question"):
+        if not isinstance(item.get("question"), str):
+            raise ConfigError(f"{path}:{n} needs a 'question' string, got {str(item)[:120]!r}")
         answer = str(item.get("answer", ""))
         if parse_number(answer) is None:
             raise ConfigError(f"{path}:{n}: 'answer' must be a number (e.g. \"288\"), got {item.get('answer')!r}")
@@ -113,8 +107,6 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
         if isinstance(item.get("expression"), str):
             task["expression"] = item["expression"]
         tasks.append(task)
-    if not tasks:
-        raise ConfigError(f"{path} holds no questions")
     return tasks
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, run_recipe, write_configs
+from recipes import Recipe, add_arguments, run_recipe, write_configs
 
 import tracerl
 
@@ -40,19 +40,9 @@ def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    p.add_argument("--run-dir", default="runs/math_recipe", help="output folder (default: runs/math_recipe)")
-    p.add_argument("--write-config", action="store_true",
-                   help="record the demonstrations and write one `tracerl train` config per seed, then stop")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
-    p.add_argument("--model", default="smollm2-135m")
+    add_arguments(p, run_dir="runs/math_recipe")
     p.add_argument("--n-test", type=int, default=30, help="test tasks per source (default: 30)")
     p.add_argument("--n-val", type=int, default=8, help="val tasks per source (default: 8)")
-    p.add_argument("--demos", type=int, default=48, help="train tasks turned into demonstrations (default: 48)")
-    p.add_argument("--sft-lr", type=float, default=1e-4, help="SFT learning rate (default: 1e-4)")
-    p.add_argument("--sft-epochs", type=int, default=2)
-    p.add_argument("--grpo-minutes", type=float, default=10.0)
-    p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
     p.add_argument("--kl-coef", type=float, default=0.0, help="GRPO's KL penalty to the warm start (default: 0)")
     p.add_argument("--rl-sources", nargs="+", default=list(SOURCES), choices=SOURCES,
                    help="sources of the RL stage's train tasks (default: all the recipe's sources)")
@@ -60,7 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="RL steps keep sampling until they hold groups with reward variance (DAPO)")
     p.add_argument("--max-sampled-groups", type=float, default=4.0,
                    help="with --dynamic-sampling: at most this many × 2 groups a step (default: 4)")
-    p.add_argument("--runners", type=int, default=8)
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}-questions", default=None, help=f"JSONL file of {split} questions")
     return p.parse_args(argv)

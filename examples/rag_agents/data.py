@@ -31,11 +31,12 @@ the corpus path in each task, and the agent searches that corpus.
 from __future__ import annotations
 
 import functools
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tracerl.train.data import read_jsonl_lines
 
 SEED = 6_2025
 SPLITS: dict[str, int] = {"train": 200, "val": 40, "test": 60}
@@ -274,29 +275,12 @@ def make_tasks(split: str, n: int | None = None, seed: int = SEED) -> list[dict[
     return [{**t, "answers": list(t["answers"]), "evidence": list(t["evidence"])} for t in tasks[:n]]
 
 
-def _jsonl(path: str | Path, what: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n} is not JSON ({e.msg}); write one {what} object per line") from None
-        if not isinstance(item, dict):
-            raise ValueError(f"{path}:{n} must be a JSON object, got {line[:120]!r}")
-        out.append(item | {"_line": n})
-    if not out:
-        raise ValueError(f"{path} holds no {what}")
-    return out
-
-
 def load_corpus(path: str | Path) -> tuple[Document, ...]:
     """Documents from a JSONL file, one ``{"id", "title", "text"}`` object a line (``id`` optional)."""
     docs = []
-    for item in _jsonl(path, "document"):
+    for n, item in read_jsonl_lines(path, what="document"):
         if not isinstance(item.get("title"), str) or not isinstance(item.get("text"), str):
-            raise ValueError(f"{path}:{item['_line']} needs 'title' and 'text' strings")
+            raise ValueError(f"{path}:{n} needs 'title' and 'text' strings")
         docs.append(Document(title=item["title"], text=item["text"]))
     return tuple(docs)
 
@@ -305,12 +289,12 @@ def load_questions(path: str | Path, *, corpus: str | Path | None = None) -> lis
     """Tasks from a JSONL file, one ``{"question", "answers"}`` object a line (``answers`` a string or a
     list of strings; ``id``, ``evidence`` optional); with ``corpus``, each task names that corpus file."""
     tasks = []
-    for item in _jsonl(path, "question"):
+    for n, item in read_jsonl_lines(path, what="question"):
         answers = item.get("answers")
         answers = [answers] if isinstance(answers, str) else answers
         if not isinstance(item.get("question"), str) or not answers or not all(isinstance(a, str) for a in answers):
-            raise ValueError(f"{path}:{item['_line']} needs a 'question' string and 'answers' (a string or a list)")
-        task = {"id": str(item.get("id", f"q{item['_line']:04d}")), "question": item["question"],
+            raise ValueError(f"{path}:{n} needs a 'question' string and 'answers' (a string or a list)")
+        task = {"id": str(item.get("id", f"q{n:04d}")), "question": item["question"],
                 "answers": list(answers), "evidence": list(item.get("evidence") or [])}
         if corpus is not None:
             task["corpus"] = str(Path(corpus).resolve())

@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, run_recipe, write_configs
+from recipes import Recipe, add_arguments, run_recipe, write_configs
 
 import tracerl
 
@@ -38,23 +38,12 @@ def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    p.add_argument("--run-dir", default="runs/rag_recipe", help="output folder (default: runs/rag_recipe)")
-    p.add_argument("--write-config", action="store_true",
-                   help="record the demonstrations and write one `tracerl train` config per seed, then stop")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
-    p.add_argument("--model", default="smollm2-135m")
+    add_arguments(p, run_dir="runs/rag_recipe")
     p.add_argument("--corpus", default=None, help="your JSONL documents (id, title, text)")
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}-questions", default=None, help=f"JSONL {split} questions (question, answers)")
     p.add_argument("--n-test", type=int, default=40, help="test questions (default: 40)")
     p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
-    p.add_argument("--demos", type=int, default=48, help="train questions turned into demonstrations (default: 48)")
-    p.add_argument("--sft-lr", type=float, default=1e-4, help="SFT learning rate (default: 1e-4)")
-    p.add_argument("--sft-epochs", type=int, default=2)
-    p.add_argument("--grpo-minutes", type=float, default=10.0)
-    p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
-    p.add_argument("--runners", type=int, default=8)
     return p.parse_args(argv)
 
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import json
 import os
 import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from tracerl.train.data import read_jsonl_lines
 
 HERE = Path(__file__).resolve().parent
 DUMP_PATH = HERE / "data" / "chinook.sql.gz"
@@ -154,19 +155,16 @@ def load_questions(path: str | os.PathLike[str] | None = None) -> list[dict[str,
     ``difficulty``, ``ordered`` optional; ``split`` defaults to ``train``). With your own database, give
     its path as ``db`` in each task (the agent reads its schema from the file) — ``load_tasks(db=...)``.
     """
+    path = path or QUESTIONS_PATH
     out: list[dict[str, Any]] = []
-    with Path(path or QUESTIONS_PATH).open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            q = json.loads(line)
-            if not isinstance(q, dict) or not all(isinstance(q.get(k), str) for k in ("question", "gold_sql")):
-                raise ValueError(f"{path}:{n} needs 'question' and 'gold_sql' strings, got {line[:120]!r}")
-            q.setdefault("id", f"q{n:04d}")
-            q.setdefault("split", "train")
-            q.setdefault("difficulty", "easy")
-            q.setdefault("ordered", False)
-            out.append(q)
+    for n, q in read_jsonl_lines(path, what="question"):
+        if not all(isinstance(q.get(k), str) for k in ("question", "gold_sql")):
+            raise ValueError(f"{path}:{n} needs 'question' and 'gold_sql' strings, got {str(q)[:120]!r}")
+        q.setdefault("id", f"q{n:04d}")
+        q.setdefault("split", "train")
+        q.setdefault("difficulty", "easy")
+        q.setdefault("ordered", False)
+        out.append(q)
     return out
 
 

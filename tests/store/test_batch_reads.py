@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 
+from tracerl.algorithms.rollout_batch import rollouts_from_store
 from tracerl.algorithms.transitions import transitions_from_store
 from tracerl.errors import InvalidInput, NotFound
 from tracerl.store import Store
@@ -88,6 +89,16 @@ def test_a_steps_store_calls_do_not_grow_with_its_rollouts(store: Store) -> None
         assert batch.rollouts == n and len(batch.transitions) == sum(1 + i % 3 for i in range(n))
         calls.append(counting.calls)
     assert calls[0] == calls[1] == Counter(get_traces=1)
+
+
+def test_the_whole_rollout_reader_makes_one_store_call_too(store: Store) -> None:
+    rollouts = store.enqueue([RolloutSpec(task={"n": 5}, group_id="g") for _ in range(5)])
+    for i, r in enumerate(rollouts):
+        run_one(store, r.rollout_id, 1 + i % 3, float(i % 2))
+    counting = CountingStore(store)
+    batch = rollouts_from_store(cast(Store, counting), [r.rollout_id for r in rollouts])
+    assert batch.rollouts == 5 and len(batch.transitions) == len(batch.call_rewards) == sum(1 + i % 3 for i in range(5))
+    assert counting.calls == Counter(get_traces=1)
 
 
 def test_claim_many_takes_the_oldest_queued_rollouts_at_once(store: Store) -> None:

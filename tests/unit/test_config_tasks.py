@@ -27,6 +27,22 @@ def test_tasks_load_from_jsonl_or_a_builtin_name(tmp_path: Path) -> None:
         load_tasks("gsm8k:train")
 
 
+def test_jsonl_objects_come_with_their_line_numbers(tmp_path: Path) -> None:
+    from tracerl.train.data import read_jsonl_lines
+
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"q": 1}\n\n  \n{"q": 2}\n')
+    assert read_jsonl_lines(path, what="question") == [(1, {"q": 1}), (4, {"q": 2})]
+    path.write_text('{"q": 1}\n{"q": \n')
+    with pytest.raises(ConfigError, match=r"q\.jsonl:2 is not valid JSON"):
+        read_jsonl_lines(path)
+    path.write_text("\n")
+    with pytest.raises(ConfigError, match=r"question file .* is empty"):
+        read_jsonl_lines(path, what="question")
+    with pytest.raises(ConfigError, match=r"question file .* does not exist"):
+        read_jsonl_lines(tmp_path / "missing.jsonl", what="question")
+
+
 
 @pytest.mark.parametrize(
     ("reply", "answer", "expected"),

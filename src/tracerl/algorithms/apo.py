@@ -36,7 +36,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tracerl.algorithms.apo_critic import LOCAL, Critic, CriticConfig, Run
 from tracerl.algorithms.apo_search import (
@@ -48,7 +48,7 @@ from tracerl.algorithms.apo_search import (
     Search,
     SearchConfig,
 )
-from tracerl.algorithms.base import StepResult
+from tracerl.algorithms.base import JSON, StepResult, json_list, json_object
 from tracerl.errors import ConfigError
 from tracerl.prompts import PROMPTS_RESOURCE, PROMPTS_VERSION_KEY, message_text, prompt_key
 
@@ -57,8 +57,6 @@ if TYPE_CHECKING:
     from tracerl.types import Rollout
 
 log = logging.getLogger(__name__)
-
-JSON = dict[str, Any]
 CANDIDATES_FILE = "apo_candidates.json"
 BEST_FILE = "best_prompt.json"
 
@@ -128,7 +126,7 @@ class APO:
         max_critic_tokens: int | None = None,
         seed: int = 0,
     ) -> None:
-        if not isinstance(prompt, str) or not prompt:
+        if not isinstance(cast(object, prompt), str) or not prompt:
             raise ConfigError("APO needs prompt = the agent's system prompt exactly as the agent sends it (the "
                               "gateway finds it by the sha256 of that text); got an empty or missing prompt")
         if strategy not in STRATEGIES:
@@ -240,24 +238,30 @@ class APO:
         reward = rollout_reward(rollout)
         if not calls:
             return Example(Run(f"(no LLM call; error: {rollout.error})", reward)), 0, None
-        lines, demo, matched = [], None, False
+        lines: list[str] = []
+        demo: tuple[str, str] | None = None
+        matched = False
         for i, span in enumerate(calls):
-            messages = (span.attributes.get("request") or {}).get("messages") or []
-            reply = ((span.attributes.get("response") or {}).get("choices") or [{}])[0].get("message") or {}
-            info = span.attributes.get("prompts") or {}
-            first = message_text(messages[0]) if messages and isinstance(messages[0], dict) else None
+            # recorded request/response JSON: anything not of the expected shape counts as absent
+            messages = [json_object(m) for m in json_list(json_object(span.attributes.get("request")).get("messages"))]
+            choices = json_list(json_object(span.attributes.get("response")).get("choices")) or [{}]
+            reply = json_object(json_object(choices[0]).get("message"))
+            info = json_object(span.attributes.get("prompts"))
+            first = message_text(messages[0]) if messages else None
             matched = matched or info.get("key") == self.key or (first is not None and prompt_key(first) == self.key)
             shown = messages[1:] if i == 0 else messages[-1:]  # the system prompt is shown to the critic apart
-            lines += [f"{m.get('role')}: {message_text(m) or ''}" for m in shown if isinstance(m, dict)]
+            lines += [f"{m.get('role')}: {message_text(m) or ''}" for m in shown if m]
             lines.append(f"assistant: {reply.get('content') or ''}{' [tool calls]' if reply.get('tool_calls') else ''}")
-            if i == 0 and isinstance(reply.get("content"), str) and not reply.get("tool_calls"):
+            content = reply.get("content")
+            if i == 0 and isinstance(content, str) and not reply.get("tool_calls"):
                 user = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), None)
-                demo = (user, reply["content"]) if user else None
+                demo = (user, content) if user else None
         tokens = sum(len(s.response_ids or []) for s in calls)
         return Example(Run("\n".join(lines), reward), demo), tokens, matched
 
     def make_batch(self, store: Store, items: Sequence[JSON], rollout_ids: Sequence[str]) -> APOBatch:
-        examples, tokens, matched, calling = [], 0, 0, 0
+        examples: list[Example] = []
+        tokens, matched, calling = 0, 0, 0
         for rid in rollout_ids:
             example, n, seen = self._example(store, store.get_rollout(rid))
             examples.append(example)
@@ -270,7 +274,8 @@ class APO:
         """Publish each candidate as a ``prompts`` version and run it on its validation tasks."""
         assert self.access is not None and self.val_tasks is not None
         store = self.access.store
-        tasks, meta = [], []
+        tasks: list[JSON] = []
+        meta: list[JSON] = []
         for cand, idxs in todo:
             if cand.prompts_version is None:
                 cand.prompts_version = store.put_resource(PROMPTS_RESOURCE, self.prompts_value(cand)).version
@@ -279,7 +284,8 @@ class APO:
                 meta.append({PROMPTS_VERSION_KEY: cand.prompts_version, "apo_candidate": cand.id})
         rollouts = self.access.run(tasks, meta)
         scored = [Scored(e.run.reward, e.run) for e in (self._example(store, r)[0] for r in rollouts)]
-        out, k = [], 0
+        out: list[list[Scored]] = []
+        k = 0
         for _, idxs in todo:
             out.append(scored[k : k + len(idxs)])
             k += len(idxs)

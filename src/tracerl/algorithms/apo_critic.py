@@ -20,10 +20,11 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
+from tracerl.algorithms.base import json_object
 from tracerl.errors import ConfigError, TracerlError
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class CriticConfig:
                               f"{LOCAL!r} for the served model")
         if self.url != LOCAL and not self.model:
             raise ConfigError(f"the critic at {self.url} needs model = '...' (the model name to request)")
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        if not isinstance(cast(object, self.max_tokens), int) or self.max_tokens < 1:
             raise ConfigError(f"critic max_tokens must be an integer ≥ 1, got {self.max_tokens!r}")
         if self.timeout_s <= 0:
             raise ConfigError(f"critic timeout_s must be > 0, got {self.timeout_s!r}")
@@ -113,8 +114,7 @@ class Critic:
             text = data["choices"][0]["message"]["content"] or ""
         except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as e:
             raise TracerlError(f"the critic at {self.url} failed: {type(e).__name__}: {e}") from None
-        usage = data.get("usage") or {}
-        spent = usage.get("total_tokens")
+        spent = json_object(json_object(data).get("usage")).get("total_tokens")
         if not isinstance(spent, int):
             spent = (len(system) + len(user) + len(text)) // 4
         self.tokens_used += spent

@@ -36,14 +36,12 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from tracerl.algorithms.apo_critic import Critic, Run
+from tracerl.algorithms.base import JSON, json_object
 from tracerl.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-JSON = dict[str, Any]
 STRATEGIES = ("beam", "gepa", "demos")
 DEMO_SEARCHES = ("random", "pareto")
 
@@ -54,13 +52,13 @@ class Candidate:
 
     id: str
     text: str
-    demos: list[dict[str, str]] = field(default_factory=list)
-    parents: list[str] = field(default_factory=list)
+    demos: list[dict[str, str]] = field(default_factory=list[dict[str, str]])
+    parents: list[str] = field(default_factory=list[str])
     origin: str = "seed"  # seed | edit | mutation | merge | demos
     critique: str | None = None
     step: int = 0
-    scores: dict[int, float] = field(default_factory=dict)  # validation task index -> reward
-    runs: dict[int, Run] = field(default_factory=dict)  # validation task index -> its run (for the critic)
+    scores: dict[int, float] = field(default_factory=dict[int, float])  # validation task index -> reward
+    runs: dict[int, Run] = field(default_factory=dict[int, Run])  # validation task index -> its run (for the critic)
     status: str = "scored"  # scored | rejected | unscored
     prompts_version: int | None = None  # the prompts resource version it ran as
 
@@ -81,8 +79,8 @@ class Candidate:
         return cls(
             id=d["id"], text=d["text"], demos=list(d.get("demos") or []), parents=list(d.get("parents") or []),
             origin=d.get("origin", "seed"), critique=d.get("critique"), step=int(d.get("step", 0)),
-            scores={int(k): float(v) for k, v in (d.get("scores") or {}).items()}, status=d.get("status", "scored"),
-            prompts_version=d.get("prompts_version"),
+            scores={int(k): float(v) for k, v in json_object(d.get("scores")).items()},
+            status=d.get("status", "scored"), prompts_version=d.get("prompts_version"),
         )  # fmt: skip
 
 
@@ -357,7 +355,8 @@ class Search:
         cfg, base = self.config, self.candidates[0].text
         if cfg.demo_search == "random":
             tried = {_turns_key(c.demos) for c in self.candidates}
-            sets, draws = [], 0
+            sets: list[tuple[list[tuple[str, str]], list[str]]] = []
+            draws = 0
             while len(sets) < cfg.num_candidates and draws < 10 * cfg.num_candidates:  # no ordered set twice
                 draws += 1
                 demos = self.rng.sample(self.demo_pool, self.rng.randint(1, min(cfg.max_demos, len(self.demo_pool))))
@@ -374,7 +373,7 @@ class Search:
             elif spare:
                 current.append(self.rng.choice(spare))
             sets = [(current, [parent.id])]
-        new = []
+        new: list[Candidate] = []
         for demos, parents in sets:
             new.append(self.add(Candidate(id="", text=base, demos=_turns(demos), parents=parents, origin="demos",
                                           status="unscored")))  # fmt: skip

@@ -33,12 +33,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 if TYPE_CHECKING:
     from tracerl.store.base import Store
 
 JSON = dict[str, Any]
+
+
+def json_object(value: object) -> JSON:
+    """``value`` if it is a JSON object (a dict), else ``{}``: for recorded attributes, which are untrusted."""
+    return cast(JSON, value) if isinstance(value, dict) else {}
+
+
+def json_list(value: object) -> list[Any]:
+    """``value`` if it is a JSON array (a list), else ``[]``."""
+    return cast("list[Any]", value) if isinstance(value, list) else []
 
 
 @runtime_checkable
@@ -71,7 +81,7 @@ class StepResult:
     metrics: dict[str, float]
     weights_version: int
     weights: dict[str, Any] | None = None
-    resources: dict[str, JSON] = field(default_factory=dict)
+    resources: dict[str, JSON] = field(default_factory=dict[str, JSON])
 
 
 @runtime_checkable
@@ -151,7 +161,7 @@ def check_algorithm(algorithm: object) -> Algorithm:
             f"algorithm must implement tracerl.algorithms.base.Algorithm (tracerl.GRPO(...), tracerl.SFT(...)); "
             f"{type(algorithm).__name__} lacks {missing}"
         )
-    return algorithm  # type: ignore[return-value]
+    return cast(Algorithm, algorithm)
 
 
 def chunks(items: Sequence[JSON], size: int) -> list[list[JSON]]:

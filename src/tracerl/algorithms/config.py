@@ -1,17 +1,21 @@
-"""Configuration shared by the algorithms that train weights (GRPO, SFT): model, optimizer, precision, LoRA.
+"""Configuration shared by the algorithms that train weights (GRPO, PPO, SFT, ...): model, optimizer,
+precision, LoRA (:class:`PolicyConfig`), and the clipped-surrogate RL fields (:class:`ClipConfig`).
 
 Plain dataclasses validated in ``__post_init__`` (a bad value is refused with a message naming it and the
-fix); importing this module loads no torch. Each algorithm's config (``GRPOConfig``, ``SFTConfig``) extends
-:class:`PolicyConfig` with its own fields.
+fix); importing this module loads no torch. Each algorithm's config (``GRPOConfig``, ``PPOConfig``,
+``SFTConfig``) extends one of them with its own fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tracerl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tracerl.credit import LossNorm
 
 
 @dataclass
@@ -28,9 +32,10 @@ class LoRAConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+        # the values are what the user passed: checked as objects, whatever the annotations say
+        if isinstance(self.r, bool) or not isinstance(cast(object, self.r), int) or self.r < 1:
             raise ConfigError(f"lora.r must be an integer ≥ 1 (8-64 is typical), got {self.r!r}")
-        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+        if not isinstance(cast(object, self.alpha), (int, float)) or self.alpha <= 0:
             raise ConfigError(f"lora.alpha must be > 0 (usually 2·r), got {self.alpha!r}")
         if not (self.targets == "all-linear" or (isinstance(self.targets, list) and self.targets)):
             raise ConfigError(
@@ -67,7 +72,7 @@ class PolicyConfig:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model:
+        if not isinstance(cast(object, self.model), str) or not self.model:
             raise ConfigError(f"model must be a model name such as 'smollm2-135m' or a folder path, got {self.model!r}")
         int_at_least("micro_batch_size", self.micro_batch_size, 1)
         int_at_least("seed", self.seed, 0)
@@ -86,13 +91,60 @@ class PolicyConfig:
             except TypeError as e:
                 known = [f.name for f in dataclasses.fields(LoRAConfig)]
                 raise ConfigError(f"lora {self.lora!r} has unknown keys ({e}); the known keys are {known}") from None
-        elif self.lora is not None and not isinstance(self.lora, LoRAConfig):
+        elif self.lora is not None and not isinstance(cast(object, self.lora), LoRAConfig):
             raise ConfigError(f"lora must be None, a LoRAConfig or a dict of its fields, got {self.lora!r}")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class ClipConfig(PolicyConfig):
+    """The fields of the RL algorithms with a clipped surrogate loss (GRPO, RLOO, PPO, REINFORCE++).
+
+    * ``group_size``: rollouts per task; group baselines compare rollouts of the same task.
+    * ``epochs``: optimisation passes (one optimizer step each) over each batch of transitions.
+    * ``clip_eps_low`` / ``clip_eps_high``: the PPO ratio is clipped to ``[1−low, 1+high]`` (DAPO raises
+      ``high`` to 0.28 to let rare good tokens grow).
+    * ``kl_coef``: β of the KL penalty to the frozen initial policy (0: no reference model is kept).
+    * ``gamma``: the discount across the calls of a rollout.
+    * ``loss_norm``: ``rollout`` (each rollout's tokens averaged, then the rollouts) or ``token``.
+    * ``max_staleness``: transitions sampled by weights more than this many updates old are dropped.
+    * ``tis_cap``: truncated importance sampling. The engine that sampled a call (maybe in bf16, with other
+      kernels) is not exactly the learner; each on-policy token's loss is weighted by
+      ``min(π_learner(x) / π_sampler(x), tis_cap)`` so that gap cannot bias the update unseen. None: off
+      (the gap is measured and logged either way: ``mismatch_*`` metrics).
+    * ``train_models``: an agent with several roles names a model per role (:mod:`tracerl.gateway.routing`);
+      only the calls answered by these model names are trained (None: every call). Credit is assigned over
+      all of a rollout's calls first.
+    """
+
+    group_size: int = 4
+    epochs: int = 1
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    kl_coef: float = 0.0
+    gamma: float = 1.0
+    loss_norm: LossNorm = "rollout"
+    max_staleness: int = 1
+    tis_cap: float | None = 2.0
+    train_models: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        model_names("train_models", self.train_models)
+        int_at_least("group_size", self.group_size, 1)
+        int_at_least("epochs", self.epochs, 1)
+        int_at_least("max_staleness", self.max_staleness, 0)
+        number("clip_eps_low", self.clip_eps_low, low=0.0, high=1.0, low_open=True, high_open=True)
+        number("clip_eps_high", self.clip_eps_high, low=0.0, low_open=True)
+        number("kl_coef", self.kl_coef, low=0.0)
+        number("gamma", self.gamma, low=0.0, high=1.0, low_open=True)
+        choice("loss_norm", self.loss_norm, ("rollout", "token"))
+        if self.tis_cap is not None:
+            number("tis_cap", self.tis_cap, low=1.0)
 
 
 def build_config(cls: type[Any], what: str, **values: Any) -> Any:
@@ -137,7 +189,6 @@ def choice(name: str, value: object, options: tuple[str, ...]) -> None:
 
 def model_names(name: str, value: object) -> None:
     """Refuse ``value`` unless it is None or a non-empty list of non-empty model names."""
-    if value is not None and (
-        not isinstance(value, list) or not value or not all(isinstance(m, str) and m for m in value)
-    ):
+    names = cast("list[object]", value) if isinstance(value, list) else None
+    if value is not None and (not names or not all(isinstance(m, str) and m for m in names)):
         raise ConfigError(f"{name} must be None or a non-empty list of model names such as ['solver'], got {value!r}")

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from tracerl.algorithms.batch import MicroBatch
+from tracerl.algorithms.torch_types import optimizer_step
 from tracerl.errors import ConfigError
 
 
@@ -83,7 +84,7 @@ class Critic:
     def optimizer_step(self) -> float:
         """Clip the critic's gradient norm, step, clear; returns the norm before clipping."""
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
-        self.optimizer.step()
+        optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 

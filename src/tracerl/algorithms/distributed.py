@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from tracerl.algorithms.torch_types import all_gather_object, all_reduce_sum, floats
 from tracerl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def sum_gradients(params: Sequence[Tensor]) -> None:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])  # (Σ numel,)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    all_reduce_sum(flat)
     for p, g in zip(params, _split(flat, list(params)), strict=True):
         p.grad = g.view_as(p).clone()
 
@@ -118,8 +119,8 @@ def sum_floats(values: Sequence[float]) -> list[float]:
     if world_size() == 1:
         return list(values)
     t = torch.tensor(list(values), dtype=torch.float64, device=_collective_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.cpu().tolist()
+    all_reduce_sum(t)
+    return floats(t.cpu())
 
 
 def gather_cat(t: Tensor) -> Tensor:
@@ -127,7 +128,7 @@ def gather_cat(t: Tensor) -> Tensor:
     if world_size() == 1:
         return t
     parts: list[Tensor | None] = [None] * world_size()
-    dist.all_gather_object(parts, t.detach().cpu())
+    all_gather_object(parts, t.detach().cpu())
     return torch.cat([p for p in parts if p is not None]).to(t.device)
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from tracerl import credit
+from tracerl.algorithms.torch_types import ints, unique_consecutive
 from tracerl.errors import InvalidInput
 
 
@@ -66,7 +67,7 @@ def batch_gae(
     consecutive and in call order, ``rollout_index`` (M,) the rollout of each call. Returns (A, G), (M,)."""
     adv = torch.zeros(rewards.shape[0], dtype=torch.float64)
     ret = torch.zeros_like(adv)
-    for i in torch.unique_consecutive(rollout_index).tolist():
+    for i in ints(unique_consecutive(rollout_index)):
         sel = (rollout_index == i).nonzero().flatten()
         if sel.numel() and int(sel[-1] - sel[0]) + 1 != sel.numel():
             raise InvalidInput(f"the calls of rollout {i} are not consecutive in the batch; sort them by rollout")

@@ -19,24 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tracerl.algorithms.base import JSON, StepResult
-from tracerl.algorithms.config import (
-    LoRAConfig,
-    PolicyConfig,
-    build_config,
-    choice,
-    int_at_least,
-    model_names,
-    number,
-)
+from tracerl.algorithms.config import ClipConfig, LoRAConfig, choice, number
+from tracerl.algorithms.weights import WeightsAlgorithm
 from tracerl.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from tracerl.algorithms.learner import GRPOLearner
     from tracerl.algorithms.transitions import CreditBatch
+    from tracerl.credit import AdvantageMode, ReturnsMode, ScaleMode
     from tracerl.store.base import Store
 
 __all__ = ["GRPO", "GRPOConfig", "LoRAConfig"]
@@ -44,68 +39,36 @@ __all__ = ["GRPO", "GRPOConfig", "LoRAConfig"]
 _RETURNS = ("uniform", "discounted", "step")
 _ADVANTAGES = ("grpo", "rloo", "batch")
 _SCALES = ("std", "none")
-_NORMS = ("rollout", "token")
 
 
 @dataclass
-class GRPOConfig(PolicyConfig):
-    """Everything the GRPO algorithm needs (the model and optimizer fields are :class:`PolicyConfig`'s).
+class GRPOConfig(ClipConfig):
+    """Everything the GRPO algorithm needs: model and optimizer fields are
+    :class:`~tracerl.algorithms.config.PolicyConfig`'s; group size, epochs, clipping, KL, staleness, truncated
+    importance sampling and ``train_models`` are :class:`~tracerl.algorithms.config.ClipConfig`'s.
 
-    * ``group_size``: rollouts per task; advantages compare rollouts of the same task.
-    * ``epochs``: optimisation passes (one optimizer step each) over each batch of transitions.
-    * ``clip_eps_low`` / ``clip_eps_high``: the PPO ratio is clipped to ``[1−low, 1+high]`` (DAPO raises
-      ``high`` to 0.28 to let rare good tokens grow).
-    * ``kl_coef``: β of the k3 KL penalty to the frozen initial policy (0: no reference model is kept).
     * ``returns`` (``uniform``/``discounted``/``step``), ``gamma``, ``advantage`` (``grpo``/``rloo``/
       ``batch``), ``scale`` (``std``/``none``), ``adv_eps``, ``loss_norm`` (``rollout``/``token``): credit
       assignment, see :mod:`tracerl.credit`.
-    * ``max_staleness``: transitions sampled by weights more than this many updates old are dropped.
-    * ``tis_cap``: truncated importance sampling. The engine that sampled a call (maybe in bf16, with other
-      kernels) is not exactly the learner; each on-policy token's loss is weighted by
-      ``min(π_learner(x) / π_sampler(x), tis_cap)`` so that gap cannot bias the update unseen. None: off
-      (the gap is measured and logged either way: ``mismatch_*`` metrics).
-    * ``train_models``: an agent with several roles names a model per role (:mod:`tracerl.gateway.routing`);
-      only the calls answered by these model names are trained (None: every call). Credit is assigned over
-      all of a rollout's calls first.
+    * ``kl_coef``: β of the k3 KL penalty to the frozen initial policy (0: no reference model is kept).
     """
 
-    group_size: int = 4
-    epochs: int = 1
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    kl_coef: float = 0.0
-    returns: str = "uniform"
-    gamma: float = 1.0
-    advantage: str = "grpo"
-    scale: str = "std"
+    returns: ReturnsMode = "uniform"
+    advantage: AdvantageMode = "grpo"
+    scale: ScaleMode = "std"
     adv_eps: float = 1e-4
-    loss_norm: str = "rollout"
-    max_staleness: int = 1
-    tis_cap: float | None = 2.0
-    train_models: list[str] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        model_names("train_models", self.train_models)
-        int_at_least("group_size", self.group_size, 1)
-        int_at_least("epochs", self.epochs, 1)
-        int_at_least("max_staleness", self.max_staleness, 0)
         if self.advantage in ("grpo", "rloo") and self.group_size < 2:
             raise ConfigError(
                 f"advantage={self.advantage!r} compares rollouts of the same task, so group_size must be ≥ 2 "
                 f"(got {self.group_size}); raise group_size to 4-8, or use advantage='batch'"
             )
-        number("clip_eps_low", self.clip_eps_low, low=0.0, high=1.0, low_open=True, high_open=True)
-        number("clip_eps_high", self.clip_eps_high, low=0.0, low_open=True)
-        number("kl_coef", self.kl_coef, low=0.0)
         number("adv_eps", self.adv_eps, low=0.0)
-        if self.tis_cap is not None:
-            number("tis_cap", self.tis_cap, low=1.0)
         choice("returns", self.returns, _RETURNS)
         choice("advantage", self.advantage, _ADVANTAGES)
         choice("scale", self.scale, _SCALES)
-        choice("loss_norm", self.loss_norm, _NORMS)
-        number("gamma", self.gamma, low=0.0, high=1.0, low_open=True)
         if self.returns == "uniform" and self.gamma != 1.0:
             raise ConfigError(
                 f"gamma = {self.gamma} has no effect with returns='uniform' (every call gets the final reward); "
@@ -113,7 +76,7 @@ class GRPOConfig(PolicyConfig):
             )
 
 
-class GRPO:
+class GRPO(WeightsAlgorithm[GRPOConfig, "GRPOLearner"]):
     """The GRPO algorithm: ``tracerl.GRPO(model=..., group_size=..., lr=..., lora=None, **options)``.
 
     ``options`` are the other fields of :class:`GRPOConfig`. Building a GRPO object is cheap and never
@@ -124,61 +87,10 @@ class GRPO:
     #: the config this algorithm validates its options with (RLOO narrows it)
     config_class: type[GRPOConfig] = GRPOConfig
 
-    def __init__(
-        self,
-        model: str = "smollm2-135m",
-        *,
-        group_size: int = 4,
-        lr: float = 1e-5,
-        lora: LoRAConfig | dict[str, Any] | None = None,
-        **options: Any,
-    ) -> None:
-        self.config: GRPOConfig = build_config(
-            self.config_class, type(self).__name__, model=model, group_size=group_size, lr=lr, lora=lora, **options
-        )
-        self.learner: GRPOLearner | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config!r})"
-
-    # -- the Algorithm protocol ------------------------------------------------------------------
-    @property
-    def model(self) -> str:
-        return self.config.model
-
-    @property
-    def group_size(self) -> int:
-        return self.config.group_size
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
-
-    @property
-    def device(self) -> str:
-        return str(self._learner().device)
-
-    @property
-    def weights_version(self) -> int:
-        return self.learner.weights_version if self.learner is not None else 0
-
-    def to_json(self) -> JSON:
-        return {"name": self.name, **self.config.to_json()}
-
-    def setup(self, model: Any = None, tokenizer: Any = None) -> GRPOLearner:
-        """Build the learner on ``model`` (a transformers causal LM), or load ``config.model`` if None."""
+    def build_learner(self, model: nn.Module, pad_id: int) -> GRPOLearner:
         from tracerl.algorithms.learner import GRPOLearner
 
-        if model is None:
-            from tracerl.engines.models import load_model
-
-            model, tokenizer = load_model(self.config.model)
-        pad_id = getattr(tokenizer, "pad_token_id", None)
-        self.learner = GRPOLearner(model, self.config, pad_id=int(pad_id) if pad_id is not None else 0)
-        return self.learner
-
-    def items(self, train_tasks: Sequence[JSON]) -> list[JSON]:
-        return list(train_tasks)
+        return GRPOLearner(model, self.config, pad_id=pad_id)
 
     def make_batch(self, store: Store, items: Sequence[JSON], rollout_ids: Sequence[str]) -> CreditBatch:
         """Credit assignment on finished rollouts with this config's returns/advantage settings."""
@@ -186,25 +98,10 @@ class GRPO:
 
         c = self.config
         return transitions_from_store(
-            store, rollout_ids, returns=c.returns, advantage=c.advantage, scale=c.scale,  # type: ignore[arg-type]
+            store, rollout_ids, returns=c.returns, advantage=c.advantage, scale=c.scale,
             gamma=c.gamma, eps=c.adv_eps, models=c.train_models,
         )
 
     def update(self, batch: CreditBatch) -> StepResult:
         """One PPO-clip update on the batch's transitions (see :class:`~tracerl.algorithms.learner.GRPOLearner`)."""
-        result = self._learner().update(batch.transitions)
-        return StepResult(result.metrics, result.version, result.state_dict)
-
-    def engine_weights(self) -> dict[str, Any] | None:
-        return self._learner().engine_state_dict()
-
-    def save(self, folder: str | Path) -> None:
-        if self.learner is None:
-            raise ConfigError("nothing to save yet: call setup() before save()")
-        self.learner.save_checkpoint(folder)
-
-    def load(self, folder: str | Path) -> None:
-        self._learner().load_checkpoint(folder)
-
-    def _learner(self) -> GRPOLearner:
-        return self.learner if self.learner is not None else self.setup()
+        return self.step_result(self._learner().update(batch.transitions))

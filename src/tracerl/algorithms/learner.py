@@ -56,7 +56,7 @@ class UpdateResult:
     metrics: dict[str, float]
     state_dict: dict[str, Tensor] | None
     version: int
-    epochs: list[dict[str, float]] = field(default_factory=list)
+    epochs: list[dict[str, float]] = field(default_factory=list[dict[str, float]])
 
 
 class GRPOLearner(Policy):
@@ -107,7 +107,7 @@ class GRPOLearner(Policy):
             logger.info("update skipped: no trainable transitions (%d given, %d dropped)", len(transitions), dropped)
             return UpdateResult({"transitions": 0.0, "dropped": float(dropped)}, None, self.weights_version)
         mbs = build_micro_batches(
-            fresh, micro_batch_size=c.micro_batch_size, norm=c.loss_norm,  # type: ignore[arg-type]
+            fresh, micro_batch_size=c.micro_batch_size, norm=c.loss_norm,
             current_version=self.weights_version, pad_id=self.pad_id,
         )
         n_mbs = len(mbs)
@@ -142,7 +142,7 @@ class GRPOLearner(Policy):
                 kl = credit.k3_kl(logp, ref_k) if ref_k is not None else None
                 if kl is not None:
                     loss = loss + c.kl_coef * (kl * mb.weights).sum()
-                loss.backward()
+                torch.autograd.backward(loss)
                 acc.add(mb, loss, pg, kl, ratio, clipped)
             dp.sum_gradients(self.params)
             grad_norm = self.optimizer_step()
@@ -152,7 +152,7 @@ class GRPOLearner(Policy):
         self.weights_version += 1
         metrics = {
             **_summary(epochs),
-            **_mismatch_metrics(gaps, is_w),
+            **mismatch_metrics(gaps, is_w),
             "transitions": float(len(fresh)),
             "rollouts": float(len({t.rollout_id for t in fresh})),
             "dropped": float(dropped),
@@ -194,7 +194,7 @@ def _summary(epochs: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def _mismatch_metrics(gaps: list[tuple[Tensor, Tensor, Tensor]], is_w: list[Tensor | None]) -> dict[str, float]:
+def mismatch_metrics(gaps: list[tuple[Tensor, Tensor, Tensor]], is_w: list[Tensor | None]) -> dict[str, float]:
     """Sampler/learner gap over the on-policy tokens of the batch (first epoch, before any step)."""
     if dp.world_size() == 1 and not gaps:
         return {}
@@ -223,9 +223,12 @@ class _Accumulator:
     """Sums one epoch's statistics over micro-batches."""
 
     def __init__(self) -> None:
-        self.loss = self.pg = self.kl = 0.0
-        self.tokens = self.clipped = 0
-        self.ratio_sum = 0.0
+        self.loss: float = 0.0
+        self.pg: float = 0.0
+        self.kl: float = 0.0
+        self.ratio_sum: float = 0.0
+        self.tokens: int = 0
+        self.clipped: int = 0
 
     @torch.no_grad()
     def add(self, mb: MicroBatch, loss: Tensor, pg: Tensor, kl: Tensor | None, ratio: Tensor, clipped: Tensor) -> None:

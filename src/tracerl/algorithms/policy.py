@@ -20,7 +20,7 @@ import random
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from tracerl.algorithms.batch import MicroBatch
 from tracerl.algorithms.config import LoRAConfig, PolicyConfig
+from tracerl.algorithms.torch_types import manual_seed, optimizer_step
 from tracerl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -142,14 +143,15 @@ class Policy:
             return self.logprobs(mb, self.ref)
         if self.config.lora is None:
             raise ConfigError("no reference policy kept: build the policy with keep_reference=True")
-        with self.model.disable_adapter():  # type: ignore[operator]  # peft: LoRA off = initial policy
+        peft_model: Any = self.model
+        with peft_model.disable_adapter():  # peft: LoRA off = the initial policy
             return self.logprobs(mb)
 
     def optimizer_step(self) -> float:
         """Clip the gradient norm, take one optimizer step, clear the gradients; returns the norm before clipping."""
         limit = self.config.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, limit)
-        self.optimizer.step()
+        optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
@@ -170,13 +172,13 @@ class Policy:
         """
         if self.config.lora is None:
             return {k: v.detach() for k, v in self.model.state_dict().items()}
-        base = self.model.get_base_model()  # type: ignore[operator]
+        base = _peft_base(self.model)
         out = {
             k.replace(".base_layer.", "."): v.detach() for k, v in base.state_dict().items() if ".lora_" not in k
         }
-        for name, module in base.named_modules():
-            if hasattr(module, "base_layer") and hasattr(module, "get_delta_weight"):
-                layer: Any = module
+        # a peft LoRA layer has base_layer, active_adapters and get_delta_weight
+        for name, layer in cast("Iterator[tuple[str, Any]]", base.named_modules()):
+            if hasattr(layer, "base_layer") and hasattr(layer, "get_delta_weight"):
                 weight = layer.base_layer.weight.detach()
                 for adapter in layer.active_adapters:
                     weight = weight + layer.get_delta_weight(adapter).detach()
@@ -249,10 +251,10 @@ class Policy:
 
 def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The transformer body and the output projection of a causal LM (peft-wrapped or not)."""
-    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
-    backbone = getattr(base, "base_model", None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if backbone is None or backbone is base or head is None:
+    base: Any = _peft_base(model) if hasattr(model, "get_base_model") else model
+    backbone: object = getattr(base, "base_model", None)
+    head: object = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if not isinstance(backbone, nn.Module) or backbone is base or not isinstance(head, nn.Module):
         raise ConfigError(
             f"{type(base).__name__} is not a transformers causal LM with a separate body and output head; "
             "use an AutoModelForCausalLM model"
@@ -260,10 +262,16 @@ def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     return backbone, head
 
 
+def _peft_base(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft-wrapped one (``PeftModel.get_base_model()``)."""
+    peft_model: Any = model
+    return cast(nn.Module, peft_model.get_base_model())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    manual_seed(seed)
 
 
 def clear_quantization_flags(model: nn.Module) -> None:
@@ -275,7 +283,7 @@ def clear_quantization_flags(model: nn.Module) -> None:
             except AttributeError:
                 pass
     if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None  # type: ignore[assignment]
+        cast(Any, model).hf_quantizer = None
 
 
 def wrap_lora(model: nn.Module, lora: LoRAConfig) -> nn.Module:
@@ -287,4 +295,4 @@ def wrap_lora(model: nn.Module, lora: LoRAConfig) -> nn.Module:
         r=lora.r, lora_alpha=lora.alpha, target_modules=lora.targets, lora_dropout=lora.dropout, bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_config)  # type: ignore[arg-type]
+    return get_peft_model(cast(Any, model), peft_config)

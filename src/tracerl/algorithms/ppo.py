@@ -28,22 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tracerl.algorithms.base import JSON, StepResult
-from tracerl.algorithms.config import (
-    LoRAConfig,
-    PolicyConfig,
-    build_config,
-    choice,
-    int_at_least,
-    model_names,
-    number,
-)
+from tracerl.algorithms.config import ClipConfig, choice, int_at_least, number
+from tracerl.algorithms.weights import WeightsAlgorithm
 from tracerl.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from tracerl.algorithms.ppo_learner import ReturnsLearner
     from tracerl.algorithms.rollout_batch import RolloutBatch
     from tracerl.store.base import Store
@@ -51,40 +45,13 @@ if TYPE_CHECKING:
 __all__ = ["PPO", "PPOConfig", "REINFORCEpp", "REINFORCEppConfig"]
 
 
-@dataclass
-class _ClipConfig(PolicyConfig):
-    """Fields PPO and REINFORCE++ share (see :class:`~tracerl.algorithms.grpo.GRPOConfig` for their meaning)."""
-
-    group_size: int = 4
-    epochs: int = 2
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    kl_coef: float = 0.0
-    gamma: float = 1.0
-    loss_norm: str = "rollout"
-    max_staleness: int = 1
-    tis_cap: float | None = 2.0
-    train_models: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        model_names("train_models", self.train_models)
-        int_at_least("group_size", self.group_size, 1)
-        int_at_least("epochs", self.epochs, 1)
-        int_at_least("max_staleness", self.max_staleness, 0)
-        number("clip_eps_low", self.clip_eps_low, low=0.0, high=1.0, low_open=True, high_open=True)
-        number("clip_eps_high", self.clip_eps_high, low=0.0, low_open=True)
-        number("kl_coef", self.kl_coef, low=0.0)
-        number("gamma", self.gamma, low=0.0, high=1.0, low_open=True)
-        choice("loss_norm", self.loss_norm, ("rollout", "token"))
-        if self.tis_cap is not None:
-            number("tis_cap", self.tis_cap, low=1.0)
+ConfigT = TypeVar("ConfigT", bound=ClipConfig)
 
 
 @dataclass
-class PPOConfig(_ClipConfig):
-    """PPO with a learned critic (model/optimizer fields: :class:`PolicyConfig`; clip/KL/staleness fields as
-    in :class:`~tracerl.algorithms.grpo.GRPOConfig`).
+class PPOConfig(ClipConfig):
+    """PPO with a learned critic (model/optimizer fields: :class:`~tracerl.algorithms.config.PolicyConfig`;
+    clip/KL/staleness fields: :class:`~tracerl.algorithms.config.ClipConfig`).
 
     * ``group_size``: rollouts per task (1 is fine: the critic is the baseline).
     * ``epochs``: optimisation passes over each batch (one optimizer step each).
@@ -100,6 +67,7 @@ class PPOConfig(_ClipConfig):
       :func:`~tracerl.algorithms.rollout_batch.rollouts_batch`). None: every call.
     """
 
+    epochs: int = 2
     lam: float = 0.95
     critic: str = "head"
     critic_model: str | None = None
@@ -126,7 +94,7 @@ class PPOConfig(_ClipConfig):
 
 
 @dataclass
-class REINFORCEppConfig(_ClipConfig):
+class REINFORCEppConfig(ClipConfig):
     """REINFORCE++ (fields as :class:`PPOConfig`'s, without a critic).
 
     * ``kl_coef``: β of the KL penalty *in the reward* (token level, k1), not in the loss.
@@ -134,7 +102,6 @@ class REINFORCEppConfig(_ClipConfig):
     * ``adv_eps``: added to the batch standard deviation of the returns.
     """
 
-    epochs: int = 1
     baseline: str = "none"
     adv_eps: float = 1e-6
 
@@ -149,66 +116,13 @@ class REINFORCEppConfig(_ClipConfig):
             )
 
 
-class _ReturnsAlgorithm:
+class _ReturnsAlgorithm(WeightsAlgorithm[ConfigT, "ReturnsLearner[Any]"]):
     """The Algorithm protocol for PPO and REINFORCE++ (they differ in config and learner only)."""
 
-    name = ""
-    config_class: type[_ClipConfig] = _ClipConfig
-
-    def __init__(
-        self,
-        model: str = "smollm2-135m",
-        *,
-        group_size: int = 4,
-        lr: float = 1e-5,
-        lora: LoRAConfig | dict[str, Any] | None = None,
-        **options: Any,
-    ) -> None:
-        self.config: Any = build_config(
-            self.config_class, type(self).__name__, model=model, group_size=group_size, lr=lr, lora=lora, **options
-        )
-        self.learner: ReturnsLearner[Any] | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config!r})"
-
-    @property
-    def model(self) -> str:
-        return str(self.config.model)
-
-    @property
-    def group_size(self) -> int:
-        return int(self.config.group_size)
-
-    @property
-    def seed(self) -> int:
-        return int(self.config.seed)
-
-    @property
-    def device(self) -> str:
-        return str(self._learner().device)
-
-    @property
-    def weights_version(self) -> int:
-        return self.learner.weights_version if self.learner is not None else 0
-
-    def to_json(self) -> JSON:
-        return {"name": self.name, **self.config.to_json()}
-
-    def setup(self, model: Any = None, tokenizer: Any = None) -> ReturnsLearner[Any]:
-        """Build the learner on ``model`` (a transformers causal LM), or load ``config.model`` if None."""
+    def build_learner(self, model: nn.Module, pad_id: int) -> ReturnsLearner[Any]:
         from tracerl.algorithms import ppo_learner
 
-        if model is None:
-            from tracerl.engines.models import load_model
-
-            model, tokenizer = load_model(self.config.model)
-        pad_id = getattr(tokenizer, "pad_token_id", None)
-        self.learner = ppo_learner.build(model, self.config, pad_id=int(pad_id) if pad_id is not None else 0)
-        return self.learner
-
-    def items(self, train_tasks: Sequence[JSON]) -> list[JSON]:
-        return list(train_tasks)
+        return ppo_learner.build(model, self.config, pad_id=pad_id)
 
     def make_batch(self, store: Store, items: Sequence[JSON], rollout_ids: Sequence[str]) -> RolloutBatch:
         """Whole rollouts with per-call rewards; advantages come in :meth:`update` (they need the model)."""
@@ -217,37 +131,20 @@ class _ReturnsAlgorithm:
         return rollouts_from_store(store, rollout_ids, self.config.train_models)
 
     def update(self, batch: RolloutBatch) -> StepResult:
-        result = self._learner().update(batch)
-        return StepResult(result.metrics, result.version, result.state_dict)
-
-    def engine_weights(self) -> dict[str, Any] | None:
-        return self._learner().engine_state_dict()
-
-    def save(self, folder: str | Path) -> None:
-        if self.learner is None:
-            raise ConfigError("nothing to save yet: call setup() before save()")
-        self.learner.save_checkpoint(folder)
-
-    def load(self, folder: str | Path) -> None:
-        self._learner().load_checkpoint(folder)
-
-    def _learner(self) -> ReturnsLearner[Any]:
-        return self.learner if self.learner is not None else self.setup()
+        return self.step_result(self._learner().update(batch))
 
 
-class PPO(_ReturnsAlgorithm):
+class PPO(_ReturnsAlgorithm[PPOConfig]):
     """PPO with a learned critic: ``tracerl.PPO(model=..., group_size=..., lr=..., **options)``; the options
     are the fields of :class:`PPOConfig`."""
 
     name = "ppo"
     config_class = PPOConfig
-    config: PPOConfig
 
 
-class REINFORCEpp(_ReturnsAlgorithm):
+class REINFORCEpp(_ReturnsAlgorithm[REINFORCEppConfig]):
     """REINFORCE++: ``tracerl.REINFORCEpp(model=..., group_size=..., lr=..., kl_coef=..., **options)``; the
     options are the fields of :class:`REINFORCEppConfig`."""
 
     name = "reinforce++"
     config_class = REINFORCEppConfig
-    config: REINFORCEppConfig

@@ -31,11 +31,13 @@ from torch import Tensor, nn
 from tracerl import credit
 from tracerl.algorithms import estimators as est
 from tracerl.algorithms.batch import MicroBatch, build_micro_batches
+from tracerl.algorithms.config import ClipConfig
 from tracerl.algorithms.critic import Critic
-from tracerl.algorithms.learner import UpdateResult, _mismatch_metrics
+from tracerl.algorithms.learner import UpdateResult, mismatch_metrics
 from tracerl.algorithms.policy import Policy
-from tracerl.algorithms.ppo import PPOConfig, REINFORCEppConfig, _ClipConfig
+from tracerl.algorithms.ppo import PPOConfig, REINFORCEppConfig
 from tracerl.algorithms.rollout_batch import RolloutBatch
+from tracerl.algorithms.torch_types import floats, ints
 from tracerl.algorithms.transitions import Transition
 from tracerl.errors import ConfigError
 
@@ -43,10 +45,10 @@ logger = logging.getLogger(__name__)
 
 CRITIC_FILE = "critic.pt"
 
-C = TypeVar("C", bound=_ClipConfig)
+C = TypeVar("C", bound=ClipConfig)
 
 
-def build(model: nn.Module, config: _ClipConfig, *, pad_id: int = 0) -> ReturnsLearner[Any]:
+def build(model: nn.Module, config: ClipConfig, *, pad_id: int = 0) -> ReturnsLearner[Any]:
     """The learner for ``config`` (:class:`PPOLearner` or :class:`REINFORCEppLearner`)."""
     if isinstance(config, PPOConfig):
         return PPOLearner(model, config, pad_id=pad_id)
@@ -59,11 +61,11 @@ def build(model: nn.Module, config: _ClipConfig, *, pad_id: int = 0) -> ReturnsL
 class _Pre:
     """What the no-grad pass computed, one entry per micro-batch."""
 
-    old: list[Tensor] = field(default_factory=list)  # (B, R) π_old log-probs
-    ref: list[Tensor | None] = field(default_factory=list)  # (B, R) reference log-probs
-    is_w: list[Tensor | None] = field(default_factory=list)  # (B, R) truncated IS weights
-    gaps: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
-    values: list[Tensor] = field(default_factory=list)  # (B,) critic values (PPO)
+    old: list[Tensor] = field(default_factory=list[Tensor])  # (B, R) π_old log-probs
+    ref: list[Tensor | None] = field(default_factory=list[Tensor | None])  # (B, R) reference log-probs
+    is_w: list[Tensor | None] = field(default_factory=list[Tensor | None])  # (B, R) truncated IS weights
+    gaps: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list[tuple[Tensor, Tensor, Tensor]])
+    values: list[Tensor] = field(default_factory=list[Tensor])  # (B,) critic values (PPO)
 
 
 class ReturnsLearner(Policy, Generic[C]):
@@ -108,7 +110,7 @@ class ReturnsLearner(Policy, Generic[C]):
                                 self.weights_version)  # fmt: skip
         rewards = torch.tensor([batch.call_rewards[i] for i in keep], dtype=torch.float64)  # (M,)
         mbs = [self.to_device(mb) for mb in build_micro_batches(
-            ts, micro_batch_size=c.micro_batch_size, norm=c.loss_norm,  # type: ignore[arg-type]
+            ts, micro_batch_size=c.micro_batch_size, norm=c.loss_norm,
             current_version=self.weights_version, pad_id=self.pad_id,
         )]  # fmt: skip
         self.model.train()
@@ -121,7 +123,7 @@ class ReturnsLearner(Policy, Generic[C]):
                                      "ratio_sum": 0.0}  # fmt: skip
             for k, mb in enumerate(mbs):
                 loss = self.micro_loss(k, mb, pre, acc, policy)
-                loss.backward()
+                torch.autograd.backward(loss)
                 acc["loss"] += float(loss.detach())
             acc["grad_norm"] = self.optimizer_step() if policy else 0.0
             self.extra_step(acc)
@@ -137,7 +139,7 @@ class ReturnsLearner(Policy, Generic[C]):
             "ratio_mean": sum(e["ratio_sum"] for e in epochs) / (n_tok * len(epochs)),
             "grad_norm": sum(e["grad_norm"] for e in epochs) / len(epochs), "tokens": first["tokens"],
             **{k: v for k, v in first.items() if k.startswith(("value_", "critic_"))},
-            **_mismatch_metrics(pre.gaps, pre.is_w),
+            **mismatch_metrics(pre.gaps, pre.is_w),
             "transitions": float(len(ts)), "rollouts": float(len({t.rollout_id for t in ts})),
             "dropped": float(len(batch.transitions) - len(ts)), "micro_batches": float(len(mbs)),
             "policy_updated": float(policy), "update_s": time.perf_counter() - start,
@@ -226,7 +228,7 @@ def _rollout_spans(ts: list[Transition]) -> tuple[Tensor, list[int]]:
     """(M,) rollout index of each transition (rollouts consecutive) and the calls per rollout."""
     names = {r: i for i, r in enumerate(dict.fromkeys(t.rollout_id for t in ts))}
     index = torch.tensor([names[t.rollout_id] for t in ts], dtype=torch.int64)
-    counts = torch.bincount(index, minlength=len(names)).tolist()
+    counts = ints(torch.bincount(index, minlength=len(names)))
     return index, counts
 
 
@@ -282,7 +284,7 @@ class PPOLearner(ReturnsLearner[PPOConfig]):
             mb.advantages = norm[mb.rows].to(torch.float32).to(self.device)
             self.returns.append(ret[mb.rows].to(torch.float32).to(self.device))
             self.call_weights.append(call_w[mb.rows].to(torch.float32).to(self.device))
-        for t, a, g in zip(ts, adv.tolist(), ret.tolist(), strict=True):
+        for t, a, g in zip(ts, floats(adv), floats(ret), strict=True):
             t.advantage, t.ret = a, g
         resid = ret - values
         var = float(ret.var(correction=0))

@@ -15,9 +15,13 @@ group, so a nearly-solved task is not amplified.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tracerl.algorithms.grpo import GRPO, GRPOConfig
 from tracerl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tracerl.credit import AdvantageMode, ScaleMode
 
 __all__ = ["RLOO", "RLOOConfig"]
 
@@ -26,8 +30,8 @@ __all__ = ["RLOO", "RLOOConfig"]
 class RLOOConfig(GRPOConfig):
     """:class:`~tracerl.algorithms.grpo.GRPOConfig` with the leave-one-out baseline and no std scaling."""
 
-    advantage: str = "rloo"
-    scale: str = "none"
+    advantage: AdvantageMode = "rloo"
+    scale: ScaleMode = "none"
 
     def __post_init__(self) -> None:
         if self.advantage != "rloo":

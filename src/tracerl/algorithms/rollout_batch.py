@@ -6,9 +6,10 @@ critic, REINFORCE++'s KL-shaped token returns), not by group baselines at batch 
     batch.call_rewards       # (M,) r_t: intermediate rewards placed as credit assignment places them,
                              #      the final reward R added on each rollout's last call
 
-The rollouts are read by :func:`tracerl.algorithms.transitions.read_rollout` (same rules: last attempt,
-failed = R 0, cancelled or rewardless skipped). Nothing is skipped for zero group variance: a learned value
-(or the global normalisation of REINFORCE++) gives signal without a group. ``informative_groups`` still
+The rollouts are read by :func:`tracerl.algorithms.transitions.read_trainable` (same rules: last attempt,
+failed = R 0, cancelled or rewardless skipped; a constant number of store calls per step). Nothing is
+skipped for zero group variance: a learned value (or the global normalisation of REINFORCE++) gives signal
+without a group. ``informative_groups`` still
 counts groups with reward variance, so dynamic sampling means the same thing for every algorithm.
 """
 
@@ -21,40 +22,25 @@ import torch
 
 from tracerl import credit
 from tracerl.algorithms.estimators import step_rewards
-from tracerl.algorithms.transitions import RolloutRecord, Transition, read_rollout
+from tracerl.algorithms.torch_types import floats
+from tracerl.algorithms.transitions import (
+    RolloutRecord,
+    StepBatch,
+    Transition,
+    final_reward_stats,
+    read_trainable,
+    reward_placement,
+)
 from tracerl.store.base import Store
 
 
-@dataclass
-class RolloutBatch:
+@dataclass(slots=True)
+class RolloutBatch(StepBatch):
     """The trainable calls of a step's rollouts, in rollout then call order, with their per-call rewards."""
 
-    transitions: list[Transition]
-    call_rewards: list[float]  # (M,) r_t per transition
-    rollouts: int  # rollouts read
-    groups: int
-    zero_variance_groups: int
-    reward_mean: float
-    reward_std: float
+    call_rewards: list[float] = field(default_factory=list[float])  # (M,) r_t per transition
     #: the final reward R of each rollout with calls, and its group id (REINFORCE++'s group baseline)
-    finals: dict[str, float] = field(default_factory=dict)
-    skipped_rollouts: dict[str, int] = field(default_factory=dict)
-    response_tokens: int = 0
-
-    @property
-    def informative_groups(self) -> int:
-        return self.groups - self.zero_variance_groups
-
-    def metrics(self) -> dict[str, float]:
-        return {
-            "reward_mean": self.reward_mean,
-            "reward_std": self.reward_std,
-            "rollouts": float(self.rollouts),
-            "groups": float(self.groups),
-            "zero_variance_groups": float(self.zero_variance_groups),
-            "transitions": float(len(self.transitions)),
-            **{f"skipped_{k}": float(v) for k, v in self.skipped_rollouts.items()},
-        }
+    finals: dict[str, float] = field(default_factory=dict[str, float])
 
 
 def rollouts_batch(records: Sequence[RolloutRecord], models: Sequence[str] | None = None) -> RolloutBatch:
@@ -67,7 +53,7 @@ def rollouts_batch(records: Sequence[RolloutRecord], models: Sequence[str] | Non
     environment. A rollout with no kept call is skipped (``no_calls``).
     """
     skipped: dict[str, int] = {}
-    finals = torch.tensor([r.final_reward for r in records], dtype=torch.float64)
+    reward_mean, reward_std = final_reward_stats(records)
     transitions: list[Transition] = []
     rewards: list[float] = []
     if models is not None:
@@ -77,13 +63,8 @@ def rollouts_batch(records: Sequence[RolloutRecord], models: Sequence[str] | Non
         skipped["no_calls"] = len(records) - len(usable)
     for r in usable:
         calls = sorted(r.calls, key=lambda c: c.seq)
-        r_t = step_rewards(
-            torch.tensor([c.seq for c in calls], dtype=torch.int64),
-            torch.tensor([p for p, _ in r.rewards], dtype=torch.int64),
-            torch.tensor([v for _, v in r.rewards], dtype=torch.float64),
-            r.final_reward,
-        )  # (T,)
-        rewards += r_t.tolist()
+        r_t = step_rewards(*reward_placement(calls, r.rewards), r.final_reward)  # (T,)
+        rewards += floats(r_t)
         transitions += [
             Transition(prompt_ids=c.prompt_ids, response_ids=c.response_ids, logprobs=c.logprobs, advantage=0.0,
                        rollout_id=r.rollout_id, weights_version=c.weights_version, group_id=r.group_id,
@@ -98,8 +79,7 @@ def rollouts_batch(records: Sequence[RolloutRecord], models: Sequence[str] | Non
     )
     return RolloutBatch(
         transitions=transitions, call_rewards=rewards, rollouts=len(records), groups=len(groups),
-        zero_variance_groups=flat, reward_mean=float(finals.mean()) if finals.numel() else 0.0,
-        reward_std=float(finals.std(correction=0)) if finals.numel() else 0.0,
+        zero_variance_groups=flat, reward_mean=reward_mean, reward_std=reward_std,
         finals={r.rollout_id: r.final_reward for r in usable}, skipped_rollouts=skipped,
     )  # fmt: skip
 
@@ -110,12 +90,8 @@ def _keep_models(record: RolloutRecord, models: Sequence[str]) -> RolloutRecord:
     kept = [c for c in calls if c.model in models]
     if not kept:
         return RolloutRecord(record.rollout_id, record.group_id, record.final_reward, [], [])
-    r_t = step_rewards(
-        torch.tensor([c.seq for c in calls], dtype=torch.int64),
-        torch.tensor([p for p, _ in record.rewards], dtype=torch.int64),
-        torch.tensor([v for _, v in record.rewards], dtype=torch.float64),
-        0.0,
-    ).tolist()  # (T,) the intermediate rewards per call, over all calls
+    # (T,) the intermediate rewards per call, over all calls
+    r_t = floats(credit.attach_rewards(*reward_placement(calls, record.rewards)))
     rewards: list[tuple[int, float]] = []
     for c, r in zip(calls, r_t, strict=True):
         if r:
@@ -126,16 +102,7 @@ def _keep_models(record: RolloutRecord, models: Sequence[str]) -> RolloutRecord:
 
 def rollouts_from_store(store: Store, rollout_ids: Sequence[str], models: Sequence[str] | None = None) -> RolloutBatch:
     """Read the rollouts from ``store`` (any backend) and build their :class:`RolloutBatch`."""
-    records: list[RolloutRecord] = []
-    skipped: dict[str, int] = {}
-    for rid in rollout_ids:
-        rec = read_rollout(store, rid)
-        if isinstance(rec, str):
-            skipped[rec] = skipped.get(rec, 0) + 1
-        else:
-            records.append(rec)
+    records, skipped = read_trainable(store, rollout_ids)
     batch = rollouts_batch(records, models)
-    batch.response_tokens = sum(len(c.response_ids) for r in records for c in r.calls)
-    for reason, n in skipped.items():
-        batch.skipped_rollouts[reason] = batch.skipped_rollouts.get(reason, 0) + n
+    batch.add_read(records, skipped)
     return batch

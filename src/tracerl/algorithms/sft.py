@@ -33,11 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracerl.algorithms.base import JSON, StepResult
-from tracerl.algorithms.config import LoRAConfig, PolicyConfig, build_config, choice, int_at_least, number
+from tracerl.algorithms.config import PolicyConfig, choice, int_at_least, number
+from tracerl.algorithms.weights import WeightsAlgorithm
 from tracerl.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from tracerl.algorithms.sft_learner import SFTLearner
+    from tracerl.credit import LossNorm
     from tracerl.store.base import Store
 
 __all__ = ["SFT", "SFTBatch", "SFTConfig", "SFTExample"]
@@ -60,7 +64,7 @@ class SFTConfig(PolicyConfig):
     from_store: str | None = None
     group_size: int = 0
     min_reward: float = 1.0
-    loss_norm: str = "token"
+    loss_norm: LossNorm = "token"
     max_length: int = 4096
 
     def __post_init__(self) -> None:
@@ -99,63 +103,28 @@ class SFTBatch:
     informative_groups: int
     rollouts: int = 0
     response_tokens: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict[str, float])
 
     def metrics(self) -> dict[str, float]:
         return {"examples": float(len(self.examples)), **self.extra}
 
 
-class SFT:
+class SFT(WeightsAlgorithm[SFTConfig, "SFTLearner"]):
     """``tracerl.SFT(model, demonstrations=... | from_store=... | group_size=..., lr=5e-5, **options)``."""
 
     name = "sft"
-
-    def __init__(self, model: str = "smollm2-135m", *, lora: LoRAConfig | dict[str, Any] | None = None,
-                 **options: Any) -> None:  # fmt: skip
-        self.config: SFTConfig = build_config(SFTConfig, "SFT", model=model, lora=lora, **options)
-        self.learner: SFTLearner | None = None
-        self.tokenizer: Any = None
-
-    def __repr__(self) -> str:
-        return f"SFT({self.config!r})"
-
-    @property
-    def model(self) -> str:
-        return self.config.model
-
-    @property
-    def group_size(self) -> int:
-        return self.config.group_size
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
-
-    @property
-    def device(self) -> str:
-        return str(self._learner().device)
-
-    @property
-    def weights_version(self) -> int:
-        return self.learner.weights_version if self.learner is not None else 0
+    config_class = SFTConfig
 
     def to_json(self) -> JSON:
-        out = {"name": self.name, **self.config.to_json()}
+        out = super().to_json()
         if isinstance(self.config.demonstrations, list):
             out["demonstrations"] = f"{len(self.config.demonstrations)} transcripts"
         return out
 
-    def setup(self, model: Any = None, tokenizer: Any = None) -> SFTLearner:
+    def build_learner(self, model: nn.Module, pad_id: int) -> SFTLearner:
         from tracerl.algorithms.sft_learner import SFTLearner
 
-        if model is None:
-            from tracerl.engines.models import load_model
-
-            model, tokenizer = load_model(self.config.model)
-        self.tokenizer = tokenizer
-        pad_id = getattr(tokenizer, "pad_token_id", None)
-        self.learner = SFTLearner(model, self.config, pad_id=int(pad_id) if pad_id is not None else 0)
-        return self.learner
+        return SFTLearner(model, self.config, pad_id=pad_id)
 
     def items(self, train_tasks: Sequence[JSON]) -> list[JSON]:
         """Sampling on train tasks (``group_size > 0``), else the examples of the configured source, one
@@ -187,20 +156,7 @@ class SFT:
                         response_tokens=sum(len(e.response_ids) for e in examples))  # fmt: skip
 
     def update(self, batch: SFTBatch) -> StepResult:
-        result = self._learner().update(batch.examples)
-        return StepResult(result.metrics, result.version, result.state_dict)
-
-    def engine_weights(self) -> dict[str, Any] | None:
-        return self._learner().engine_state_dict()
-
-    def save(self, folder: str | Path) -> None:
-        self._learner().save_checkpoint(folder)
-
-    def load(self, folder: str | Path) -> None:
-        self._learner().load_checkpoint(folder)
-
-    def _learner(self) -> SFTLearner:
-        return self.learner if self.learner is not None else self.setup()
+        return self.step_result(self._learner().update(batch.examples))
 
     def _tokenizer(self) -> Any:
         if self.tokenizer is None:

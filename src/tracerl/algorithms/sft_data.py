@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from tracerl.algorithms.base import JSON, json_list, json_object
 from tracerl.algorithms.sft import SFTBatch, SFTExample
 from tracerl.algorithms.transitions import read_records
 from tracerl.errors import ConfigError, TracerlError
 from tracerl.store.base import Store
 from tracerl.types import Mode, RolloutQuery, RolloutStatus, SpanKind
-
-JSON = dict[str, Any]
 
 
 def examples_from_transcripts(transcripts: str | Sequence[JSON], tokenizer: Any) -> list[SFTExample]:
@@ -42,7 +41,7 @@ def render_transcript(transcript: JSON, tokenizer: Any, *, where: str = "transcr
     from tracerl.gateway.chat import normalize_messages, normalize_tools, render_turns
     from tracerl.gateway.service import end_of_turn_ids
 
-    if not isinstance(transcript, dict) or "messages" not in transcript:
+    if not isinstance(cast(object, transcript), dict) or "messages" not in transcript:
         raise ConfigError(f"{where} must be an object with 'messages' (and optionally 'tools'): {transcript!r:.200}")
     weights = assistant_weights(transcript["messages"], where)
     try:
@@ -60,13 +59,12 @@ def assistant_weights(messages: Any, where: str) -> list[int]:
     As in OpenAI's fine-tuning format, ``"weight": 0`` on an assistant message keeps it in the prompt of
     later turns but trains no example on it (e.g. a worked example, or a reply trained on another call).
     """
-    if not isinstance(messages, list):
-        return []
     weights: list[int] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") != "assistant":
+    for i, message in enumerate(json_list(messages)):
+        m = json_object(message)
+        if m.get("role") != "assistant":
             continue
-        w = m.get("weight", 1)
+        w: object = m.get("weight", 1)
         if isinstance(w, bool) or w not in (0, 1):
             raise ConfigError(f"{where}: messages[{i}].weight is {w!r}; it must be 0 (context only) or 1 (trained)")
         weights.append(int(w))
@@ -89,12 +87,12 @@ def calls_of_rollout(store: Store, rollout_id: str, tokenizer: Any | None = None
 
 def _render_text_call(attributes: JSON, tokenizer: Any, rollout_id: str) -> list[SFTExample]:
     """A call recorded as text (request messages + reply message) rendered into its last turn's tokens."""
-    request = attributes.get("request") or {}
-    choices = (attributes.get("response") or {}).get("choices") or []
-    message = choices[0].get("message") if choices and isinstance(choices[0], dict) else None
+    request = json_object(attributes.get("request"))
+    choices = json_list(json_object(attributes.get("response")).get("choices"))
+    message: object = json_object(choices[0]).get("message") if choices else None
     if not isinstance(request.get("messages"), list) or not isinstance(message, dict):
         return []
-    transcript = {"messages": [*request["messages"], message], "tools": request.get("tools")}
+    transcript: JSON = {"messages": [*json_list(request["messages"]), message], "tools": request.get("tools")}
     return render_transcript(transcript, tokenizer, where=f"rollout {rollout_id}")[-1:]
 
 

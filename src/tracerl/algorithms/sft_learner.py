@@ -40,14 +40,14 @@ class SFTLearner(Policy):
         rows = [Transition(e.prompt_ids, e.response_ids, [0.0] * len(e.response_ids), 1.0, f"{i}")
                 for i, e in enumerate(usable)]  # fmt: skip
         mbs = build_micro_batches(rows, micro_batch_size=self.config.micro_batch_size,
-                                  norm=self.config.loss_norm, pad_id=self.pad_id)  # type: ignore[arg-type]
+                                  norm=self.config.loss_norm, pad_id=self.pad_id)
         self.model.train()
         loss_sum, nll_sum, tokens = 0.0, 0.0, 0
         for mb in mbs:
             mb = self.to_device(mb)
             logp = self.logprobs(mb)  # (B, R)
             loss = -(logp * mb.weights).sum()
-            loss.backward()
+            torch.autograd.backward(loss)
             with torch.no_grad():
                 loss_sum += float(loss)
                 nll_sum += float(-(logp * mb.response_mask).sum())

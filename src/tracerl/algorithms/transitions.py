@@ -28,10 +28,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 import torch
+from torch import Tensor
 
 from tracerl import credit
+from tracerl.algorithms.torch_types import floats
 from tracerl.errors import ServerError
 from tracerl.store.base import MAX_QUERY_LIMIT, Store
 from tracerl.types import RolloutStatus, RolloutTrace, Span, SpanKind
@@ -86,12 +89,12 @@ class RolloutRecord:
     final_reward: float
     calls: list[LLMCallRecord]
     #: intermediate rewards as (seq, value); the final reward is not among them
-    rewards: list[tuple[int, float]] = field(default_factory=list)
+    rewards: list[tuple[int, float]] = field(default_factory=list[tuple[int, float]])
 
 
 @dataclass(slots=True)
-class CreditBatch:
-    """Transitions of the rollouts that carry signal, plus what was left out and why."""
+class StepBatch:
+    """The trainable calls of a step's rollouts and what reading them found: what every RL batch reports."""
 
     transitions: list[Transition]
     rollouts: int  # rollouts considered
@@ -102,15 +105,16 @@ class CreditBatch:
     reward_std: float
     #: response tokens of every llm call of the rollouts read (trainable or not: generation throughput)
     response_tokens: int = 0
-    #: llm calls of the rollouts read whose agent changed a turn the model wrote (``prefix_reused`` false)
-    rerendered_calls: int = 0
 
     @property
     def informative_groups(self) -> int:
-        """Groups whose rollouts carry signal (not skipped for zero reward variance)."""
+        """Groups whose rollouts carry signal (reward variance > 0)."""
         return self.groups - self.zero_variance_groups
 
     def metrics(self) -> dict[str, float]:
+        return self._metrics({})
+
+    def _metrics(self, extra: dict[str, float]) -> dict[str, float]:
         return {
             "reward_mean": self.reward_mean,
             "reward_std": self.reward_std,
@@ -118,9 +122,47 @@ class CreditBatch:
             "groups": float(self.groups),
             "zero_variance_groups": float(self.zero_variance_groups),
             "transitions": float(len(self.transitions)),
-            "rerendered_calls": float(self.rerendered_calls),
+            **extra,
             **{f"skipped_{k}": float(v) for k, v in self.skipped_rollouts.items()},
         }
+
+    def add_read(self, records: Sequence[RolloutRecord], skipped: dict[str, int]) -> None:
+        """Count what reading the store found besides the records: the response tokens of all their calls,
+        and the rollouts left out before credit assignment (``skipped``: reason → count)."""
+        self.response_tokens = sum(len(c.response_ids) for r in records for c in r.calls)
+        for reason, n in skipped.items():
+            self.skipped_rollouts[reason] = self.skipped_rollouts.get(reason, 0) + n
+
+
+@dataclass(slots=True)
+class CreditBatch(StepBatch):
+    """Transitions (with advantages) of the rollouts that carry signal, plus what was left out and why."""
+
+    #: llm calls of the rollouts read whose agent changed a turn the model wrote (``prefix_reused`` false)
+    rerendered_calls: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        return self._metrics({"rerendered_calls": float(self.rerendered_calls)})
+
+
+def reward_placement(
+    calls: Sequence[LLMCallRecord], rewards: Sequence[tuple[int, float]]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(call positions (T,), reward positions (K,), reward values (K,))`` of one rollout's calls (in call
+    order) and intermediate rewards: the arguments :func:`tracerl.credit.attach_rewards` places rewards with."""
+    return (
+        torch.tensor([c.seq for c in calls], dtype=torch.int64),
+        torch.tensor([p for p, _ in rewards], dtype=torch.int64),
+        torch.tensor([v for _, v in rewards], dtype=torch.float64),
+    )
+
+
+def final_reward_stats(records: Sequence[RolloutRecord]) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the records' final rewards; 0 and 0 for none."""
+    finals = torch.tensor([r.final_reward for r in records], dtype=torch.float64)
+    if not finals.numel():
+        return 0.0, 0.0
+    return float(finals.mean()), float(finals.std(correction=0))
 
 
 def assign_credit(
@@ -144,9 +186,7 @@ def assign_credit(
     usable = [r for r in records if r.calls]
     if len(usable) < len(records):
         skipped["no_calls"] = len(records) - len(usable)
-    finals = torch.tensor([r.final_reward for r in records], dtype=torch.float64)
-    reward_mean = float(finals.mean()) if finals.numel() else 0.0
-    reward_std = float(finals.std(correction=0)) if finals.numel() else 0.0
+    reward_mean, reward_std = final_reward_stats(records)
     if not usable:
         return CreditBatch([], len(records), 0, 0, skipped, reward_mean, reward_std)
 
@@ -155,10 +195,7 @@ def assign_credit(
     for r in usable:
         calls = sorted(r.calls, key=lambda c: c.seq)
         sorted_calls.append(calls)
-        positions = torch.tensor([c.seq for c in calls], dtype=torch.int64)
-        rew_pos = torch.tensor([p for p, _ in r.rewards], dtype=torch.int64)
-        rew_val = torch.tensor([v for _, v in r.rewards], dtype=torch.float64)
-        step_rewards = credit.attach_rewards(positions, rew_pos, rew_val)  # (T,)
+        step_rewards = credit.attach_rewards(*reward_placement(calls, r.rewards))  # (T,)
         per_rollout_returns.append(credit.call_returns(step_rewards, r.final_reward, mode=returns, gamma=gamma))
 
     group_names = {g: i for i, g in enumerate(dict.fromkeys(r.group_id for r in usable))}
@@ -169,7 +206,7 @@ def assign_credit(
     rollout_of_call = torch.cat(
         [torch.full((len(g),), i, dtype=torch.int64) for i, g in enumerate(per_rollout_returns)]
     )  # (M,)
-    advantages = credit.call_advantages(all_returns, rollout_of_call, stats).tolist()  # (M,)
+    advantages = floats(credit.call_advantages(all_returns, rollout_of_call, stats))  # (M,)
 
     out: list[Transition] = []
     m = 0
@@ -261,27 +298,9 @@ def read_records(store: Store, rollout_ids: Sequence[str]) -> list[RolloutRecord
     return [record_from_trace(t) for chunk in chunks for t in store.get_traces(chunk)]
 
 
-def _position(span: Span) -> int:
-    if span.position is None:
-        raise ServerError(f"span {span.seq} of attempt {span.attempt_id!r} came from the store without a position")
-    return span.position
-
-
-def transitions_from_store(
-    store: Store,
-    rollout_ids: Sequence[str],
-    *,
-    returns: credit.ReturnsMode = "uniform",
-    advantage: credit.AdvantageMode = "grpo",
-    scale: credit.ScaleMode = "std",
-    gamma: float = 1.0,
-    eps: float = 1e-4,
-    models: Sequence[str] | None = None,
-) -> CreditBatch:
-    """Read the rollouts' llm calls and rewards from ``store`` and assign credit (module docstring).
-
-    The reads are :meth:`Store.get_traces` calls, one per :data:`MAX_QUERY_LIMIT` rollouts: a step costs a
-    constant number of store calls, however many rollouts it holds."""
+def read_trainable(store: Store, rollout_ids: Sequence[str]) -> tuple[list[RolloutRecord], dict[str, int]]:
+    """The records of the rollouts that can be trained on (:func:`read_records`), and how many of the others
+    were left out for each reason (``cancelled``, ``not_finished``, ``no_calls``, ``no_reward``)."""
     records: list[RolloutRecord] = []
     skipped: dict[str, int] = {}
     for rec in read_records(store, rollout_ids):
@@ -289,10 +308,36 @@ def transitions_from_store(
             skipped[rec] = skipped.get(rec, 0) + 1
         else:
             records.append(rec)
-    batch = assign_credit(records, returns=returns, advantage=advantage, scale=scale, gamma=gamma, eps=eps,
-                          models=models)  # fmt: skip
-    batch.response_tokens = sum(len(c.response_ids) for r in records for c in r.calls)
+    return records, skipped
+
+
+def _position(span: Span) -> int:
+    if span.position is None:
+        raise ServerError(f"span {span.seq} of attempt {span.attempt_id!r} came from the store without a position")
+    return span.position
+
+
+class CreditOptions(TypedDict, total=False):
+    """The keyword options of :func:`assign_credit` (defaults there)."""
+
+    returns: credit.ReturnsMode
+    advantage: credit.AdvantageMode
+    scale: credit.ScaleMode
+    gamma: float
+    eps: float
+    models: Sequence[str] | None
+
+
+def transitions_from_store(
+    store: Store, rollout_ids: Sequence[str], **options: Unpack[CreditOptions]
+) -> CreditBatch:
+    """Read the rollouts' llm calls and rewards from ``store`` and :func:`assign_credit` with ``options``
+    (module docstring).
+
+    The reads are :meth:`Store.get_traces` calls, one per :data:`MAX_QUERY_LIMIT` rollouts: a step costs a
+    constant number of store calls, however many rollouts it holds."""
+    records, skipped = read_trainable(store, rollout_ids)
+    batch = assign_credit(records, **options)
+    batch.add_read(records, skipped)
     batch.rerendered_calls = sum(c.prefix_reused is False for r in records for c in r.calls)
-    for reason, n in skipped.items():
-        batch.skipped_rollouts[reason] = batch.skipped_rollouts.get(reason, 0) + n
     return batch

@@ -99,6 +99,8 @@ class Queries:
         )
         self.rollouts_of_attempts = f"SELECT attempt_id, rollout_id FROM attempts WHERE {d.in_list('attempt_id')}"
         self.attempt_exists = f"SELECT 1 FROM attempts WHERE attempt_id = {p}"
+        self.attempt_has_spans = f"SELECT 1 FROM spans WHERE attempt_id = {p} LIMIT 1"
+        self.delete_attempt = f"DELETE FROM attempts WHERE attempt_id = {p}"
         # -- spans --------------------------------------------------------------------------------
         self.stored_span_keys = (
             f"SELECT attempt_id, seq FROM spans WHERE {d.in_list('attempt_id')} AND {d.in_list('seq')}"

@@ -295,15 +295,12 @@ class SqlStore(SqlDataMixin, Store):
             if sm.lease_run_out(a, now):  # over: ended as heartbeat would end it, then refused below
                 a, r = self._end_attempt_tx(tx, a, r, AttemptStatus.UNRESPONSIVE, None, "lease expired", now)
             elif a.status is AttemptStatus.RUNNING:
-                if tx.one("SELECT 1 FROM spans WHERE attempt_id = ? LIMIT 1", (attempt_id,)) is not None:
+                if tx.one(self.q.attempt_has_spans, (attempt_id,)) is not None:
                     raise release_refused(attempt_id)
                 r = sm.release_attempt(a, r, now)
-                tx.send("DELETE FROM attempts WHERE attempt_id = ?", (attempt_id,))
-                tx.send(
-                    "UPDATE rollouts SET status = ?, attempts = ?, updated_at = ? WHERE rollout_id = ?",
-                    (r.status.value, r.attempts, now, r.rollout_id),
-                )
-                tx.send("INSERT INTO queue (rollout_id, mode) VALUES (?, ?)", (r.rollout_id, r.mode.value))
+                tx.send(self.q.delete_attempt, (attempt_id,))
+                tx.send(self.q.start_rollout, (r.status.value, r.attempts, now, r.rollout_id))
+                tx.send(self.q.insert_queue, (r.rollout_id, r.mode.value))
             self._changed(tx)
         self._signal()
         if a.status is not AttemptStatus.RUNNING:

@@ -108,21 +108,21 @@ def stage_weights_path(run_dir: Path, stage: int, name: str) -> Path:
 
 def save_stage_weights(weights: dict[str, Any], path: Path) -> None:
     """The full weights a finished stage hands on (safetensors, written atomically)."""
-    from safetensors.torch import save_file
+    from tracerl.algorithms.torch_types import save_tensors
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp))
+    save_tensors({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp)
     os.replace(tmp, path)
 
 
 def load_stage_weights(path: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
+    from tracerl.algorithms.torch_types import load_tensors
 
     if not path.exists():
         raise ConfigError(f"{path} is missing: the weights of an earlier stage are needed to resume this run; "
                           "start over with resume=False")
-    return load_file(str(path))
+    return load_tensors(path)
 
 
 def folder_size(path: Path) -> int:

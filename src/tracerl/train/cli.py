@@ -10,14 +10,14 @@ import argparse
 import contextlib
 import dataclasses
 import signal
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from tracerl.config import RunConfig, StageSpec, load_run_config
 
 
 @contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
+def stop_on_sigterm() -> Generator[None, None, None]:
     """Inside the block, SIGTERM (a job scheduler, ``kill``) stops a run like Ctrl-C does: runners, gateway
     and engine are shut down and a checkpoint is saved. The previous handler is restored afterwards."""
 

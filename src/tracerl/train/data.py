@@ -6,14 +6,16 @@ Built-in names are ``DATASET:SPLIT`` or ``DATASET:SPLIT:N`` (the first N tasks o
 * ``demo-toy:train`` / ``demo-toy:val`` — :mod:`tracerl.tasks.toy` (default N: 64 / 16).
 
 The same reader loads SFT demonstrations (a JSONL file of ``{"messages": [...], "tools": [...]}`` objects):
-:func:`read_jsonl`.
+:func:`read_jsonl`; the examples' own question and document files use :func:`read_jsonl_lines`, which keeps
+each object's line number for their messages.
 """
 
 from __future__ import annotations
 
 import json
+from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tracerl.errors import ConfigError
 
@@ -42,22 +44,29 @@ def load_tasks(ref: str) -> list[dict[str, Any]]:
     return make_tasks(split, n)
 
 
-def read_jsonl(path: str | Path, *, what: str = "task") -> list[dict[str, Any]]:
+def read_jsonl(path: str | PathLike[str], *, what: str = "task") -> list[dict[str, Any]]:
     """Every JSON object of a JSONL file (blank lines skipped); :class:`ConfigError` names a bad line."""
+    return [obj for _, obj in read_jsonl_lines(path, what=what)]
+
+
+def read_jsonl_lines(path: str | PathLike[str], *, what: str = "task") -> list[tuple[int, dict[str, Any]]]:
+    """:func:`read_jsonl` with each object's line number (from 1), for a caller that checks the objects and
+    names the line at fault (``f"{path}:{line} needs ..."``). ``what`` names an object in the errors: a
+    missing or empty file, a line that is not JSON or not a JSON object."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} file {str(path)!r} does not exist")
-    tasks: list[dict[str, Any]] = []
+    out: list[tuple[int, dict[str, Any]]] = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            task = json.loads(line)
+            obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}:{i} is not valid JSON ({e.msg}); write one JSON object per line") from None
-        if not isinstance(task, dict):
-            raise ConfigError(f"{path}:{i} is a {type(task).__name__}; each line must be a JSON object (a {what})")
-        tasks.append(task)
-    if not tasks:
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}:{i} is a {type(obj).__name__}; each line must be a JSON object (a {what})")
+        out.append((i, cast("dict[str, Any]", obj)))
+    if not out:
         raise ConfigError(f"{what} file {str(path)!r} is empty")
-    return tasks
+    return out

@@ -55,15 +55,14 @@ def release() -> None:
 
 def follow(trainer: Trainer, cfg: TrainerConfig) -> FitResult:
     """A follower rank's whole run: the learner on the same model, every update rank 0 starts."""
-    import torch
-
     from tracerl.algorithms import distributed as dp
+    from tracerl.algorithms.torch_types import manual_seed
     from tracerl.engines.models import load_model
     from tracerl.metrics import METRICS_FILE, PLOT_FILE
     from tracerl.train.trainer import FitResult
 
     algorithm: Any = trainer.algorithm
-    torch.manual_seed(cfg.seed)
+    manual_seed(cfg.seed)
     model, tokenizer = load_model(trainer.model)
     learner = algorithm.setup(model, tokenizer)
     logger.info("rank %d of %d: following rank 0's updates", dp.rank(), dp.world_size())

@@ -23,9 +23,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from tracerl.config import EngineConfig, RunnerConfig
 from tracerl.errors import ConfigError, IllegalTransition, InvalidInput, Timeout
@@ -57,7 +57,7 @@ class Stack:
 
 def check_tasks(tasks: Sequence[Any], what: str) -> list[dict[str, Any]]:
     """``tasks`` as a list of JSON objects, or :class:`InvalidInput` naming the first bad one."""
-    if isinstance(tasks, (str, bytes, dict)) or not isinstance(tasks, Sequence):
+    if isinstance(tasks, (str, bytes, dict)) or not isinstance(cast(object, tasks), Sequence):
         raise InvalidInput(f"{what} must be a list of task dicts, got {type(tasks).__name__}")
     out = list(tasks)
     if not out:
@@ -91,7 +91,7 @@ def serving(
     device: str | None = None,
     token: str | None = None,
     roles: Mapping[str, tuple[Any, Any] | None] | None = None,
-) -> Iterator[Stack]:
+) -> Generator[Stack, None, None]:
     """Start engine, gateway and runners for ``agent`` on ``store``; stop them all on exit.
 
     ``roles`` (an agent with several roles, each naming its own ``model``): role name → None for the

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tracerl.algorithms.base import Algorithm, check_algorithm
 from tracerl.config import STAGE_FIELDS, EngineConfig, RunnerConfig, StoreConfig, TrainerConfig
@@ -109,12 +109,13 @@ class FitResult:
     checkpoint: Path | None
     final_model: Path | None
     stopped_by: str
-    stages: list[StageResult] = field(default_factory=list)
+    stages: list[StageResult] = field(default_factory=list[StageResult])
 
 
-def as_stages(algorithm: Any) -> list[Stage]:
+def as_stages(algorithm: object) -> list[Stage]:
     """One algorithm, a :class:`Stage`, or a list of either → the list of stages."""
-    items = list(algorithm) if isinstance(algorithm, (list, tuple)) else [algorithm]
+    many = isinstance(algorithm, (list, tuple))
+    items = list(cast("Sequence[object]", algorithm)) if many else [algorithm]
     if not items:
         raise ConfigError("algorithm is an empty list; give an algorithm such as tracerl.GRPO(...) or a list of stages")
     stages = [s if isinstance(s, Stage) else Stage(s) for s in items]
@@ -253,11 +254,10 @@ class Trainer:
 
     def _load_model(self, seed: int) -> tuple[Any, Any]:
         """The model every stage starts from (kept unchanged) and its tokenizer."""
-        import torch
-
+        from tracerl.algorithms.torch_types import manual_seed
         from tracerl.engines.models import load_model
 
-        torch.manual_seed(seed)
+        manual_seed(seed)
         return load_model(self.model)
 
 
