@@ -173,3 +173,51 @@ def test_a_swap_waits_for_requests_in_flight(fake_vllm: Path, tiny_model_dir: Pa
     paths = [r["path"] for r in requests(tmp_path)]
     # the early completion, then the load, then the late completion: never a load while one is in flight
     assert paths == ["/v1/completions", "/collective_rpc", "/reset_prefix_cache", "/v1/completions"]
+
+
+AGENT = '''
+from openai import OpenAI
+import tracerl
+
+
+@tracerl.agent
+def long_reply(task, llm):
+    """Reward the length of the reply (the stand-in server samples random tokens: rewards vary in a group)."""
+    client = OpenAI(base_url=llm.base_url, api_key=llm.api_key)
+    reply = client.chat.completions.create(
+        model=llm.model, messages=[{"role": "user", "content": task["question"]}], **llm.sampling
+    )
+    return min(1.0, len(reply.choices[0].message.content or "") / 40)
+'''
+
+
+def test_trainer_trains_through_the_vllm_engine(fake_vllm: Path, tiny_model_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The Trainer with EngineConfig(kind="vllm"): the gateway records the engine's ids and log-probs, each
+    update's weights reach the server (collective_rpc), and the mismatch metrics are computed from them."""
+    import os
+
+    import tracerl
+    from tracerl.config import EngineConfig
+
+    (tmp_path / "vllm_agent.py").write_text(AGENT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(fake_vllm), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(tmp_path / "requests.jsonl"))
+    import vllm_agent  # type: ignore[import-not-found]
+
+    trainer = tracerl.Trainer(
+        agent=vllm_agent.long_reply, algorithm=tracerl.GRPO(str(tiny_model_dir), group_size=4, lr=1e-3, seed=0),
+        runners=2, engine=EngineConfig(kind="vllm", vllm_python=sys.executable), run_dir=str(tmp_path / "run"),
+        batch_size=2, max_steps=2, val_every=0, max_tokens=8, progress=False,
+    )  # fmt: skip
+    result = trainer.fit([{"question": f"q{i}"} for i in range(4)])
+    assert result.steps == 2 and [h["weights_version"] for h in result.history] == [1, 2]
+    assert all(h["mismatch_tokens"] > 0 for h in result.history)  # the fake's log-probs vs the learner's
+    loads = [r for r in requests(tmp_path) if r["path"] == "/collective_rpc"]
+    assert len(loads) == 2
+    store = tracerl.connect(f"sqlite:///{tmp_path / 'run' / 'store.db'}")
+    try:
+        assert store.get_resource("resources").value["engine"]["kind"] == "vllm"
+    finally:
+        store.close()
