@@ -186,8 +186,10 @@ class VLLMServer:
         cmd = self._command(model_dir, self.port)
         logger.info("starting vLLM: %s", " ".join(cmd))
         with open(self.log_path, "ab") as log:
+            # the death signal follows the starting *thread*: only the main thread outlives the server
+            on_death = _die_with_parent if threading.current_thread() is threading.main_thread() else None
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env,
-                                         start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+                                         start_new_session=True, preexec_fn=on_death)  # fmt: skip
         self.starts += 1
         t0 = time.monotonic()
         deadline = t0 + self.ready_timeout_s
@@ -563,12 +565,13 @@ def _server_env(work_dir: Path, extra: dict[str, str]) -> dict[str, str]:
 
 
 def _die_with_parent() -> None:
-    """In the server process before exec (Linux): SIGTERM it when the process that started it dies, so a
-    killed trainer leaves no vLLM server behind (the server then stops its own engine and workers)."""
+    """In the server process before exec (Linux): SIGKILL it when the thread that started it dies, so a
+    killed trainer leaves no vLLM server behind (vLLM's engine and workers exit when it does). SIGKILL, not
+    SIGTERM: measured here, a vLLM server still compiling at startup outlived a SIGTERM by minutes."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
