@@ -94,7 +94,7 @@ def pad_shard(mine: list[MicroBatch], everyone: list[MicroBatch]) -> tuple[list[
 def full_tensor(value: Tensor) -> Tensor:
     """The whole tensor of a sharded parameter (a collective: every rank calls it), or ``value``."""
     gather = getattr(value, "full_tensor", None)
-    return gather() if callable(gather) else value
+    return gather() if callable(gather) else value  # type: ignore[no-any-return]
 
 
 def _decoder_layers(model: nn.Module) -> list[nn.Module]:

@@ -161,8 +161,9 @@ class Policy:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, limit)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        gather = getattr(grad_norm, "full_tensor", None)  # FSDP: a DTensor norm
-        return float(gather() if callable(gather) else grad_norm)
+        from tracerl.algorithms.fsdp import full_tensor
+
+        return float(full_tensor(grad_norm))  # FSDP: a DTensor norm, gathered
 
     def to_device(self, mb: MicroBatch) -> MicroBatch:
         if self.device.type == "cpu":
