@@ -148,6 +148,12 @@ class EngineConfig:
     so new weights never cross devices); ``dtype``: ``bfloat16`` or ``float32`` (None: bf16 where the device
     runs it natively — a CPU with AMX/AVX512-BF16, a CUDA GPU with bf16 — else fp32; the gap between the
     engine's log-probs and the learner's is measured every step).
+
+    ``kind``: ``hf`` (transformers in this process) or ``vllm`` (a vLLM server that tracerl starts and feeds
+    new weights: :mod:`tracerl.engines.vllm`). For ``vllm``: ``vllm_python`` is the interpreter that has vLLM
+    (None: this one; the CPU build lives best in a venv of its own), ``vllm_args`` more server flags (e.g.
+    ``["--gpu-memory-utilization", "0.3"]`` beside a learner on the same GPU), ``weight_sync`` how new weights
+    arrive: ``rpc`` (loaded in place by the running server) or ``restart`` (the server restarts on them).
     """
 
     host: str = "127.0.0.1"
@@ -155,6 +161,10 @@ class EngineConfig:
     max_batch_size: int = 32
     device: str | None = None
     dtype: str | None = None
+    kind: str = "hf"
+    vllm_python: str | None = None
+    vllm_args: list[str] = field(default_factory=list)
+    weight_sync: str = "rpc"
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -167,6 +177,23 @@ class EngineConfig:
             raise ConfigError(f"engine.device must be 'cpu', 'cuda' or 'cuda:N' (or unset), got {self.device!r}")
         if self.dtype is not None and self.dtype not in ("bfloat16", "float32", "float16"):
             raise ConfigError(f"engine.dtype must be 'bfloat16', 'float32' or 'float16' (or unset), got {self.dtype!r}")
+        if self.kind not in ("hf", "vllm"):
+            raise ConfigError(f"engine.kind must be 'hf' (transformers in-process) or 'vllm', got {self.kind!r}")
+        if self.weight_sync not in ("rpc", "restart"):
+            raise ConfigError(f"engine.weight_sync must be 'rpc' or 'restart', got {self.weight_sync!r}")
+        if not isinstance(self.vllm_args, list) or not all(isinstance(a, str) for a in self.vllm_args):
+            raise ConfigError(f"engine.vllm_args must be a list of strings (server flags), got {self.vllm_args!r}")
+        if self.kind == "hf":
+            given = [name for name, value in (("vllm_python", self.vllm_python), ("vllm_args", self.vllm_args),
+                                              ("weight_sync", self.weight_sync != "rpc")) if value]  # fmt: skip
+            if given:
+                raise ConfigError(f"engine.{given[0]} only applies to kind = 'vllm'; set engine.kind = 'vllm' "
+                                  "or remove it")  # fmt: skip
+        elif self.device is not None:
+            raise ConfigError(
+                f"engine.device = {self.device!r} applies to the hf engine; a vLLM server picks its devices itself "
+                "(CUDA_VISIBLE_DEVICES, or vllm_args such as --tensor-parallel-size)"
+            )
 
 
 @dataclass

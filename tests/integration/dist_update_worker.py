@@ -1,6 +1,6 @@
 """One rank of the data-parallel GRPO update test (started by ``torchrun`` from test_distributed_update.py).
 
-    torchrun --nproc-per-node 2 dist_update_worker.py MODEL_DIR BATCH.pt OUT_DIR
+    torchrun --nproc-per-node 2 dist_update_worker.py MODEL_DIR BATCH.pt OUT_DIR [gloo|nccl]
 
 Every rank loads the same model and config; rank 0 resumes from the checkpoint named in BATCH.pt (the
 others start from the initial weights and an empty optimizer state: the first update must bring them in
@@ -20,9 +20,9 @@ from tracerl.algorithms.learner import GRPOLearner
 from tracerl.engines.models import load_model
 
 
-def main(model_dir: str, batch_path: str, out_dir: str) -> None:
+def main(model_dir: str, batch_path: str, out_dir: str, backend: str = "gloo") -> None:
     torch.set_num_threads(1)
-    dp.init_from_env("gloo")
+    dp.init_from_env(backend)
     saved = torch.load(batch_path, weights_only=False)
     model, _ = load_model(model_dir)
     learner = GRPOLearner(model, GRPOConfig(**saved["config"]))
@@ -34,11 +34,14 @@ def main(model_dir: str, batch_path: str, out_dir: str) -> None:
         dp.release_followers()
     else:
         dp.follow(learner)
-    params = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+    # FSDP: each rank holds shards; the gathered weights of the last update are the whole parameters
+    full = learner.full_weights
+    params = {n: (full[n] if full is not None else p.detach()).cpu().clone()
+              for n, p in learner.model.named_parameters()}  # fmt: skip
     torch.save({"params": params, "metrics": metrics, "version": learner.weights_version},
                f"{out_dir}/rank{dp.rank()}.pt")  # fmt: skip
     torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

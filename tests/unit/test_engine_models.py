@@ -65,7 +65,7 @@ def test_tiny_random_by_name_builds_once_into_the_cache(tmp_path: Path, monkeypa
     [
         (lambda: load_model("no-such-model"), "neither a known name"),
         (lambda: load_model("tiny-random", dtype="float64"), "dtype must be one of"),
-        (lambda: create_engine("vllm:smollm2-135m"), "unknown engine kind 'vllm'"),
+        (lambda: create_engine("sglang:smollm2-135m"), "unknown engine kind 'sglang'"),
         (lambda: create_engine("hf:"), "names no model"),
     ],
 )

@@ -58,6 +58,9 @@ class PolicyConfig:
       the hardware runs it natively (CUDA with bf16, or a CPU with AMX/AVX512-BF16).
     * ``lora``: :class:`LoRAConfig` (or a dict of its fields) to train adapters only; None: full weights.
     * ``seed``: torch/python/numpy seeds; ``device``: ``cpu``, ``cuda``, ``cuda:N`` (None: cuda if any).
+    * ``fsdp``: under torchrun, shard parameters, gradients and optimizer state across the processes with
+      torch FSDP2 (``fully_shard``, :mod:`tracerl.algorithms.fsdp`) instead of a full replica per process;
+      for GPUs (NCCL), full weights only (no LoRA). Off: data-parallel replicas (gloo on CPU, NCCL on GPUs).
     """
 
     model: str = "smollm2-135m"
@@ -70,6 +73,7 @@ class PolicyConfig:
     betas: tuple[float, float] = field(default=(0.9, 0.999))
     seed: int = 0
     device: str | None = None
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(cast(object, self.model), str) or not self.model:
@@ -95,6 +99,9 @@ class PolicyConfig:
             raise ConfigError(f"lora must be None, a LoRAConfig or a dict of its fields, got {self.lora!r}")
         if self.device is not None and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.fsdp and self.lora is not None:
+            raise ConfigError("fsdp=True shards full weights; LoRA adapters are small enough to replicate: "
+                              "set fsdp=False with lora, or lora=None with fsdp")  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 
 from tracerl import credit
 from tracerl.algorithms import distributed as dp
+from tracerl.algorithms import fsdp
 from tracerl.algorithms.batch import MicroBatch, build_micro_batches
 from tracerl.algorithms.grpo import GRPOConfig
 from tracerl.algorithms.policy import Policy, bf16_supported
@@ -111,7 +113,10 @@ class GRPOLearner(Policy):
             current_version=self.weights_version, pad_id=self.pad_id,
         )
         n_mbs = len(mbs)
-        mbs = [self.to_device(mb) for mb in dp.shard(mbs)]  # this rank's micro-batches (all in one process)
+        mine, real = dp.shard(mbs), None  # this rank's micro-batches (all in one process)
+        if self.sharded is not None:  # FSDP: the same number of forward/backward passes on every rank
+            mine, real = fsdp.pad_shard(mine, mbs)
+        mbs = [self.to_device(mb) for mb in mine]
         old: list[Tensor] = []
         ref: list[Tensor | None] = []
         is_w: list[Tensor | None] = []
@@ -126,7 +131,7 @@ class GRPOLearner(Policy):
                     on = mb.on_policy[:, None]  # (B, 1)
                     old.append(torch.where(on, logp.detach(), mb.old_logprobs))
                     ref.append(self.ref_logprobs(mb) if c.kl_coef > 0 else None)
-                    gaps.append((logp.detach(), mb.old_logprobs, mb.response_mask & on))
+                    gaps.append((logp.detach(), mb.old_logprobs, mb.response_mask & on & (real is None or k < real)))
                     is_w.append(
                         torch.where(on, credit.truncated_is_weights(logp, mb.old_logprobs, c.tis_cap), 1.0)
                         if c.tis_cap is not None else None
@@ -143,8 +148,10 @@ class GRPOLearner(Policy):
                 if kl is not None:
                     loss = loss + c.kl_coef * (kl * mb.weights).sum()
                 torch.autograd.backward(loss)
-                acc.add(mb, loss, pg, kl, ratio, clipped)
-            dp.sum_gradients(self.params)
+                if real is None or k < real:  # a zero-weight FSDP filler adds nothing to the metrics
+                    acc.add(mb, loss, pg, kl, ratio, clipped)
+            if self.sharded is None:  # FSDP sums the gradients in its backward (reduce-scatter)
+                dp.sum_gradients(self.params)
             grad_norm = self.optimizer_step()
             acc.reduce()
             epochs.append({**acc.metrics(), "grad_norm": grad_norm})
@@ -178,7 +185,18 @@ class GRPOLearner(Policy):
         if dp.rank() != 0:
             self.optimizer.load_state_dict(state[0])
             self.step_count, self.weights_version = state[1], state[2]
+        if self.config.fsdp:
+            self._shard(state[0])
         self._replicas_synced = True
+
+    def _shard(self, optim_state: dict[str, Any]) -> None:
+        """FSDP: shard the model (now equal on every rank) and rebuild AdamW over the shards, moments cut alike."""
+        c = self.config
+        self.sharded = fsdp.shard_model(self.model, self.forward_logprobs, self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
+        fsdp.shard_optimizer_state(self.optimizer, optim_state)
+        logger.info("rank %d: model and optimizer sharded over %d processes (FSDP2)", dp.rank(), dp.world_size())
 
 
 def _summary(epochs: list[dict[str, float]]) -> dict[str, float]:

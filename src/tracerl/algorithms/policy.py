@@ -91,6 +91,10 @@ class Policy:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
+        #: with ``config.fsdp`` under torchrun: the FSDP root that runs the forward (set by the first update)
+        self.sharded: nn.Module | None = None
+        #: with ``config.fsdp``: the full weights gathered at the last update (what checkpoints save)
+        self.full_weights: dict[str, Tensor] | None = None
         # fused AdamW: one kernel per step over all parameters (CPU and CUDA); same math as the default
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
@@ -117,7 +121,13 @@ class Policy:
     def logprobs_and_state(self, mb: MicroBatch, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """:meth:`logprobs` and, from the same forward, the final hidden state at each call's last prompt
         token (B, H) (what a value head on the policy reads: PPO's critic)."""
-        backbone, head = _backbone_and_head(model or self.model)
+        if model is None and self.sharded is not None:
+            return self.sharded(mb)  # type: ignore[no-any-return]
+        return self.forward_logprobs(model or self.model, mb)
+
+    def forward_logprobs(self, model: nn.Module, mb: MicroBatch) -> tuple[Tensor, Tensor]:
+        """The forward of :meth:`logprobs_and_state` on ``model`` (also the body of the FSDP root unit)."""
+        backbone, head = _backbone_and_head(model)
         with self.autocast():
             hidden = backbone(
                 input_ids=mb.input_ids,
@@ -153,7 +163,9 @@ class Policy:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, limit)
         optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        from tracerl.algorithms.fsdp import full_tensor
+
+        return float(full_tensor(grad_norm))  # FSDP: a DTensor norm, gathered
 
     def to_device(self, mb: MicroBatch) -> MicroBatch:
         if self.device.type == "cpu":
@@ -171,6 +183,11 @@ class Policy:
         before the next update. With LoRA each adapted weight is ``W + (alpha/r)·B·A``, freshly computed.
         """
         if self.config.lora is None:
+            if self.sharded is not None:  # FSDP: gathered (a collective: every rank is inside the update)
+                from tracerl.algorithms.fsdp import full_tensor
+
+                self.full_weights = {k: full_tensor(v.detach()) for k, v in self.model.state_dict().items()}
+                return self.full_weights
             return {k: v.detach() for k, v in self.model.state_dict().items()}
         base = _peft_base(self.model)
         out = {
@@ -195,8 +212,9 @@ class Policy:
             "config": self.config.to_json(),
             "step": self.step_count,
             "weights_version": self.weights_version,
-            "params": {n: p.detach().cpu().clone() for n, p in self._trainable()},
-            "optimizer": self.optimizer.state_dict(),
+            "params": self._checkpoint_params(),
+            # FSDP: the moments are sharded over the ranks and rank 0 saves alone; a resumed run starts them anew
+            "optimizer": self.optimizer.state_dict() if self.sharded is None else None,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -235,7 +253,10 @@ class Policy:
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(state["params"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            logger.warning("checkpoint %s has no optimizer state (saved under FSDP): AdamW moments start at 0", target)
         self.step_count = int(state["step"])
         self.weights_version = int(state["weights_version"])
         rng = state["rng"]
@@ -244,6 +265,12 @@ class Policy:
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
+
+    def _checkpoint_params(self) -> dict[str, Tensor]:
+        if self.sharded is not None:
+            assert self.full_weights is not None, "sharded at the first update, which gathers the full weights"
+            return {n: self.full_weights[n].cpu().clone() for n, _ in self._trainable()}
+        return {n: p.detach().cpu().clone() for n, p in self._trainable()}
 
     def _trainable(self) -> Iterator[tuple[str, nn.Parameter]]:
         return ((n, p) for n, p in self.model.named_parameters() if p.requires_grad)

@@ -56,7 +56,7 @@ class Completion:
 
 
 class TokenEngine(abc.ABC):
-    """A trainable model served token-in/token-out (``hf``: in-process transformers)."""
+    """A trainable model served token-in/token-out (``hf``: in-process transformers; ``vllm``: a vLLM server)."""
 
     #: the name clients pass as ``model`` (e.g. ``smollm2-135m``)
     model_name: str
@@ -81,3 +81,39 @@ class TokenEngine(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - nothing to free by default
         """Stop background workers and free memory."""
+
+    def info(self) -> dict[str, str]:
+        """Where and how the engine serves (``kind``, ``device``, ``dtype``), for the run's resources record."""
+        return {}
+
+
+def check_request(
+    prompt_ids: list[int], params: SamplingParams, *, vocab_size: int, max_context: int, model_name: str
+) -> int:
+    """Check one :meth:`TokenEngine.generate` request; return how many tokens it may generate.
+
+    Every engine refuses the same requests with the same :class:`InvalidInput` messages.
+    """
+    if not isinstance(params, SamplingParams):
+        raise InvalidInput(f"params must be a SamplingParams, got {type(params).__name__}")
+    SamplingParams.__post_init__(params)  # re-check: fields may have been changed after construction
+    if not isinstance(prompt_ids, list | tuple) or not prompt_ids:
+        raise InvalidInput("prompt_ids must be a non-empty list of token ids")
+    bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidInput(f"prompt_ids contains {bad[:3]!r}, not token ids of {model_name!r} "
+                           f"(integers in [0, {vocab_size}))")
+    bad = [t for t in params.stop_token_ids if not isinstance(t, int) or not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidInput(f"stop_token_ids contains {bad[:3]!r}: integers in [0, {vocab_size}) expected")
+    if not isinstance(params.stop, list) or not all(isinstance(s, str) and s for s in params.stop):
+        raise InvalidInput(f"stop must be a list of non-empty strings, got {params.stop!r}")
+    if params.seed is not None and (not isinstance(params.seed, int) or params.seed < 0):
+        raise InvalidInput(f"seed must be an integer ≥ 0 or None, got {params.seed!r}")
+    if len(prompt_ids) >= max_context:
+        raise InvalidInput(
+            f"the prompt has {len(prompt_ids)} tokens but {model_name!r} serves at most "
+            f"{max_context} tokens of prompt + completion: shorten the prompt to at most "
+            f"{max_context - 1} tokens"
+        )
+    return min(params.max_tokens, max_context - len(prompt_ids))

@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from tracerl.engines.base import Completion, FinishReason, SamplingParams, TokenEngine
+from tracerl.engines.base import Completion, FinishReason, SamplingParams, TokenEngine, check_request
 from tracerl.engines.sampling import choose_tokens, row_generator, stop_string_cut, tail_contains_stop
 from tracerl.errors import InvalidInput
 
@@ -268,6 +268,9 @@ class HFEngine(TokenEngine):
             self._swap_requested.clear()
         logger.info("%s now serves weights version %d", self.model_name, version)
 
+    def info(self) -> dict[str, str]:
+        return {"kind": "hf", "device": str(self.device), "dtype": str(self.model.dtype).removeprefix("torch.")}
+
     async def aclose(self) -> None:
         self._closed = True
         worker = self._worker
@@ -281,29 +284,8 @@ class HFEngine(TokenEngine):
 
     def _validate(self, prompt_ids: list[int], params: SamplingParams) -> int:
         """Check a request; return how many tokens it may generate."""
-        if not isinstance(params, SamplingParams):
-            raise InvalidInput(f"params must be a SamplingParams, got {type(params).__name__}")
-        SamplingParams.__post_init__(params)  # re-check: fields may have been changed after construction
-        if not isinstance(prompt_ids, list | tuple) or not prompt_ids:
-            raise InvalidInput("prompt_ids must be a non-empty list of token ids")
-        bad = [t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidInput(f"prompt_ids contains {bad[:3]!r}, not token ids of {self.model_name!r} "
-                               f"(integers in [0, {self.vocab_size}))")
-        bad = [t for t in params.stop_token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidInput(f"stop_token_ids contains {bad[:3]!r}: integers in [0, {self.vocab_size}) expected")
-        if not isinstance(params.stop, list) or not all(isinstance(s, str) and s for s in params.stop):
-            raise InvalidInput(f"stop must be a list of non-empty strings, got {params.stop!r}")
-        if params.seed is not None and (not isinstance(params.seed, int) or params.seed < 0):
-            raise InvalidInput(f"seed must be an integer ≥ 0 or None, got {params.seed!r}")
-        if len(prompt_ids) >= self.max_context:
-            raise InvalidInput(
-                f"the prompt has {len(prompt_ids)} tokens but {self.model_name!r} serves at most "
-                f"{self.max_context} tokens of prompt + completion: shorten the prompt to at most "
-                f"{self.max_context - 1} tokens"
-            )
-        return min(params.max_tokens, self.max_context - len(prompt_ids))
+        return check_request(prompt_ids, params, vocab_size=self.vocab_size, max_context=self.max_context,
+                             model_name=self.model_name)  # fmt: skip
 
     # --- worker thread ---------------------------------------------------------------------------------------
 

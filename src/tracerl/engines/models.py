@@ -90,10 +90,16 @@ def load_model(name_or_path: str | os.PathLike[str], *, dtype: str = "float32") 
     """
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    return _load_folder(model_folder(name_or_path), dtype)
+
+
+def model_folder(name_or_path: str | os.PathLike[str]) -> Path:
+    """The Hugging Face folder (config, safetensors, tokenizer) of a short name or a local folder; the
+    SmolLM2 GGUF is converted and the tiny model built on first use (what a vLLM server loads)."""
     name = str(name_or_path)
     if name == SMOLLM2_NAME:
-        path = _smollm2_folder()
-    elif name == TINY_NAME:
+        return _smollm2_folder()
+    if name == TINY_NAME:
         path = cache_root() / f"{TINY_NAME}-v{_TINY_FORMAT}-seed0"
         if not (path / "config.json").exists():
             try:
@@ -101,10 +107,9 @@ def load_model(name_or_path: str | os.PathLike[str], *, dtype: str = "float32") 
             except ConfigError:  # another process is writing it right now
                 if not (path / "config.json").exists():
                     raise
-    else:
-        check_model_name(name)
-        path = Path(name).expanduser()
-    return _load_folder(path, dtype)
+        return path
+    check_model_name(name)
+    return Path(name).expanduser()
 
 
 def _load_folder(path: Path, dtype: str) -> tuple[Any, Any]:

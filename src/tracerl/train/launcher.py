@@ -1,6 +1,7 @@
 """The local launcher: the running pieces a training or evaluation run needs, started and stopped together.
 
-:func:`serving` puts the model into an in-process :class:`~tracerl.engines.hf.HFEngine`, starts the
+:func:`serving` puts the model into an in-process :class:`~tracerl.engines.hf.HFEngine` (or, with
+``EngineConfig(kind="vllm")``, a :class:`~tracerl.engines.vllm.VLLMEngine` server), starts the
 OpenAI-compatible gateway on loopback in front of it (recording into the store), and starts the runner
 worker processes that claim rollouts from the store and run the agent against the gateway::
 
@@ -45,7 +46,7 @@ class Stack:
     """The running services of a run."""
 
     store: Store
-    engine: Any  # tracerl.engines.hf.HFEngine
+    engine: Any  # a tracerl.engines.base.TokenEngine (HFEngine or VLLMEngine)
     gateway: Any  # the running gateway (``.url``)
     runners: Any  # the running runner pool
     model_name: str
@@ -111,8 +112,7 @@ def serving(
     ref = agent_reference(agent)
     with contextlib.ExitStack() as stack:
         on = engine.device or device or "cpu"
-        hf = HFEngine(model.to(serving_dtype(engine.dtype, on)), tokenizer, model_name, device=on,
-                      max_batch_size=engine.max_batch_size)
+        hf = _start_engine(engine, model, tokenizer, model_name, on)
         stack.callback(_close_engine, hf)
         engines: Any = hf
         if roles:
@@ -158,6 +158,23 @@ def serving(
         if pool is not None:
             stack.callback(_stop, pool, "runners")
         yield Stack(store=store, engine=hf, gateway=gateway, runners=pool, model_name=model_name)
+
+
+def _start_engine(engine: EngineConfig, model: Any, tokenizer: Any, model_name: str, device: str) -> Any:
+    """The engine of the trained model: an in-process :class:`HFEngine` on ``device``, or (``engine.kind =
+    "vllm"``) a vLLM server started on a copy of ``model`` saved to the engine's work folder."""
+    if engine.kind == "vllm":
+        from tracerl.engines.vllm import VLLMEngine
+
+        return VLLMEngine.from_model(
+            model, tokenizer, model_name, python=engine.vllm_python, dtype=engine.dtype,
+            weight_sync=engine.weight_sync,  # type: ignore[arg-type]  # checked by EngineConfig
+            extra_args=["--max-num-seqs", str(engine.max_batch_size), *engine.vllm_args],
+        )  # fmt: skip
+    from tracerl.engines.hf import HFEngine
+
+    return HFEngine(model.to(serving_dtype(engine.dtype, device)), tokenizer, model_name, device=device,
+                    max_batch_size=engine.max_batch_size)  # fmt: skip
 
 
 def serving_dtype(requested: str | None, device: str) -> Any:

@@ -609,8 +609,7 @@ class _Run:
         """Where and in which precision the engine serves (the learner's device unless configured)."""
         if self.stack is None:
             return {}
-        engine = self.stack.engine
-        return {"device": str(engine.device), "dtype": str(engine.model.dtype).removeprefix("torch.")}
+        return dict(self.stack.engine.info())
 
     def save(self) -> None:
         self.checkpoint = ckpt.save_checkpoint(

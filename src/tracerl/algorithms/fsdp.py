@@ -1,0 +1,106 @@
+"""FSDP2 for the distributed update (``PolicyConfig.fsdp``): each process keeps 1/W of every parameter, of
+its gradient and of the AdamW moments, instead of a full replica (W: world size).
+
+    torchrun --nproc-per-node 8 -m tracerl train config.toml     # with [algorithm] fsdp = true
+
+The update is the one of :mod:`tracerl.algorithms.distributed` — rank ``r`` runs micro-batches ``r, r+W, …``
+and the gradients are *summed* over ranks — with torch's ``fully_shard`` doing the communication: each
+decoder layer is a unit whose parameters are all-gathered for its forward and backward, and whose gradients
+are reduce-scattered (divide factor 1: a sum, as the loss weights are computed over the whole batch). The
+root unit is :class:`ShardedForward`, which runs the policy's own forward (body, then the output head on the
+response positions only), so the embeddings, the final norm and a tied output head are gathered for it.
+
+Two things FSDP needs that replicas do not: every rank must run the same number of forward/backward passes
+(collectives inside them), so a rank short of micro-batches runs a copy of one with zero loss weight
+(:func:`pad_shard`); and the full weights the engine serves are gathered on every rank
+(``DTensor.full_tensor``) inside the update, where all ranks take part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tracerl.algorithms import distributed as dp
+from tracerl.algorithms.batch import MicroBatch
+from tracerl.errors import ConfigError
+
+
+class ShardedForward(nn.Module):
+    """The root FSDP unit: ``forward(mb)`` is ``fn(lm, mb)`` (the policy's log-probs and state)."""
+
+    def __init__(self, lm: nn.Module, fn: Callable[[nn.Module, MicroBatch], tuple[Tensor, Tensor]]) -> None:
+        super().__init__()
+        self.lm = lm
+        self._fn = fn
+
+    def forward(self, mb: MicroBatch) -> tuple[Tensor, Tensor]:
+        return self._fn(self.lm, mb)
+
+
+def shard_model(model: nn.Module, fn: Callable[[nn.Module, MicroBatch], tuple[Tensor, Tensor]],
+                device: torch.device) -> ShardedForward:  # fmt: skip
+    """Shard ``model`` in place over the default process group: one unit per decoder layer, the rest in the
+    root :class:`ShardedForward` (returned: call it instead of the model). Gradients are summed, not averaged."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if dp.world_size() < 2:
+        raise ConfigError("fsdp=True needs torch.distributed with ≥ 2 processes: start the run with torchrun")
+    mesh = init_device_mesh(device.type, (dp.world_size(),))
+    layers = _decoder_layers(model)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    root = ShardedForward(model, fn)
+    fully_shard(root, mesh=mesh)
+    for module in root.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)  # a sum over ranks (see tracerl.algorithms.distributed)
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
+    return root
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer, full: dict[str, Any]) -> None:
+    """Load rank 0's full AdamW state dict ``full`` (from a replica optimizer over the same parameters, in the
+    same order) into ``optimizer`` over the sharded parameters: each moment is cut like its parameter."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, state in full.get("state", {}).items():
+        p = params[int(index)]
+        sharded: dict[str, Any] = {}
+        for name, value in state.items():
+            if isinstance(value, Tensor) and isinstance(p, DTensor) and value.shape == p.shape:
+                sharded[name] = distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
+            else:
+                sharded[name] = value
+        optimizer.state[p] = sharded
+
+
+def pad_shard(mine: list[MicroBatch], everyone: list[MicroBatch]) -> tuple[list[MicroBatch], int]:
+    """This rank's micro-batches padded to ``ceil(len(everyone) / W)`` with zero-weight copies of the first
+    micro-batch (same forward/backward count on every rank); returns them and how many are real."""
+    per_rank = -(-len(everyone) // dp.world_size())
+    real = len(mine)
+    filler = [dataclasses.replace(everyone[0], weights=torch.zeros_like(everyone[0].weights))
+              for _ in range(per_rank - real)]  # fmt: skip
+    return mine + filler, real
+
+
+def full_tensor(value: Tensor) -> Tensor:
+    """The whole tensor of a sharded parameter (a collective: every rank calls it), or ``value``."""
+    gather = getattr(value, "full_tensor", None)
+    return gather() if callable(gather) else value  # type: ignore[no-any-return]
+
+
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    base: Any = getattr(model, "base_model", model)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise ConfigError(f"fsdp=True shards the decoder layers (.model.layers), but {type(model).__name__} has "
+                          "none: use a transformers decoder LM (Llama, Qwen, SmolLM…) or fsdp=False")  # fmt: skip
+    return list(layers)
