@@ -38,9 +38,10 @@ if str(EXAMPLES) not in sys.path:
 JSON = dict[str, Any]
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str) -> None:
+def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str, lr: float = 2e-5) -> None:
     """The command-line options every example's ``recipe.py`` shares (output, seeds, model, warm start, GRPO,
-    runners); each recipe adds its own data options. ``run_dir``: the default output folder."""
+    runners); each recipe adds its own data options. ``run_dir``: the default output folder; ``lr``: the
+    default GRPO learning rate."""
     p = parser
     p.add_argument("--run-dir", default=run_dir, help=f"output folder (default: {run_dir})")
     p.add_argument("--write-config", action="store_true",
@@ -52,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str) -> None:
     p.add_argument("--sft-epochs", type=int, default=2)
     p.add_argument("--grpo-minutes", type=float, default=10.0)
     p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-5, help="GRPO learning rate (default: 2e-5)")
+    p.add_argument("--lr", type=float, default=lr, help=f"GRPO learning rate (default: {lr:g})")
     p.add_argument("--runners", type=int, default=8)
 
 

@@ -40,14 +40,14 @@ def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    add_arguments(p, run_dir="runs/math_recipe")
-    p.add_argument("--n-test", type=int, default=30, help="test tasks per source (default: 30)")
+    add_arguments(p, run_dir="runs/math_recipe", lr=1e-5)
+    p.add_argument("--n-test", type=int, default=50, help="test tasks per source (default: 50)")
     p.add_argument("--n-val", type=int, default=8, help="val tasks per source (default: 8)")
     p.add_argument("--kl-coef", type=float, default=0.0, help="GRPO's KL penalty to the warm start (default: 0)")
     p.add_argument("--rl-sources", nargs="+", default=list(SOURCES), choices=SOURCES,
                    help="sources of the RL stage's train tasks (default: all the recipe's sources)")
-    p.add_argument("--dynamic-sampling", action="store_true",
-                   help="RL steps keep sampling until they hold groups with reward variance (DAPO)")
+    p.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=True,
+                   help="RL steps keep sampling until they hold groups with reward variance (DAPO; default: on)")
     p.add_argument("--max-sampled-groups", type=float, default=4.0,
                    help="with --dynamic-sampling: at most this many × 2 groups a step (default: 4)")
     for split in ("train", "val", "test"):
