@@ -26,6 +26,7 @@ import pytest
 
 import tracerl
 from hosts import Hosts, TcpForwarder, netns_unavailable
+from postgres_schemas import PG_URL, require_postgres
 from tracerl.store import connect
 from tracerl.store.base import Store
 from tracerl.types import AttemptStatus, RolloutQuery, RolloutSpec, RolloutStatus
@@ -33,7 +34,6 @@ from tracerl.types import AttemptStatus, RolloutQuery, RolloutSpec, RolloutStatu
 pytestmark = pytest.mark.timeout(180)
 
 TOKEN = "netns-token-0451"
-PG_URL = os.environ.get("TRACERL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PORT = 8765  # each host has its own ports
 LEASE_S = 5.0  # heartbeats every lease/3: margin for a loaded CI machine
 AGENT = """
@@ -92,13 +92,7 @@ def test_runners_on_other_hosts_share_one_store_and_survive_a_pulled_cable(
     gateway = f"http://{hosts.ip('store')}:{PORT}"
     with TcpForwarder(hosts.ip("root"), ("127.0.0.1", 5432)) as pg_forward:
         if backend == "postgres":
-            psycopg = pytest.importorskip("psycopg")
-            try:
-                psycopg.connect(PG_URL, connect_timeout=3).close()
-            except psycopg.Error as e:
-                if os.environ.get("TRACERL_REQUIRE_POSTGRES") == "1":
-                    pytest.fail(f"PostgreSQL at {PG_URL} is required but unreachable: {e}")
-                pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {e}")
+            require_postgres()
             schema = f"tracerl_test_{uuid.uuid4().hex[:12]}"
             served = runner_store = _pg_url(hosts.ip("root"), pg_forward.port, schema)  # via the forwarder
             client_url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema={schema}"  # the trainer host: direct

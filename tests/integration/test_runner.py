@@ -7,18 +7,17 @@ The agents live in a module written to a temporary directory, imported by the wo
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import tracerl
+from postgres_schemas import fresh_schema
 from tracerl.errors import ConfigError
 from tracerl.runner import Runner, start_runners
 from tracerl.store.base import Store
@@ -365,24 +364,14 @@ def test_agent_defined_in_the_script_being_run(tmp_path: Path) -> None:
     assert "REWARD 0.5" in out.stdout
 
 
-PG_URL = os.environ.get("TRACERL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(params=["postgres", "http"])
 def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A store URL other processes can reach: a fresh postgres schema, or a real ``tracerl serve``."""
     if request.param == "postgres":
-        psycopg = pytest.importorskip("psycopg")
-        try:
-            psycopg.connect(PG_URL, connect_timeout=3).close()
-        except psycopg.Error as e:
-            if os.environ.get("TRACERL_REQUIRE_POSTGRES") == "1":
-                pytest.fail(f"PostgreSQL at {PG_URL} is required but unreachable: {e}")
-            pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {e}")
-        schema = f"tracerl_runner_{uuid.uuid4().hex[:12]}"
-        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema={schema}"
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        with fresh_schema("tracerl_runner") as (url, _):
+            yield url
     else:
         from tracerl.server.testing import start_server
 

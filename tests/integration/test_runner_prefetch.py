@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +18,13 @@ from pathlib import Path
 import pytest
 
 import tracerl
+from postgres_schemas import fresh_schema
 from tracerl.runner import Runner
 from tracerl.store import Store
 from tracerl.types import AttemptStatus, RolloutSpec, RolloutStatus
 
 pytestmark = pytest.mark.timeout(240)
 
-PG_URL = os.environ.get("TRACERL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 AGENT = """
 import os
@@ -47,17 +46,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.Error as e:
-        if os.environ.get("TRACERL_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL at {PG_URL} is required but unreachable: {e}")
-        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {e}")
-    schema = f"tracerl_prefetch_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema={schema}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with fresh_schema("tracerl_prefetch") as (url, _):
+        yield url
 
 
 @pytest.fixture

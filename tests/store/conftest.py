@@ -14,7 +14,6 @@ check that changes made elsewhere are seen and wake waiters. For memory it is th
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,26 +22,16 @@ from typing import Any
 
 import pytest
 
+from postgres_schemas import drop_schemas, pg_url, require_postgres
 from tracerl.store import Store, connect
 
 BACKENDS = ["memory", "sqlite", "postgres", "http"]
-PG_URL = os.environ.get("TRACERL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def pg_url(schema: str) -> str:
-    return f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema={schema}"
 
 
 @pytest.fixture(scope="session")
 def pg_schema() -> Iterator[Callable[[], str]]:
     """A factory of fresh postgres store URLs (one schema each), dropped at the end of the session."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.Error as e:
-        if os.environ.get("TRACERL_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL at {PG_URL} is required (TRACERL_REQUIRE_POSTGRES=1) but unreachable: {e}")
-        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {e}")
+    require_postgres()
     made: list[str] = []
 
     def fresh() -> str:
@@ -51,9 +40,7 @@ def pg_schema() -> Iterator[Callable[[], str]]:
         return pg_url(schema)
 
     yield fresh
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        for schema in made:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    drop_schemas(*made)
 
 
 def http_modules() -> tuple[Callable[..., object], type[Store]]:

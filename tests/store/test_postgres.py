@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import httpx
@@ -10,13 +9,12 @@ import psycopg
 import psycopg.sql
 import pytest
 
+from postgres_schemas import PG_URL
 from tracerl.errors import ConfigError, StoreUnavailable
 from tracerl.store import connect
 from tracerl.store.postgres import PostgresStore, redact
 from tracerl.store.schema import SCHEMA_VERSION
 from tracerl.types import RolloutQuery, RolloutSpec
-
-PG_URL = os.environ.get("TRACERL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")  # as conftest.py
 
 pytestmark = pytest.mark.timeout(60)
 
