@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 JSON = dict[str, Any]
 
@@ -122,22 +125,7 @@ class Rollout:
 
     @classmethod
     def from_json(cls, d: JSON) -> Rollout:
-        return cls(
-            rollout_id=d["rollout_id"],
-            task=d["task"],
-            mode=Mode(d["mode"]),
-            group_id=d["group_id"],
-            status=RolloutStatus(d["status"]),
-            max_attempts=d["max_attempts"],
-            attempts=d.get("attempts", 0),
-            resources_version=d.get("resources_version"),
-            reward=d.get("reward"),
-            error=d.get("error"),
-            idempotency_key=d.get("idempotency_key"),
-            metadata=d.get("metadata") or {},
-            created_at=d["created_at"],
-            updated_at=d["updated_at"],
-        )
+        return _from_json(cls, d, {"mode": Mode, "status": RolloutStatus})
 
 
 @dataclass(slots=True)
@@ -160,18 +148,7 @@ class Attempt:
 
     @classmethod
     def from_json(cls, d: JSON) -> Attempt:
-        return cls(
-            attempt_id=d["attempt_id"],
-            rollout_id=d["rollout_id"],
-            number=d["number"],
-            worker_id=d["worker_id"],
-            status=AttemptStatus(d["status"]),
-            lease_expires_at=d["lease_expires_at"],
-            heartbeat_at=d["heartbeat_at"],
-            started_at=d["started_at"],
-            ended_at=d.get("ended_at"),
-            error=d.get("error"),
-        )
+        return _from_json(cls, d, {"status": AttemptStatus})
 
 
 @dataclass(slots=True)
@@ -330,3 +307,21 @@ class Page:
     total: int
     offset: int
     limit: int
+
+
+_T = TypeVar("_T", bound="DataclassInstance")
+
+
+def _from_json(cls: type[_T], d: JSON, enums: dict[str, type[enum.Enum]]) -> _T:
+    """``cls`` from its wire dict, field by field from the dataclass itself: a field without a default must be
+    present (KeyError names it); a missing field, or a ``None`` where the field has a default factory (``metadata``),
+    takes the default; ``enums`` convert the named fields from their values."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        value = d.get(f.name, MISSING)
+        if value is MISSING or (value is None and f.default_factory is not MISSING):
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise KeyError(f.name)
+            continue
+        values[f.name] = enums[f.name](value) if f.name in enums else value
+    return cls(**values)
