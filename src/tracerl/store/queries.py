@@ -123,6 +123,8 @@ class Queries:
         self.latest_version = f"SELECT MAX(version) FROM resources WHERE name = {p}"
         self.insert_resource = insert(RESOURCES, p)
         self.resource = f"SELECT {columns(RESOURCES)} FROM resources WHERE name = {p} AND version = {p}"
+        self.resource_names = "SELECT DISTINCT name FROM resources ORDER BY name"
+        self.count_by_mode_status = "SELECT mode, status, COUNT(*) FROM rollouts GROUP BY mode, status"
         self.meta_value = f"SELECT value FROM meta WHERE key = {p}"
         self.meta_value_locked = self.meta_value + d.lock()
         self.insert_meta = f"INSERT INTO meta (key, value) VALUES ({p}, {p}) ON CONFLICT DO NOTHING"
@@ -150,6 +152,24 @@ class Queries:
             out = f"SELECT COUNT(*) FROM rollouts{clause}", page
             self._query_cache[used] = out  # at most 2^7 entries: one per subset of the filters
         return out
+
+
+    def sorted_rollouts(self, used: tuple[str, ...], order: str) -> tuple[str, str]:
+        """``(count, page)`` statements of the dashboard's rollouts table: equality filters on the columns named in
+        ``used`` (``status``, ``mode``, ``group_id``, ``resources_version``; one parameter each, then ``limit,
+        offset``), sorted by ``order`` (an ``ORDER BY`` list the caller builds from its own whitelist).
+
+        A deferred join: the sort, which must keep offset + limit rows, carries only the key and ``seq``, and the
+        wide rows (task, metadata) are read for the one page — at 100,000 rows and offset 90,000, 4–9× faster than
+        sorting whole rows (``tracerl bench dashboard``, on a loaded 2-core machine)."""
+        unknown = set(used) - {"status", "mode", "group_id", "resources_version"}
+        if unknown:
+            raise ValueError(f"sorted_rollouts cannot filter on {sorted(unknown)}")
+        p = self.dialect.param
+        clause = f" WHERE {' AND '.join(f'{c} = {p}' for c in used)}" if used else ""
+        page = f"SELECT seq FROM rollouts{clause} ORDER BY {order} LIMIT {p} OFFSET {p}"
+        return (f"SELECT COUNT(*) FROM rollouts{clause}",
+                f"SELECT {R} FROM rollouts WHERE seq IN ({page}) ORDER BY {order}")  # fmt: skip
 
 
 SQLITE_QUERIES = Queries(SQLITE)

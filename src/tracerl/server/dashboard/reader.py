@@ -136,33 +136,22 @@ def rollout_table(store: Store, q: TableQuery) -> dict[str, Any]:
 
 
 def _sql_table(store: Any, q: TableQuery) -> tuple[list[Rollout], int]:
-    from tracerl.store.queries import R
     from tracerl.store.sql_rows import row_rollout
 
-    p = store.q.dialect.param  # the backend's placeholder
-    where: list[str] = []
-    params: list[Any] = []
-    for cond, value in (
-        (f"status = {p}", q.status.value if q.status else None),
-        (f"mode = {p}", q.mode.value if q.mode else None),
-        (f"group_id = {p}", q.group_id),
-        (f"resources_version = {p}", q.resources_version),
-    ):
-        if value is not None:
-            where.append(cond)
-            params.append(value)
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    filters = {
+        "status": q.status.value if q.status else None,
+        "mode": q.mode.value if q.mode else None,
+        "group_id": q.group_id,
+        "resources_version": q.resources_version,
+    }
+    used = tuple(k for k, v in filters.items() if v is not None)
+    params = [filters[k] for k in used]
     direction = "DESC" if q.descending else "ASC"
     order = f"{_SQL_ORDER[q.sort]} {direction} NULLS LAST" + ("" if q.sort == "created" else f", seq {direction}")
-    # A deferred join: the sort (which must keep offset + limit rows) carries only the key and seq, and the
-    # wide rows (task, metadata) are read for the one page — at 100,000 rows and offset 90,000, 4–9× faster
-    # than sorting whole rows (tracerl bench dashboard, on a loaded 2-core machine).
-    page = f"SELECT seq FROM rollouts{clause} ORDER BY {order} LIMIT {p} OFFSET {p}"
+    count, page = store.q.sorted_rollouts(used, order)
     with store._read() as tx:  # the one query the store contract has no method for
-        total_row = tx.one(f"SELECT COUNT(*) FROM rollouts{clause}", params)
-        rows = tx.all(
-            f"SELECT {R} FROM rollouts WHERE seq IN ({page}) ORDER BY {order}", [*params, q.limit, q.offset]
-        )
+        total_row = tx.one(count, params)
+        rows = tx.all(page, [*params, q.limit, q.offset])
     return [row_rollout(row) for row in rows], int(total_row[0]) if total_row else 0
 
 
@@ -211,7 +200,7 @@ def rollout_counts(store: Store) -> dict[str, dict[str, int]]:
     out = {m.value: dict.fromkeys((s.value for s in RolloutStatus), 0) for m in Mode}
     if isinstance(store, SqlStore):
         with store._read() as tx:  # one scan instead of 15 counting queries
-            for mode, status, n in tx.all("SELECT mode, status, COUNT(*) FROM rollouts GROUP BY mode, status"):
+            for mode, status, n in tx.all(store.q.count_by_mode_status):
                 out.setdefault(mode, {})[status] = int(n)
         return out
     for m in Mode:
@@ -340,7 +329,7 @@ def resource_names(store: Store) -> list[str]:
 
     if isinstance(store, SqlStore):
         with store._read() as tx:  # listing names is not part of the contract
-            return [row[0] for row in tx.all("SELECT DISTINCT name FROM resources ORDER BY name")]
+            return [row[0] for row in tx.all(store.q.resource_names)]
     if isinstance(store, MemoryStore):
         return sorted(store._resources)
     names = []
