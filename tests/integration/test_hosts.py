@@ -136,14 +136,14 @@ def _run(
                  for i in range(4)]  # fmt: skip
         ids = [r.rollout_id for r in store.enqueue(specs)]
         pid_a = runners["runner-a"].pid
-        victim = _wait_running_on(store, ids, f"-{pid_a}-", logs["runner-a"], runners["runner-a"])
+        victim = _wait_running_on(store, ids, pid_a, logs["runner-a"], runners["runner-a"])
         hosts.cut("runner-a")
         pg_forward.drop(hosts.ip("runner-a"))  # the dead link's postgres sessions end (TCP keep-alive, sooner)
         done = store.wait(ids, timeout_s=60)
         assert [r.status for r in done] == [RolloutStatus.SUCCEEDED] * 4, _tails(logs, serve_log)
         attempts = store.get_attempts(victim)
         assert [a.status for a in attempts] == [AttemptStatus.UNRESPONSIVE, AttemptStatus.SUCCEEDED]
-        assert f"-{pid_a}-" in attempts[0].worker_id and f"-{runners['runner-b'].pid}-" in attempts[1].worker_id
+        assert _ran_on(attempts[0].worker_id, pid_a) and _ran_on(attempts[1].worker_id, runners["runner-b"].pid)
         calls = {a.attempt_id: _llm_calls(store, a.attempt_id) for a in attempts}
         assert [len(c) for c in calls.values()] == [1, 1]  # the cut attempt's call was recorded before the cut
         for rid in ids:
@@ -167,8 +167,13 @@ def _run(
                 proc.kill()
 
 
-def _wait_running_on(store: Store, ids: list[str], marker: str, log: Path, proc: subprocess.Popen[Any]) -> str:
-    """The rollout whose running attempt's worker id contains ``marker``, once there is one."""
+def _ran_on(worker_id: str, pid: int) -> bool:
+    """Whether ``worker_id`` (``HOST-PID``: the runner process claims for its workers) names runner ``pid``."""
+    return worker_id.rsplit("-", 1)[-1] == str(pid)
+
+
+def _wait_running_on(store: Store, ids: list[str], pid: int, log: Path, proc: subprocess.Popen[Any]) -> str:
+    """The rollout whose running attempt ran on the runner process ``pid``, once there is one."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -177,12 +182,12 @@ def _wait_running_on(store: Store, ids: list[str], marker: str, log: Path, proc:
             ended = [a.error for a in attempts if a.status is AttemptStatus.FAILED]
             assert not ended, ended
             last = attempts[-1] if attempts else None
-            if last and last.status is AttemptStatus.RUNNING and marker in last.worker_id and _llm_calls(
+            if last and last.status is AttemptStatus.RUNNING and _ran_on(last.worker_id, pid) and _llm_calls(
                 store, last.attempt_id
             ):  # mid-rollout: running on that runner, its LLM call recorded
                 return rid
         time.sleep(0.1)
-    raise AssertionError(f"runner {marker} never ran a rollout:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"runner {pid} never ran a rollout:\n{log.read_text()[-3000:]}")
 
 
 def _llm_calls(store: Store, attempt_id: str) -> list[Any]:
