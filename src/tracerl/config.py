@@ -431,15 +431,21 @@ def _roles_from_table(raw: Any, source: str) -> dict[str, str | None]:
     return {**{name: None for name in trained}, **{str(k): str(v) for k, v in frozen.items()}}
 
 
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The parsed TOML file ``path``; :class:`ConfigError` (naming ``what`` and the path) when it is missing or
+    not valid TOML."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {str(path)!r} is not valid TOML: {e}") from None
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read a run from a TOML file. Relative task paths are resolved against the file's folder."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    data = read_toml(path)
     for key in ("train_tasks", "val_tasks"):
         value = data.get(key)
         if isinstance(value, str) and value.endswith(".jsonl") and not Path(value).is_absolute():

@@ -59,7 +59,7 @@ def measure_prefix_cache(model_name: str, tasks: int = 2, group: int = 8, new_to
                          rounds: int = 3) -> dict[str, Any]:  # fmt: skip
     """Rollouts/s and prefilled tokens with the prefix cache on and off (see the module docstring)."""
     from tracerl.engines.base import SamplingParams
-    from tracerl.engines.hf import HFEngine
+    from tracerl.engines.hf import HFEngine, PrefixCache
     from tracerl.engines.models import load_model
     from tracerl.gateway.chat import render_chat
 
@@ -88,11 +88,9 @@ def measure_prefix_cache(model_name: str, tasks: int = 2, group: int = 8, new_to
         return seconds, [c[0].token_ids for c in first] + [c[0].token_ids for c in second]
 
     async def run_all() -> dict[str, Any]:
-        for name, engine in engines.items():  # warm-up: thread start, allocator, kernels (a round of its own)
+        for engine in engines.values():  # warm-up: thread start, allocator, kernels (a round of its own)
             await one_round(engine, rounds + 1)
-            engine.prefix_cache.clear()
-            engine.prefix_cache.hits = engine.prefix_cache.reused_tokens = engine.prefix_cache.prefilled_tokens = 0
-            del name
+            engine.prefix_cache = PrefixCache(engine.prefix_cache.max_tokens)  # empty, counters at 0
         rates: dict[str, list[float]] = {"on": [], "off": []}
         outputs: dict[str, list[list[int]]] = {"on": [], "off": []}
         for r in range(rounds):

@@ -16,10 +16,10 @@ that gets copied around, so it comes from ``TRACERL_TOKEN`` (or ``--token``).
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from tracerl.config import read_toml
 from tracerl.errors import ConfigError
 
 #: key → the types its value may have
@@ -34,12 +34,7 @@ KEYS: dict[str, tuple[type, ...]] = {
 def load_runner_file(path: str | Path) -> dict[str, Any]:
     """The ``[runner]`` table of ``path``, checked, with relative folders resolved against the file's folder."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"runner config {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"runner config {str(path)!r} is not valid TOML: {e}") from None
+    data = read_toml(path, "runner config")
     table = data.get("runner")
     if not isinstance(table, dict):
         raise ConfigError(f"runner config {str(path)!r} has no [runner] table; put the settings under [runner]")
