@@ -58,6 +58,7 @@ class Comparison:
     grpo_trainer: JSON = field(default_factory=dict)  # Trainer options of the GRPO run (batch_size, ...)
     max_tokens: int = 96
     runners: int = 4
+    grpo_runners: int | None = None  # runner processes of the GRPO run (None: ``runners``)
 
     def settings(self) -> JSON:
         """What this comparison ran with (for ``results.json``): task counts instead of tasks."""
@@ -147,9 +148,10 @@ def run_grpo(cmp: Comparison, seed: int, *, budget_s: float) -> JSON:
 
     t0 = time.monotonic()
     fit = tracerl.Trainer(
-        agent=cmp.agent, algorithm=tracerl.GRPO(model=cmp.model, seed=seed, **cmp.grpo), runners=cmp.runners,
+        agent=cmp.agent, algorithm=tracerl.GRPO(model=cmp.model, seed=seed, **cmp.grpo),
+        runners=cmp.grpo_runners or cmp.runners,
         run_dir=str(cmp.run_dir / f"grpo-s{seed}"), seed=seed, progress=False, time_budget_s=budget_s,
-        checkpoint_at_end=False, **{"val_every": 0, "max_tokens": cmp.max_tokens, **cmp.grpo_trainer},
+        checkpoint_at_end=False, **{"max_tokens": cmp.max_tokens, **cmp.grpo_trainer, "val_every": 0},
     ).fit(cmp.grpo_train)  # fmt: skip
     train_s = time.monotonic() - t0
     if fit.final_model is None:
