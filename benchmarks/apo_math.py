@@ -3,7 +3,7 @@ this CPU. Held-out reward of the agent's own system message vs the APO-optimized
 with the local model, no critic), and GRPO at the same wall-clock budget, 2 seeds, in one table.
 
     python benchmarks/apo_math.py                          # SmolLM2, 2 seeds: runs/apo-math/results.{json,md}
-    python benchmarks/apo_math.py --quick                  # the tiny random model: the pipeline in ~2 min
+    python benchmarks/apo_math.py --quick                  # the tiny random model: the pipeline, 3-6 min
 
 How (``apo_compare.py``): APO rolls out the ``easy_arithmetic`` train tasks at temperature 1 with the current
 best prompt — each step ``--apo-batch`` new ones — and keeps the correct replies (question, answer) as the
@@ -58,7 +58,7 @@ QUICK: dict[str, Any] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="the tiny random model and tiny sizes (~2 min)")
+    p.add_argument("--quick", action="store_true", help="the tiny random model and tiny sizes (3-6 min)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default: 0 1)")
     p.add_argument(
         "--sources",
