@@ -167,19 +167,17 @@ def test_bad_split_or_source_is_refused() -> None:
 # -- the agent end to end --------------------------------------------------------------------------------
 
 
-
-
 class Setup:
     """A gateway over the test's own copy of the tiny model, a sqlite store, and a runner with 1 worker."""
 
     def __init__(self, model: Any, tokenizer: Any, store: Any, url: str, gateway_url: str) -> None:
         self.model, self.tokenizer, self.store, self.url, self.gateway_url = model, tokenizer, store, url, gateway_url
 
-    def run(self, task: dict[str, Any]) -> tuple[Any, list[Any]]:
-        """Run the agent once on ``task``: the finished rollout and its llm_call spans."""
+    def run(self, task: dict[str, Any], **metadata: Any) -> tuple[Any, list[Any]]:
+        """Run the agent once on ``task`` (with rollout ``metadata``): the finished rollout and its llm_call spans."""
         from tracerl.types import RolloutSpec, RolloutStatus, SpanKind
 
-        [rollout] = self.store.enqueue([RolloutSpec(task=task, max_attempts=1)])
+        [rollout] = self.store.enqueue([RolloutSpec(task=task, max_attempts=1, metadata=metadata)])
         [done] = self.store.wait([rollout.rollout_id], timeout_s=120)
         assert done.status is RolloutStatus.SUCCEEDED, done.error
         spans = self.store.get_spans(rollout_id=done.rollout_id)
@@ -258,6 +256,40 @@ def test_autogen_agent_runs_its_tool_loop_through_the_gateway(setup: Setup) -> N
     assert all(c.response_ids and len(c.logprobs or []) == len(c.response_ids) for c in calls)
 
 
+def test_gateway_serves_an_optimized_prompt_to_the_unchanged_autogen_agent(setup: Setup) -> None:
+    """APO's substitution with AutoGen: its system message (sent with the calculator's schema) is matched by
+    its exact text, replaced, and demonstrations are inserted after it — on every call of the tool loop — and
+    the token ids the model saw are those of the substituted prompt."""
+    from math_autogen.agent import SYSTEM_MESSAGE
+
+    from tracerl.prompts import PROMPTS_RESOURCE, prompt_key
+
+    better = "Solve it. End with one line 'Answer: <number>'."
+    demos = [{"role": "user", "content": "What is 44 - 13?"}, {"role": "assistant", "content": "Answer: 31"}]
+    key = prompt_key(SYSTEM_MESSAGE)
+    version = setup.store.put_resource(PROMPTS_RESOURCE, {"prompts": {key: {"text": better, "demos": demos}}}).version
+
+    _, [plain] = setup.run(TASK)  # no prompts version: served exactly as AutoGen sent it
+    assert "prompts" not in plain.attributes
+    _, [call] = setup.run(TASK, prompts_version=version)
+    assert call.attributes["prompts"] == {"version": version, "key": key, "demos": 2}
+    request = call.attributes["request"]
+    assert request["messages"][:3] == [{"role": "system", "content": better}, *demos]
+    assert request["messages"][3]["content"] == TASK["question"] and request["tools"]
+    served = setup.tokenizer.decode(call.prompt_ids)
+    assert better in served and "What is 44 - 13?" in served and "Answer: 31" in served
+    assert SYSTEM_MESSAGE not in served and '"name": "calculator"' in served  # the tool schema is still rendered
+    assert served.index(better) < served.index("What is 44 - 13?") < served.index(TASK["question"])
+    assert SYSTEM_MESSAGE in setup.tokenizer.decode(plain.prompt_ids)
+
+    # the tool loop: the call after the tool result is substituted the same way and extends the first prompt
+    teach(setup.model, [(list(call.prompt_ids), setup.ids(CALL))])
+    _, calls = setup.run(TASK, prompts_version=version)
+    assert len(calls) == 2 and calls[1].attributes["request"]["messages"][-1]["content"] == "84"
+    assert all(c.attributes["prompts"]["key"] == key for c in calls)
+    assert calls[1].prompt_ids[: len(call.prompt_ids)] == call.prompt_ids
+
+
 # -- training --------------------------------------------------------------------------------------------
 
 
@@ -299,8 +331,10 @@ def test_your_own_questions_file(tmp_path: Path) -> None:
     from tracerl.errors import ConfigError
 
     path = tmp_path / "q.jsonl"
-    path.write_text('{"question": "What is 2 + 3?", "answer": "5", "expression": "2 + 3"}\n\n'
-                    '{"question": "Half of 9?", "answer": "4.5", "id": "h"}\n')
+    path.write_text(
+        '{"question": "What is 2 + 3?", "answer": "5", "expression": "2 + 3"}\n\n'
+        '{"question": "Half of 9?", "answer": "4.5", "id": "h"}\n'
+    )
     assert load_questions(path) == [
         {"id": "q-0001", "source": "file", "question": "What is 2 + 3?", "answer": "5", "expression": "2 + 3"},
         {"id": "h", "source": "file", "question": "Half of 9?", "answer": "4.5"},
