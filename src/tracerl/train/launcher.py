@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from tracerl.config import EngineConfig, RunnerConfig
@@ -50,6 +50,8 @@ class Stack:
     gateway: Any  # the running gateway (``.url``)
     runners: Any  # the running runner pool
     model_name: str
+    #: role -> the engine serving it (an agent with several roles; empty otherwise)
+    engines: dict[str, Any] = field(default_factory=dict[str, Any])
 
     @property
     def gateway_url(self) -> str:
@@ -96,8 +98,10 @@ def serving(
     """Start engine, gateway and runners for ``agent`` on ``store``; stop them all on exit.
 
     ``roles`` (an agent with several roles, each naming its own ``model``): role name → None for the
-    trained model (served under that name), or ``(model, tokenizer)`` of a frozen model served beside it
-    in an engine of its own; the gateway routes each call by its model name (:mod:`tracerl.gateway.routing`).
+    model given as ``model`` (served under that name), or ``(model, tokenizer)`` of another model served
+    beside it in an engine of its own (roles given the same tuple object share one engine; the caller may
+    load new weights into it: ``Stack.engines[role]``); the gateway routes each call by its model name
+    (:mod:`tracerl.gateway.routing`).
 
     ``max_tokens`` is the gateway's completion length for requests that do not set one; ``sampling`` the
     defaults the runners put on the agent's ``llm`` handle (``**llm.sampling``). The engine runs on
@@ -117,14 +121,16 @@ def serving(
         engines: Any = hf
         if roles:
             engines = {}
-            for name, frozen in roles.items():
-                if frozen is None:
+            started: dict[int, Any] = {}  # id of a (model, tokenizer) tuple -> its engine
+            for name, other in roles.items():
+                if other is None:
                     engines[name] = hf
                     continue
-                other = HFEngine(frozen[0].to(serving_dtype(engine.dtype, on)), frozen[1], name, device=on,
-                                 max_batch_size=engine.max_batch_size)  # fmt: skip
-                stack.callback(_close_engine, other)
-                engines[name] = other
+                if id(other) not in started:
+                    started[id(other)] = HFEngine(other[0].to(serving_dtype(engine.dtype, on)), other[1], name,
+                                                  device=on, max_batch_size=engine.max_batch_size)  # fmt: skip
+                    stack.callback(_close_engine, started[id(other)])
+                engines[name] = started[id(other)]
         gateway = start_gateway(
             store, engines, model_name=None if roles else model_name, host=engine.host, port=engine.port,
             default_max_tokens=max_tokens,
@@ -157,7 +163,8 @@ def serving(
             )  # fmt: skip
         if pool is not None:
             stack.callback(_stop, pool, "runners")
-        yield Stack(store=store, engine=hf, gateway=gateway, runners=pool, model_name=model_name)
+        yield Stack(store=store, engine=hf, gateway=gateway, runners=pool, model_name=model_name,
+                    engines=dict(engines) if roles else {})  # fmt: skip
 
 
 def _start_engine(engine: EngineConfig, model: Any, tokenizer: Any, model_name: str, device: str) -> Any:

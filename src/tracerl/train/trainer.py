@@ -42,7 +42,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -55,6 +55,7 @@ from tracerl.train import checkpoints as ckpt
 from tracerl.train.launcher import RESOURCES_NAME, Stack, check_tasks, rollout_reward, run_rollouts, serving
 from tracerl.train.pipeline import PendingUpdate
 from tracerl.train.progress import StepProgress
+from tracerl.train.roles import RoleModels, RolesResult, check_frozen_roles
 
 if TYPE_CHECKING:
     from tracerl.store.base import Store
@@ -113,11 +114,19 @@ class FitResult:
 
 
 def as_stages(algorithm: object) -> list[Stage]:
-    """One algorithm, a :class:`Stage`, or a list of either → the list of stages."""
+    """One algorithm, a :class:`Stage`, a list of either, or a dict role → algorithm (several trained models,
+    :mod:`tracerl.train.roles`: one stage) → the list of stages."""
+    if isinstance(algorithm, Mapping):
+        return [Stage(RoleModels(cast("Mapping[Any, object]", algorithm)))]
     many = isinstance(algorithm, (list, tuple))
     items = list(cast("Sequence[object]", algorithm)) if many else [algorithm]
     if not items:
         raise ConfigError("algorithm is an empty list; give an algorithm such as tracerl.GRPO(...) or a list of stages")
+    if any(isinstance(s, Mapping) or isinstance(getattr(s, "algorithm", None), Mapping) for s in items):
+        raise ConfigError(
+            "a per-role algorithm dict (several trained models) cannot be a stage of a list: give the dict itself "
+            "as algorithm= (one stage); chain stages in separate runs, starting from the final/{role}/ weights"
+        )
     stages = [s if isinstance(s, Stage) else Stage(s) for s in items]
     models = {s.algorithm.model for s in stages}
     if len(models) > 1:
@@ -136,6 +145,8 @@ class Trainer:
     ``roles``: for an agent with several roles that each name their own ``model``, role name → None (the
     model being trained, served under that name) or a model name/folder served frozen beside it. Train only
     the calls of the trained roles with the algorithm's ``train_models`` (e.g. ``GRPO(train_models=[...])``).
+    Several trained models: ``algorithm={"planner": GRPO(...), "solver": GRPO(...)}`` (each role its own
+    weights, optimizer and engine; ``roles`` then maps only the frozen roles; :mod:`tracerl.train.roles`).
     """
 
     def __init__(
@@ -168,7 +179,9 @@ class Trainer:
         from tracerl.engines.models import check_model_name
 
         self.stages = as_stages(algorithm)
-        check_model_name(self.stages[0].algorithm.model)
+        multi = self.role_models
+        for trained in multi.algorithms.values() if multi else [self.stages[0].algorithm]:
+            check_model_name(trained.model)
         for stage in self.stages:
             stage.config(config)  # a stage's own values are checked now, not after loading the model
         self.agent_ref = agent_ref(agent)  # fails here, not later in a runner process, if it cannot be imported
@@ -178,7 +191,13 @@ class Trainer:
         self.store_url = StoreConfig(store).url or f"sqlite:///{(config.run_path / 'store.db').resolve()}"
         self.callbacks = list(callbacks)
         self.token = token
-        self.roles = _check_roles(roles, self.stages[-1].algorithm)
+        if multi is not None:
+            if self.engine.kind != "hf":
+                raise ConfigError(f"several trained models are served by in-process hf engines; engine kind "
+                                  f"{self.engine.kind!r} serves one trained model: use EngineConfig(kind='hf')")
+            self.roles: dict[str, str | None] | None = dict(check_frozen_roles(roles, multi))
+        else:
+            self.roles = _check_roles(roles, self.stages[-1].algorithm)
 
     @property
     def algorithm(self) -> Algorithm:
@@ -188,6 +207,12 @@ class Trainer:
     @property
     def model(self) -> str:
         return str(self.stages[0].algorithm.model)
+
+    @property
+    def role_models(self) -> RoleModels | None:
+        """The per-role algorithms of a run of several trained models (None: one trained model)."""
+        algorithm = self.stages[0].algorithm
+        return algorithm if isinstance(algorithm, RoleModels) else None
 
     def fit(
         self,
@@ -224,12 +249,13 @@ class Trainer:
             es.callback(metrics.close)
             run = _Run(self, cfg, store, base, tokenizer, pos, metrics, train, val)
             run.start_stage(folder)
+            roles = self._role_models(run.engine_models)
             stack = es.enter_context(
                 serving(
-                    store, self.store_url, self.agent_ref, model=run.engine_model, tokenizer=tokenizer,
-                    model_name=self.model, runners=self.runners, engine=self.engine, max_tokens=cfg.max_tokens,
-                    sampling={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
-                    device=run.algorithm.device, token=self.token, roles=self._role_models(),
+                    store, self.store_url, self.agent_ref, model=run.engine_model, tokenizer=run.engine_tokenizer,
+                    model_name=next(iter(roles)) if self.role_models and roles else self.model, runners=self.runners,
+                    engine=self.engine, max_tokens=cfg.max_tokens, device=run.algorithm.device, token=self.token,
+                    sampling={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}, roles=roles,
                 )
             )
             run.attach(stack)
@@ -244,21 +270,30 @@ class Trainer:
             checkpoint=run.checkpoint, final_model=final_model, stopped_by=run.stopped_by, stages=run.stage_results,
         )
 
-    def _role_models(self) -> dict[str, tuple[Any, Any] | None] | None:
-        """``roles`` with each frozen model loaded (None where the role is the trained model)."""
-        if self.roles is None:
-            return None
+    def _role_models(self, trained: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any] | None] | None:
+        """``roles`` with each frozen model loaded (None where the role is the trained model). With several
+        trained models (``trained``: each key's engine copy), the first key's roles are the main engine's
+        (None) and every other trained role gets its key's copy (roles of one key share one engine)."""
         from tracerl.engines.models import load_model
 
-        return {name: None if path is None else load_model(path) for name, path in self.roles.items()}
+        out: dict[str, tuple[Any, Any] | None] = {}
+        multi = self.role_models
+        if multi is not None:
+            for i, key in enumerate(multi.algorithms):
+                out |= {role: None if i == 0 else trained[key] for role in multi.served_roles(key)}
+        if self.roles is None and not out:
+            return None
+        return out | {name: None if path is None else load_model(path) for name, path in (self.roles or {}).items()}
 
     def _load_model(self, seed: int) -> tuple[Any, Any]:
-        """The model every stage starts from (kept unchanged) and its tokenizer."""
+        """The model every stage starts from (kept unchanged) and its tokenizer (several trained models: the
+        first role's; the run loads the other roles' models)."""
         from tracerl.algorithms.torch_types import manual_seed
         from tracerl.engines.models import load_model
 
         manual_seed(seed)
-        return load_model(self.model)
+        multi = self.role_models
+        return load_model(next(iter(multi.algorithms.values())).model if multi else self.model)
 
 
 class _Run:
@@ -284,6 +319,10 @@ class _Run:
         self.pending: PendingUpdate | None = None  # async_updates: the update running in the background
         self.update_wait_s = 0.0
         self.last_step_end = 0.0
+        # several trained models: role -> (engine copy, tokenizer) and role -> (base model, tokenizer)
+        self.engine_models: dict[str, tuple[Any, Any]] = {}
+        self.role_bases: dict[str, tuple[Any, Any]] = {}
+        self.engine_tokenizer: Any = tokenizer
 
     # -- stages -----------------------------------------------------------------------------------
     @property
@@ -305,16 +344,35 @@ class _Run:
         if i > 0 and self.stage_weights is None:  # resuming a later stage: the earlier stage's saved weights
             prev = self.trainer.stages[i - 1].algorithm
             self.stage_weights = ckpt.load_stage_weights(ckpt.stage_weights_path(run_dir, i - 1, prev.name))
-        model = self.model_with(self.stage_weights)
-        if self.stack is None:  # the engine's own copy, taken before the algorithm changes the model (LoRA)
-            self.engine_model = copy.deepcopy(model)
-        self.algorithm.setup(model, self.tokenizer)
+        multi = self.trainer.role_models
+        if multi is not None:
+            self.setup_roles(multi)
+        else:
+            model = self.model_with(self.stage_weights)
+            if self.stack is None:  # the engine's own copy, taken before the algorithm changes the model (LoRA)
+                self.engine_model = copy.deepcopy(model)
+            self.algorithm.setup(model, self.tokenizer)
         if folder is not None and self.pos.stage_step > 0:
             self.algorithm.load(folder)
 
-    def model_with(self, weights: dict[str, Any] | None) -> Any:
-        """A fresh copy of the base model holding ``weights`` (None: the base weights)."""
-        model = copy.deepcopy(self.base)
+    def setup_roles(self, multi: RoleModels) -> None:
+        """Several trained models: load each role's model (one load per distinct model name), keep an engine
+        copy of each, and set each role's algorithm up on a model of its own."""
+        from tracerl.engines.models import load_model
+
+        loaded: dict[str, tuple[Any, Any]] = {}
+        for i, (key, algorithm) in enumerate(multi.algorithms.items()):
+            if algorithm.model not in loaded:
+                loaded[algorithm.model] = (self.base, self.tokenizer) if i == 0 else load_model(algorithm.model)
+            self.role_bases[key] = loaded[algorithm.model]
+        models = {key: (copy.deepcopy(base), tok) for key, (base, tok) in self.role_bases.items()}
+        self.engine_models = {key: (copy.deepcopy(m), tok) for key, (m, tok) in models.items()}
+        self.engine_model, self.engine_tokenizer = next(iter(self.engine_models.values()))
+        multi.setup(models)
+
+    def model_with(self, weights: dict[str, Any] | None, base: Any = None) -> Any:
+        """A fresh copy of ``base`` (default: the run's base model) holding ``weights`` (None: its own)."""
+        model = copy.deepcopy(self.base if base is None else base)
         if weights is not None:
             model.load_state_dict(weights, strict=False)
         return model
@@ -334,10 +392,17 @@ class _Run:
             bind(RolloutAccess(self.store, self.run_own_rollouts, self.stack.gateway_url, self.trainer.model,
                                list(self.train), self.base_cfg.run_path))  # fmt: skip
         if self.pos.stage > 0 or self.algorithm.weights_version != 0:
-            weights = self.algorithm.engine_weights()
-            if weights is not None:
-                self.stack.engine.load_weights(weights, self.algorithm.weights_version)
+            multi = self.trainer.role_models
+            for key, algorithm in multi.algorithms.items() if multi else [("", self.algorithm)]:
+                weights = algorithm.engine_weights()
+                if weights is not None and (self.pos.stage > 0 or algorithm.weights_version != 0):
+                    self.engine_of(key).load_weights(weights, algorithm.weights_version)
         self.version = self.publish(self.algorithm.weights_version)
+
+    def engine_of(self, role: str) -> Any:
+        """The engine that serves ``role`` (the one engine of a single-model run: ``role`` is "")."""
+        assert self.stack is not None
+        return self.stack.engines[role] if role else self.stack.engine
 
     def run_stages(self) -> None:
         stages = self.trainer.stages
@@ -480,13 +545,17 @@ class _Run:
         pos, algorithm = self.pos, self.algorithm
         assert self.stack is not None
         start = max(t0, self.last_step_end)  # async: the previous step ended while this one's rollouts ran
-        if result.weights is not None:
-            self.stack.engine.load_weights(result.weights, result.weights_version)
+        updates = result.per_role.items() if isinstance(result, RolesResult) else [("", result)]
+        served = False
+        for role, own in updates:  # each trained model's new weights go into its own engine only
+            if own.weights is not None:
+                self.engine_of(role).load_weights(own.weights, own.weights_version)
+                served = True
         pos.step += 1
         pos.stage_step += 1
         in_update[0] = False
         update_s = time.monotonic() - t1
-        if result.weights is not None or result.resources:
+        if served or result.resources:
             for name, value in result.resources.items():
                 self.resource_versions[name] = self.store.put_resource(name, value).version
             self.version = self.publish(result.weights_version)
@@ -592,11 +661,13 @@ class _Run:
     def publish(self, weights_version: int) -> int:
         """A new version of the resources bundle the runners hand to the agent; returns its version."""
         cfg = self.cfg
+        multi = self.trainer.role_models
         value = {
-            "model": self.trainer.model,
+            "model": self.stack.model_name if self.stack is not None else self.trainer.model,
             "stage": self.pos.stage + 1,
             "algorithm": self.algorithm.name,
             "weights_version": weights_version,
+            **({"role_weights_versions": {k: a.weights_version for k, a in multi.algorithms.items()}} if multi else {}),
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
             "sampling": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
             "engine": self.engine_info(),
@@ -621,14 +692,23 @@ class _Run:
     def save_final(self) -> Path | None:
         """The trained weights (full precision, from the algorithm, not the engine's serving copy) as a
         Hugging Face folder that ``from_pretrained`` and ``tracerl.evaluate(model=...)`` load; None when the
-        algorithm trains no weights."""
+        algorithm trains no weights. Several trained models: one such folder per role, ``final/{role}/``."""
+        multi = self.trainer.role_models
+        if multi is not None:
+            root = self.base_cfg.run_path / "final"
+            for key, algorithm in multi.algorithms.items():
+                self.save_model(algorithm.engine_weights(), *self.role_bases[key], root / key)
+            return root
         weights = self.algorithm.engine_weights()
         if weights is None:
             return None
-        path = self.base_cfg.run_path / "final"
+        return self.save_model(weights, self.base, self.tokenizer, self.base_cfg.run_path / "final")
+
+    def save_model(self, weights: dict[str, Any] | None, base: Any, tokenizer: Any, path: Path) -> Path:
+        """``base`` holding ``weights`` and its tokenizer, saved as a Hugging Face folder at ``path``."""
         try:
-            self.model_with(weights).save_pretrained(path)
-            self.tokenizer.save_pretrained(path)
+            self.model_with(weights, base).save_pretrained(path)
+            tokenizer.save_pretrained(path)
             if not (path / "config.json").is_file():  # transformers only logs some failures (path is a file)
                 raise OSError(f"no {path / 'config.json'} was written; is {path} a folder that can be written?")
         except Exception as e:
