@@ -5,7 +5,9 @@
 Every rank loads the same model and config; rank 0 resumes from the checkpoint named in BATCH.pt (the
 others start from the initial weights and an empty optimizer state: the first update must bring them in
 step), then calls ``learner.update(batch)`` for each batch while the others run
-``distributed.follow(learner)``; each rank then saves its parameters and metrics to ``OUT_DIR/rank{r}.pt``.
+``distributed.follow(learner)``, and, when BATCH.pt names one, saves a checkpoint (under FSDP the followers
+take part in gathering the optimizer state); each rank then saves its parameters and metrics to
+``OUT_DIR/rank{r}.pt``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def main(model_dir: str, batch_path: str, out_dir: str, backend: str = "gloo") -
         learner.load_checkpoint(saved["checkpoint"])
         for transitions in saved["batches"]:
             metrics = learner.update(transitions).metrics
+        if saved.get("save_to"):
+            learner.save_checkpoint(saved["save_to"])
         dp.release_followers()
     else:
         dp.follow(learner)

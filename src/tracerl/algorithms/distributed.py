@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 #: what rank 0 broadcasts to end :func:`follow`
 _STOP = "__tracerl_stop__"
+#: what rank 0 broadcasts to have every rank join the gather of the sharded optimizer state (its checkpoint)
+_GATHER_OPTIMIZER = "__tracerl_gather_optimizer__"
 
 
 def world_size() -> int:
@@ -133,7 +135,8 @@ def gather_cat(t: Tensor) -> Tensor:
 
 
 def follow(learner: Any) -> int:
-    """On a rank > 0: take part in every update rank 0 starts until it calls :func:`release_followers`.
+    """On a rank > 0: take part in every update rank 0 starts (and in the gather of an FSDP checkpoint's
+    optimizer state) until it calls :func:`release_followers`.
 
     Returns the number of updates taken part in. ``learner`` is a GRPO learner built from the same model
     and config as rank 0's (its parameters are overwritten by rank 0's at the first update).
@@ -146,8 +149,18 @@ def follow(learner: Any) -> int:
         if message == _STOP:
             logger.info("rank %d: released after %d updates", rank(), n)
             return n
+        if message == _GATHER_OPTIMIZER:
+            learner.full_optimizer_state()  # a collective: rank 0 keeps the result for its checkpoint
+            continue
         learner.apply_update(message)
         n += 1
+
+
+def call_followers_to_gather_optimizer() -> None:
+    """On rank 0, just before it gathers a sharded optimizer state (FSDP checkpoint): the followers in
+    :func:`follow` call ``learner.full_optimizer_state()`` too, so the collective runs on every rank."""
+    if world_size() > 1 and rank() == 0:
+        broadcast_object(_GATHER_OPTIMIZER)
 
 
 def release_followers() -> None:
