@@ -6,12 +6,15 @@ Every rank loads the same model and config; rank 0 resumes from the checkpoint n
 others start from the initial weights and an empty optimizer state: the first update must bring them in
 step), then calls ``learner.update(batch)`` for each batch while the others run
 ``distributed.follow(learner)``, and, when BATCH.pt names one, saves a checkpoint (under FSDP the followers
-take part in gathering the optimizer state); each rank then saves its parameters and metrics to
+take part in gathering the optimizer state; with ``sigterm_followers`` rank 0 first sends them SIGTERM, which
+must not stop them before it releases them); each rank then saves its parameters and metrics to
 ``OUT_DIR/rank{r}.pt``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import torch
@@ -29,10 +32,15 @@ def main(model_dir: str, batch_path: str, out_dir: str, backend: str = "gloo") -
     model, _ = load_model(model_dir)
     learner = GRPOLearner(model, GRPOConfig(**saved["config"]))
     metrics: dict[str, float] = {}
+    pids = [0] * dp.world_size()
+    torch.distributed.all_gather_object(pids, os.getpid())
     if dp.rank() == 0:
         learner.load_checkpoint(saved["checkpoint"])
         for transitions in saved["batches"]:
             metrics = learner.update(transitions).metrics
+        if saved.get("sigterm_followers"):  # as torchrun does when stopped: the followers must still take part
+            for pid in pids[1:]:
+                os.kill(pid, signal.SIGTERM)
         if saved.get("save_to"):
             learner.save_checkpoint(saved["save_to"])
         dp.release_followers()

@@ -103,6 +103,7 @@ def check_distributed_update(tiny_model_dir: Path, tmp_path: Path, config: dict[
         model, _ = load_model(tiny_model_dir)
         alone = GRPOLearner(model, single_config)
         alone.load_checkpoint(tmp_path / "ckpt2")
+        assert alone.optimizer.param_groups[0]["fused"]  # its own AdamW kernel, not the FSDP optimizer's
         alone.update(batches[2])
         assert alone.weights_version == 3
         assert_params_close([_params(alone)], final)
@@ -125,10 +126,13 @@ def check_distributed_update(tiny_model_dir: Path, tmp_path: Path, config: dict[
 
 def run_ranks(tiny_model_dir: Path, out: Path, config: dict[str, Any], backend: str, batches: list[list[Transition]],
               checkpoint: Path, save_to: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Two processes under torchrun (dist_update_worker.py): what each rank saved."""
+    """Two processes under torchrun (dist_update_worker.py): what each rank saved. With ``save_to``, rank 0 sends
+    the follower SIGTERM before it checkpoints, as torchrun passes a stop to every rank: the follower must go on
+    to take part in the gather of the optimizer state until rank 0 releases it."""
     out.mkdir()
     torch.save({"config": config, "batches": batches, "checkpoint": str(checkpoint),
-                "save_to": str(save_to) if save_to else None}, out / "batch.pt")  # fmt: skip
+                "save_to": str(save_to) if save_to else None, "sigterm_followers": save_to is not None},
+               out / "batch.pt")  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), str(WORKER), str(tiny_model_dir), str(out / "batch.pt"), str(out),
