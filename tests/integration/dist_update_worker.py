@@ -5,11 +5,16 @@
 Every rank loads the same model and config; rank 0 resumes from the checkpoint named in BATCH.pt (the
 others start from the initial weights and an empty optimizer state: the first update must bring them in
 step), then calls ``learner.update(batch)`` for each batch while the others run
-``distributed.follow(learner)``; each rank then saves its parameters and metrics to ``OUT_DIR/rank{r}.pt``.
+``distributed.follow(learner)``. When BATCH.pt names one, rank 0 saves a checkpoint after batch ``save_after``
+(under FSDP the followers take part in gathering the optimizer state; with ``sigterm_followers`` rank 0 first
+sends them SIGTERM, which must not stop them before it releases them). Each rank then saves its parameters and
+metrics to ``OUT_DIR/rank{r}.pt``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import torch
@@ -27,10 +32,18 @@ def main(model_dir: str, batch_path: str, out_dir: str, backend: str = "gloo") -
     model, _ = load_model(model_dir)
     learner = GRPOLearner(model, GRPOConfig(**saved["config"]))
     metrics: dict[str, float] = {}
+    pids = [0] * dp.world_size()
+    torch.distributed.all_gather_object(pids, os.getpid())
     if dp.rank() == 0:
         learner.load_checkpoint(saved["checkpoint"])
-        for transitions in saved["batches"]:
+        save_after = saved.get("save_after", len(saved["batches"]))
+        for i, transitions in enumerate(saved["batches"]):
             metrics = learner.update(transitions).metrics
+            if saved.get("save_to") and i + 1 == save_after:
+                if saved.get("sigterm_followers"):  # as torchrun does when stopped: the followers must go on
+                    for pid in pids[1:]:
+                        os.kill(pid, signal.SIGTERM)
+                learner.save_checkpoint(saved["save_to"])
         dp.release_followers()
     else:
         dp.follow(learner)

@@ -19,9 +19,12 @@ micro-batches ``r, r + W, r + 2W, …`` (W: world size); a rank with none contri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Generator, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -38,6 +41,8 @@ T = TypeVar("T")
 
 #: what rank 0 broadcasts to end :func:`follow`
 _STOP = "__tracerl_stop__"
+#: what rank 0 broadcasts to have every rank join the gather of the sharded optimizer state (its checkpoint)
+_GATHER_OPTIMIZER = "__tracerl_gather_optimizer__"
 
 
 def world_size() -> int:
@@ -133,7 +138,8 @@ def gather_cat(t: Tensor) -> Tensor:
 
 
 def follow(learner: Any) -> int:
-    """On a rank > 0: take part in every update rank 0 starts until it calls :func:`release_followers`.
+    """On a rank > 0: take part in every update rank 0 starts (and in the gather of an FSDP checkpoint's
+    optimizer state) until it calls :func:`release_followers`.
 
     Returns the number of updates taken part in. ``learner`` is a GRPO learner built from the same model
     and config as rank 0's (its parameters are overwritten by rank 0's at the first update).
@@ -141,13 +147,46 @@ def follow(learner: Any) -> int:
     if rank() == 0:
         raise ConfigError("follow() runs on ranks > 0; rank 0 drives the updates with learner.update(...)")
     n = 0
-    while True:
-        message = broadcast_object(None)
-        if message == _STOP:
-            logger.info("rank %d: released after %d updates", rank(), n)
-            return n
-        learner.apply_update(message)
-        n += 1
+    with _rank0_decides_the_end():
+        while True:
+            message = broadcast_object(None)
+            if message == _STOP:
+                logger.info("rank %d: released after %d updates", rank(), n)
+                return n
+            if message == _GATHER_OPTIMIZER:
+                learner.full_optimizer_state()  # a collective: rank 0 keeps the result for its checkpoint
+                continue
+            learner.apply_update(message)
+            n += 1
+
+
+@contextlib.contextmanager
+def _rank0_decides_the_end() -> Generator[None, None, None]:
+    """Inside, SIGINT and SIGTERM are logged, not raised: rank 0 gets them too (Ctrl-C reaches the whole process
+    group; torchrun passes SIGTERM to every rank), and its interrupted run still saves a checkpoint, whose
+    sharded optimizer state needs this rank, before it releases the followers. (A rank 0 that dies instead
+    ends this rank through the failed collective, or torchrun stops it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; a follower elsewhere keeps the process's own
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        logger.warning("rank %d: signal %d; this rank stops when rank 0 releases it (after its checkpoint)",
+                       rank(), signum)  # fmt: skip
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def call_followers_to_gather_optimizer() -> None:
+    """On rank 0, just before it gathers a sharded optimizer state (FSDP checkpoint): the followers in
+    :func:`follow` call ``learner.full_optimizer_state()`` too, so the collective runs on every rank."""
+    if world_size() > 1 and rank() == 0:
+        broadcast_object(_GATHER_OPTIMIZER)
 
 
 def release_followers() -> None:

@@ -13,7 +13,10 @@ response positions only), so the embeddings, the final norm and a tied output he
 Two things FSDP needs that replicas do not: every rank must run the same number of forward/backward passes
 (collectives inside them), so a rank short of micro-batches runs a copy of one with zero loss weight
 (:func:`pad_shard`); and the full weights the engine serves are gathered on every rank
-(``DTensor.full_tensor``) inside the update, where all ranks take part.
+(``DTensor.full_tensor``) inside the update, where all ranks take part. A checkpoint holds what a single
+process would save: those full weights and the AdamW moments gathered whole (:func:`full_optimizer_state`,
+with every rank called into the gather), so it resumes under FSDP (cut again by :func:`shard_optimizer_state`
+at the first update) or in one process alike.
 """
 
 from __future__ import annotations
@@ -79,6 +82,21 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer, full: dict[str, Any]
             else:
                 sharded[name] = value
         optimizer.state[p] = sharded
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer, *, keep: bool) -> dict[str, Any]:
+    """The inverse of :func:`shard_optimizer_state`: ``optimizer.state_dict()`` with every sharded moment gathered
+    whole onto the CPU — the state dict a replica optimizer over the same parameters would have. A collective:
+    every rank calls it; only where ``keep`` (rank 0, which writes the checkpoint) are the tensors kept, the other
+    ranks get an empty ``state``. One parameter at a time: the device holds one parameter's whole moments at most."""
+    saved = optimizer.state_dict()  # {"state": {param index: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups"}
+    state: dict[int, dict[str, Any]] = {}
+    for index in sorted(saved["state"]):
+        per = saved["state"][index]
+        whole: dict[str, Any] = {n: full_tensor(v) if isinstance(v, Tensor) else v for n, v in sorted(per.items())}
+        if keep:
+            state[index] = {n: v.cpu() if isinstance(v, Tensor) else v for n, v in whole.items()}
+    return {"state": state, "param_groups": saved["param_groups"]}
 
 
 def pad_shard(mine: list[MicroBatch], everyone: list[MicroBatch]) -> tuple[list[MicroBatch], int]:

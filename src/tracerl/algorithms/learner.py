@@ -196,6 +196,7 @@ class GRPOLearner(Policy):
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=c.betas, weight_decay=c.weight_decay)
         fsdp.shard_optimizer_state(self.optimizer, optim_state)
+        self.engine_state_dict()  # the full weights a checkpoint saves, even if this update trains nothing
         logger.info("rank %d: model and optimizer sharded over %d processes (FSDP2)", dp.rank(), dp.world_size())
 
 

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "learner.pt"
 CHECKPOINT_FORMAT = 1
+#: optimizer param-group keys that choose how a step is computed, not what it computes
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -204,7 +206,17 @@ class Policy:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write trainable weights, optimizer, RNG states and step to ``path/learner.pt`` (atomically)."""
+        """Write trainable weights, optimizer, RNG states and step to ``path/learner.pt`` (atomically).
+
+        Under FSDP rank 0 saves, and the other ranks (in :func:`tracerl.algorithms.distributed.follow`) take
+        part in gathering the optimizer state: the file is the one a single process would write."""
+        from tracerl.algorithms import distributed as dp
+
+        if self.sharded is not None:
+            if dp.rank() != 0:
+                raise ConfigError(f"under FSDP rank 0 saves the checkpoint (this is rank {dp.rank()}); the other "
+                                  "ranks take part from tracerl.algorithms.distributed.follow(learner)")  # fmt: skip
+            dp.call_followers_to_gather_optimizer()
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         state = {
@@ -213,8 +225,7 @@ class Policy:
             "step": self.step_count,
             "weights_version": self.weights_version,
             "params": self._checkpoint_params(),
-            # FSDP: the moments are sharded over the ranks and rank 0 saves alone; a resumed run starts them anew
-            "optimizer": self.optimizer.state_dict() if self.sharded is None else None,
+            "optimizer": self.full_optimizer_state(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -254,9 +265,9 @@ class Policy:
             for name, p in params.items():
                 p.copy_(state["params"][name])
         if state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        else:
-            logger.warning("checkpoint %s has no optimizer state (saved under FSDP): AdamW moments start at 0", target)
+            self._load_optimizer_state(state["optimizer"])
+        else:  # written by a version that saved no optimizer state under FSDP
+            logger.warning("checkpoint %s has no optimizer state: AdamW moments start at 0", target)
         self.step_count = int(state["step"])
         self.weights_version = int(state["weights_version"])
         rng = state["rng"]
@@ -265,6 +276,26 @@ class Policy:
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
+
+    def full_optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state dict with whole tensors: as it is in one process (or a replica); under FSDP
+        gathered from the shards — a collective that rank 0 calls from :meth:`save_checkpoint` and the other
+        ranks from :func:`~tracerl.algorithms.distributed.follow` (their copy has an empty ``state``)."""
+        if self.sharded is None:
+            return self.optimizer.state_dict()
+        from tracerl.algorithms import distributed as dp
+        from tracerl.algorithms.fsdp import full_optimizer_state
+
+        return full_optimizer_state(self.optimizer, keep=dp.rank() == 0)
+
+    def _load_optimizer_state(self, saved: dict[str, Any]) -> None:
+        """``optimizer.load_state_dict(saved)`` keeping this optimizer's implementation (fused, foreach, …):
+        the FSDP optimizer over the shards is not fused, a single process's is, and the state fits both."""
+        for group, live in zip(saved["param_groups"], self.optimizer.param_groups, strict=False):
+            for key in _IMPLEMENTATION_KEYS:
+                if key in live:
+                    group[key] = live[key]
+        self.optimizer.load_state_dict(saved)
 
     def _checkpoint_params(self) -> dict[str, Tensor]:
         if self.sharded is not None:
