@@ -14,7 +14,8 @@ stays on a thread: the hop to the child costs more than it usually saves.) Store
 
 The child is started (``spawn``: the server has threads, so no ``fork``) by the first heavy read, which
 does not wait for it (it and any other read before the child is up take the thread lane); the child opens
-its own store from the server store's URL, and ends with the server (or when its pipe to the server closes).
+its own store from the server store's URL, and ends with the server (within :data:`PARENT_CHECK_S` of a
+SIGKILL of it).
 A sqlite file in WAL mode lets the child read beside the server's writer and see every committed write.
 """
 
@@ -24,7 +25,9 @@ import asyncio
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -81,6 +84,24 @@ def _in_child(url: str, fn: HeavyRead, args: tuple[Any, ...]) -> bytes:
     return fn(store, *args)
 
 
+RETRY_S = 10.0
+"""After a heavy-reads process failed to start, how long heavy reads stay on a thread before another try."""
+PARENT_CHECK_S = 1.0
+"""How often the child checks that the server is still its parent (it exits within this long of the server)."""
+
+
+def _watch_parent(parent: int) -> None:
+    """The child's initializer: a thread that ends the child once the server has gone (even by SIGKILL; the
+    executor's own pipes do not tell the child, which holds both ends of its job queue)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="tracerl-reads-parent-watch", daemon=True).start()
+
+
 def _open(store: Store) -> bytes:
     """The child's first job: open its store (so the first real read does not pay for it)."""
     return b""
@@ -96,24 +117,34 @@ class ReadProcess:
         self.url = url
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._started: concurrent.futures.Future[bytes] | None = None
+        self._retry_at = 0.0  # monotonic time before which no new child is started
         self._lock = threading.Lock()
 
     def ready(self) -> bool:
-        """Whether the child is up; if it is not, start it (once, in the background) and answer ``False``."""
+        """Whether the child is up; if it is not, start it (in the background) and answer ``False``. A child
+        that failed to start (or died before it was up) is tried again :data:`RETRY_S` later."""
         with self._lock:
-            if self._pool is None:
+            if self._pool is None and time.monotonic() >= self._retry_at:
                 ctx = multiprocessing.get_context("spawn")  # the server has threads: no fork
-                self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=1, mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),)
+                )
                 self._started = self._pool.submit(_in_child, self.url, _open, ())
                 self._started.add_done_callback(self._check_start)
-            started = self._started
-        return started is not None and started.done() and started.exception() is None
+            started, failed = self._started, None
+            if started is not None and started.done() and (started.cancelled() or started.exception() is not None):
+                failed, self._pool, self._started = self._pool, None, None
+                self._retry_at = time.monotonic() + RETRY_S
+        if failed is not None:
+            failed.shutdown(wait=False, cancel_futures=True)
+            return False
+        return started is not None and started.done()
 
     @staticmethod
     def _check_start(started: concurrent.futures.Future[bytes]) -> None:
         error = None if started.cancelled() else started.exception()
         if error is not None:
-            logger.warning("the heavy-reads process could not open the store (%s); heavy reads stay on a thread", error)
+            logger.warning("the heavy-reads process did not start (%s); heavy reads take a thread meanwhile", error)
 
     async def run(self, fn: HeavyRead, *args: Any) -> bytes:
         """``fn(store, *args)`` in the child (call when :meth:`ready`); its exceptions (``NotFound``,
