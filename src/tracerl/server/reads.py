@@ -12,8 +12,8 @@ stays on a thread: the hop to the child costs more than it usually saves.) Store
 ``sqlite:///:memory:``), postgres and ``http://`` stores read on a thread lane instead
 (:class:`~tracerl.server.calls.Calls`).
 
-The child is started (``spawn``: the server has threads, so no ``fork``) by the first heavy read, which
-does not wait for it (it and any other read before the child is up take the thread lane); the child opens
+The child is started (``spawn``: the server has threads, so no ``fork``) by the :data:`START_AFTER`-th bulk
+read, which does not wait for it (it and any other read before the child is up take the thread lane); the child opens
 its own store from the server store's URL, and ends with the server (within :data:`PARENT_CHECK_S` of a
 SIGKILL of it).
 A sqlite file in WAL mode lets the child read beside the server's writer and see every committed write.
@@ -84,6 +84,8 @@ def _in_child(url: str, fn: HeavyRead, args: tuple[Any, ...]) -> bytes:
     return fn(store, *args)
 
 
+START_AFTER = 3
+"""The bulk read that starts the child: a server that makes one or two (a test, a dashboard glance) spawns none."""
 RETRY_S = 10.0
 """After a heavy-reads process failed to start, how long heavy reads stay on a thread before another try."""
 PARENT_CHECK_S = 1.0
@@ -118,13 +120,16 @@ class ReadProcess:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._started: concurrent.futures.Future[bytes] | None = None
         self._retry_at = 0.0  # monotonic time before which no new child is started
+        self._asked = 0  # bulk reads so far
         self._lock = threading.Lock()
 
     def ready(self) -> bool:
-        """Whether the child is up; if it is not, start it (in the background) and answer ``False``. A child
+        """Whether the child is up; if it is not, start it (in the background; from the :data:`START_AFTER`-th
+        call on) and answer ``False``. A child
         that failed to start (or died before it was up) is tried again :data:`RETRY_S` later."""
         with self._lock:
-            if self._pool is None and time.monotonic() >= self._retry_at:
+            self._asked += 1
+            if self._pool is None and self._asked >= START_AFTER and time.monotonic() >= self._retry_at:
                 ctx = multiprocessing.get_context("spawn")  # the server has threads: no fork
                 self._pool = concurrent.futures.ProcessPoolExecutor(
                     max_workers=1, mp_context=ctx, initializer=_watch_parent, initargs=(os.getpid(),)
