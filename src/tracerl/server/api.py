@@ -37,7 +37,8 @@ passes every other path on to the Starlette app (OTLP, docs, gateway). Starlette
 exception layers measured ~50 µs per request on this machine and FastAPI/pydantic routes ~3× that, which
 is most of the budget; every bad field still gets a 400 naming it. The OpenAPI document is generated from
 the same route table (:func:`openapi_routes`). Store calls never run on the event loop (a sqlite write
-can wait seconds for another process's lock): :class:`~tracerl.server.calls.Calls` runs them in threads.
+can wait seconds for another process's lock): :class:`~tracerl.server.calls.Calls` runs them in threads, and
+bulk reads of a sqlite file in a child process (:mod:`tracerl.server.reads`).
 """
 
 from __future__ import annotations
