@@ -114,3 +114,23 @@ def test_claim_many_takes_the_oldest_queued_rollouts_at_once(store: Store) -> No
     assert store.get_rollout(rollouts[0].rollout_id).status is RolloutStatus.SUCCEEDED
     with pytest.raises(InvalidInput, match=r"claim_many takes a count in \[1, 1000\], got 0"):
         store.claim_many("w", 0)
+
+
+def test_claim_many_stores_each_rollouts_own_attempt_count_in_a_mixed_batch(store: Store) -> None:
+    """A batch of first and second attempts, larger than one multi-row insert of the SQL backends (64 rows):
+    every rollout is stored running with its own attempt count, every attempt as claimed."""
+    retried = store.enqueue([RolloutSpec(task={"retry": i}, max_attempts=3) for i in range(3)])
+    for c in store.claim_many("w", 3, lease_s=30):
+        store.finish(c.attempt.attempt_id, AttemptStatus.FAILED, error="try again")  # queued again, attempts = 1
+    fresh = store.enqueue([RolloutSpec(task={"new": i}) for i in range(100)])
+    claims = store.claim_many("w2", 200, lease_s=30)
+    assert [c.rollout.rollout_id for c in claims] == [r.rollout_id for r in [*retried, *fresh]]
+    for c in claims:
+        stored = store.get_rollout(c.rollout.rollout_id)
+        want = 2 if c.rollout.rollout_id in {r.rollout_id for r in retried} else 1
+        assert stored.status is RolloutStatus.RUNNING and stored.attempts == c.rollout.attempts == want
+        attempts = store.get_attempts(c.rollout.rollout_id)
+        assert [a.attempt_id for a in attempts][-1] == c.attempt.attempt_id and len(attempts) == want
+        assert attempts[-1].number == want and attempts[-1].worker_id == "w2"
+        assert attempts[-1].status is AttemptStatus.RUNNING
+    assert store.claim("w") is None

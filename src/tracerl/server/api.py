@@ -37,7 +37,8 @@ passes every other path on to the Starlette app (OTLP, docs, gateway). Starlette
 exception layers measured ~50 µs per request on this machine and FastAPI/pydantic routes ~3× that, which
 is most of the budget; every bad field still gets a 400 naming it. The OpenAPI document is generated from
 the same route table (:func:`openapi_routes`). Store calls never run on the event loop (a sqlite write
-can wait seconds for another process's lock): :class:`~tracerl.server.calls.Calls` runs them in threads.
+can wait seconds for another process's lock): :class:`~tracerl.server.calls.Calls` runs them in threads, and
+bulk reads of a sqlite file in a child process (:mod:`tracerl.server.reads`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from fastapi import APIRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tracerl.errors import InvalidInput, NotFound, ServerError, TracerlError
+from tracerl.server import reads
 from tracerl.server.calls import Calls
 from tracerl.store.base import (
     DEFAULT_LEASE_S,
@@ -77,11 +79,9 @@ from tracerl.store.wire import (
     req_str,
     rollout_to_wire,
     span_from_wire,
-    span_to_wire,
     spec_from_wire,
-    trace_to_wire,
 )
-from tracerl.types import JSON, AttemptStatus, Mode, RolloutQuery, RolloutStatus, SpanKind
+from tracerl.types import JSON, AttemptStatus, Mode, RolloutStatus, SpanKind
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,13 @@ LIGHT_ROWS = 200
 ``get_spans``/``get_traces``, are read and encoded on the heavy-reads lane (:meth:`Calls.heavy`)."""
 
 
-class Encoded(bytes):
-    """A response body already encoded as JSON (heavy reads are encoded off the event loop)."""
+class Encoded:
+    """A response body already encoded as JSON (heavy reads are encoded off the event loop), sent as is."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 class ApiRequest:
@@ -338,16 +343,11 @@ def handlers(store: Store) -> dict[str, Handler]:
     async def release(request: ApiRequest) -> Any:
         return rollout_to_wire(await call(store.release, request.params["attempt_id"]))
 
-    def encoded_page(q: RolloutQuery) -> Any:
-        page = store.query_rollouts(q)
-        items = [rollout_to_wire(x) for x in page.items]
-        return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
-
     async def query(request: ApiRequest) -> Any:
         q = query_from_wire(request.json(optional=True))
         if q.limit <= LIGHT_ROWS:
-            return await call(encoded_page, q)
-        return await call.heavy(lambda: Encoded(dumps(encoded_page(q))))
+            return Encoded(await call(reads.page, store, q))
+        return Encoded(await call.heavy(reads.page, q))
 
     async def wait(request: ApiRequest) -> Any:
         body = request.json()
@@ -375,12 +375,8 @@ def handlers(store: Store) -> dict[str, Handler]:
         encoding = q.get("encoding", "json")
         if encoding not in ("json", "packed"):
             raise InvalidInput(f"encoding {encoding!r} is not one of ['json', 'packed']")
-
-        def read() -> Encoded:
-            spans = store.get_spans(rollout_id=q.get("rollout_id"), attempt_id=q.get("attempt_id"))
-            return Encoded(dumps({"spans": [span_to_wire(s, packed=encoding == "packed") for s in spans]}))
-
-        return await call.heavy(read)
+        packed = encoding == "packed"
+        return Encoded(await call.heavy(reads.spans, q.get("rollout_id"), q.get("attempt_id"), packed, bulk=False))
 
     async def get_traces(request: ApiRequest) -> Any:
         body = request.json()
@@ -390,12 +386,7 @@ def handlers(store: Store) -> dict[str, Handler]:
         encoding = body.get("encoding") or "json"
         if encoding not in ("json", "packed"):
             raise InvalidInput(f"body.encoding {encoding!r} is not one of ['json', 'packed']")
-
-        def read() -> Encoded:
-            traces = store.get_traces(ids)
-            return Encoded(dumps({"traces": [trace_to_wire(t, packed=encoding == "packed") for t in traces]}))
-
-        return await call.heavy(read)
+        return Encoded(await call.heavy(reads.traces, ids, encoding == "packed"))
 
     async def put_resource(request: ApiRequest) -> Any:
         value = request.json().get("value")
@@ -460,7 +451,7 @@ class Api:
                     break
             request = ApiRequest(method, path, params, scope.get("query_string", b""), b"".join(chunks))
             result = await handler(request)
-            data = result if isinstance(result, Encoded) else dumps(result)
+            data = result.data if isinstance(result, Encoded) else dumps(result)
         except TracerlError as e:
             status, data = e.http_status, error_body(e)
             if status >= 500 or e.client_message is not None:  # the client gets less than the log

@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tracerl.errors import InvalidInput, NotFound, PayloadTooLarge, ServerError, TracerlError, Unauthorized
 from tracerl.server import api, otlp
+from tracerl.server.calls import close_read_process
 from tracerl.server.dashboard import routes as dashboard
 from tracerl.store.base import Store
 from tracerl.store.wire import dumps, error_body
@@ -116,6 +117,7 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            close_read_process(store)
 
     routes: list[Any] = [
         Route("/healthz", _healthz, methods=["GET"]),

@@ -14,10 +14,12 @@ call made on the event loop would stop every other request (``/healthz`` include
 * long polls (``claim`` with ``wait_s``, ``wait``) always take a separate pool of their own, so waiting
   runners never hold up short calls;
 * heavy reads (a page of thousands of rollouts, traces, spans — read *and* encoded as JSON, which costs
-  more than the read) take a lane of their own too (:meth:`Calls.heavy`): a second thread per local store
-  (sqlite reads use their own connection, so they run beside the writes), at most
-  :data:`HEAVY_READS` at a time for network stores. One client looping ``query(limit=10000)`` then
-  waits on its own lane and light requests keep theirs (``tracerl bench stall`` measures it).
+  more than the read; see :mod:`tracerl.server.reads`) take a lane of their own (:meth:`Calls.heavy`): a
+  child process per store where another process can open the store too (a sqlite file), so their Python
+  work never holds this process's GIL; otherwise a second thread per local store, or at most
+  :data:`HEAVY_READS` at a time for a network store. One client looping
+  ``query(limit=10000)`` then waits on its own lane and light requests keep theirs (``tracerl bench stall``
+  measures it).
 
 Usage (inside an async route handler)::
 
@@ -38,6 +40,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
+from tracerl.server.reads import HeavyRead, ReadProcess, reopenable
 from tracerl.store.base import Store
 
 T = TypeVar("T")
@@ -105,6 +108,7 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
 _threads: dict[str, weakref.WeakKeyDictionary[Store, StoreThread]] = {
     "calls": weakref.WeakKeyDictionary(), "reads": weakref.WeakKeyDictionary()}  # fmt: skip
 _threads_lock = threading.Lock()
+_processes: weakref.WeakKeyDictionary[Store, ReadProcess] = weakref.WeakKeyDictionary()
 
 
 def store_thread(store: Store, lane: str = "calls") -> StoreThread:
@@ -117,12 +121,31 @@ def store_thread(store: Store, lane: str = "calls") -> StoreThread:
         return found
 
 
+def read_process(store: Store) -> ReadProcess:
+    """The one child process that runs ``store``'s heavy reads (the store must be :func:`reopenable`)."""
+    with _threads_lock:
+        found = _processes.get(store)
+        if found is None:
+            found = _processes[store] = ReadProcess(store.url)
+        return found
+
+
+def close_read_process(store: Store) -> None:
+    """End ``store``'s heavy-reads process, if it has one (the server does when it stops)."""
+    with _threads_lock:
+        found = _processes.pop(store, None)
+    if found is not None:
+        found.close()
+
+
 class Calls:
     """Runs store calls off the event loop: a dedicated thread for local backends, else worker threads."""
 
     def __init__(self, store: Store) -> None:
         local = store.url.split("://", 1)[0].lower() in LOCAL_SCHEMES
         self.thread = store_thread(store) if local else None
+        self.store = store
+        self.process = read_process(store) if reopenable(store.url) else None
         self.reads = store_thread(store, "reads") if local else None
 
     async def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -130,11 +153,16 @@ class Calls:
             return await self.thread.submit(functools.partial(fn, *args, **kwargs))
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
-    async def heavy(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a heavy read (and whatever encodes its answer) on the heavy-reads lane."""
+    async def heavy(self, fn: HeavyRead, *args: Any, bulk: bool = True) -> bytes:
+        """``fn(store, *args)`` — a heavy read that returns its encoded answer — on the heavy-reads lane
+        (``fn`` a module-level function, so it can travel to the child process). ``bulk=False`` keeps a read
+        that is usually small (one rollout's spans) on the thread: the hop to the child costs more than it."""
+        if bulk and self.process is not None and self.process.ready():
+            return await self.process.run(fn, *args)
+        call = functools.partial(fn, self.store, *args)
         if self.reads is not None:
-            return await self.reads.submit(functools.partial(fn, *args, **kwargs))
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=_heavy_reads)
+            return await self.reads.submit(call)
+        return await anyio.to_thread.run_sync(call, limiter=_heavy_reads)
 
     @staticmethod
     async def long(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -34,9 +34,16 @@ def columns(t: Table, alias: str = "") -> str:
     return ", ".join(prefix + c.name for c in selected(t))
 
 
-def insert(t: Table, p: str, suffix: str = "") -> str:
+def insert(t: Table, p: str, suffix: str = "", rows: int = 1) -> str:
+    """``INSERT`` of ``rows`` rows of ``t``'s written columns (parameters row after row)."""
     names = [c.name for c in t.written]
-    return f"INSERT INTO {t.name} ({', '.join(names)}) VALUES ({', '.join([p] * len(names))}){suffix}"
+    row = f"({', '.join([p] * len(names))})"
+    return f"INSERT INTO {t.name} ({', '.join(names)}) VALUES {', '.join([row] * rows)}{suffix}"
+
+
+INSERT_ROWS = 64
+"""Most rows one multi-row ``INSERT`` of :meth:`Queries.insert_attempts` carries (a claim batch of more takes
+several): a few hundred parameters, far below sqlite's and postgres' limits, and few statement texts."""
 
 
 R, A, S = columns(ROLLOUTS), columns(ATTEMPTS), columns(SPANS)
@@ -75,6 +82,9 @@ class Queries:
         self.start_rollout = (
             f"UPDATE rollouts SET status = {p}, attempts = {p}, updated_at = {p} WHERE rollout_id = {p}"
         )
+        self.start_rollouts = (  # a claim batch: every rollout of one (status, attempts) in one statement
+            f"UPDATE rollouts SET status = {p}, attempts = {p}, updated_at = {p} WHERE {d.in_list('rollout_id')}"
+        )
         self.move_rollout = (
             f"UPDATE rollouts SET status = {p}, updated_at = {p}, reward = {p}, error = {p} WHERE rollout_id = {p}"
         )
@@ -84,7 +94,7 @@ class Queries:
         join = "FROM attempts a JOIN rollouts r ON r.rollout_id = a.rollout_id"
         self.attempt_with_rollout = f"SELECT {RA} {join} WHERE a.attempt_id = {p}"
         self.rollout_of_attempt = f"SELECT rollout_id FROM attempts WHERE attempt_id = {p}"
-        self.insert_attempt = insert(ATTEMPTS, p)
+        self._insert_attempts = [""] + [insert(ATTEMPTS, p, rows=n) for n in range(1, INSERT_ROWS + 1)]
         self.heartbeat = f"UPDATE attempts SET heartbeat_at = {p}, lease_expires_at = {p} WHERE attempt_id = {p}"
         self.end_attempt = f"UPDATE attempts SET status = {p}, ended_at = {p}, error = {p} WHERE attempt_id = {p}"
         self.attempts_of = f"SELECT {A} FROM attempts WHERE rollout_id = {p} ORDER BY number"
@@ -131,6 +141,10 @@ class Queries:
         # -- postgres only: wake-ups and advisory locks (sqlite's write lock needs neither) -----------
         self.notify = f"SELECT pg_notify({p}, '')"
         self.advisory_lock = f"SELECT pg_advisory_xact_lock(hashtext({p}))"
+
+    def insert_attempts(self, n: int) -> str:
+        """``INSERT`` of ``n`` (1 to :data:`INSERT_ROWS`) attempts in one statement (a claim batch)."""
+        return self._insert_attempts[n]
 
     def query_rollouts(self, used: tuple[str, ...]) -> tuple[str, str]:
         """``(count, page)`` statements of ``query_rollouts`` with the filters named in ``used`` (a subset of
