@@ -17,7 +17,10 @@ Sources (generated offline, from fixed seeds, by ``reasoning-gym``'s own generat
 * ``basic_arithmetic``: 2-3 terms of 1-3 digits with ``+ - *`` and parentheses, phrased as a question
   ("What is -618 * -986 - 840?"): easy to state, hard to do in the head, easy with the calculator;
 * ``easy_arithmetic``: the same generator with 2 terms of 1-2 digits and ``+ -`` ("What is 73 - 16?"):
-  small models sometimes get these right without the tool, so GRPO has a signal from the start.
+  small models sometimes get these right without the tool, so GRPO has a signal from the start;
+* ``long_arithmetic``: 3-4 terms of 2-3 digits with ``+ - *`` and parentheses ("Solve 722 - 330 + -768 -
+  779."): a longer expression to copy into the calculator, where a warm-started 135M model still slips, so
+  the RL stage has something to learn (added after the others: their splits are unchanged).
 
 For each source a pool of :data:`POOL_SIZE` items is generated from :data:`SEED`; duplicate questions are
 dropped (also across sources: a question an earlier source of :data:`SOURCES` has is skipped); the
@@ -40,7 +43,7 @@ SEED = 20_251_125
 POOL_SIZE = 600
 SPLITS = ("train", "val", "test")
 SPLIT_SIZES = {"test": 100, "val": 50}
-SOURCES = ("gsm_symbolic", "basic_arithmetic", "easy_arithmetic")
+SOURCES = ("gsm_symbolic", "basic_arithmetic", "easy_arithmetic", "long_arithmetic")
 
 # source -> (reasoning-gym generator, its config fields)
 _GENERATORS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -67,6 +70,19 @@ _GENERATORS: dict[str, tuple[str, dict[str, Any]]] = {
             "max_digits": 2,
             "operators": ("+", "-"),
             "allow_parentheses": False,
+            "allow_negation": False,
+            "format_style": "natural",
+        },
+    ),
+    "long_arithmetic": (
+        "basic_arithmetic",
+        {
+            "min_terms": 3,
+            "max_terms": 4,
+            "min_digits": 2,
+            "max_digits": 3,
+            "operators": ("+", "-", "*"),
+            "allow_parentheses": True,
             "allow_negation": False,
             "format_style": "natural",
         },

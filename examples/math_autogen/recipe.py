@@ -27,7 +27,10 @@ from recipes import Recipe, add_arguments, run_recipe, write_configs
 import tracerl
 
 JSON = dict[str, Any]
-SOURCES = ("easy_arithmetic", "basic_arithmetic")
+SOURCES = ("easy_arithmetic", "basic_arithmetic", "long_arithmetic")
+#: the RL stage's default curriculum: the sources the warm start still gets wrong (easy_arithmetic is near 1.0
+#: after it, so its groups would mostly have no reward variance)
+RL_SOURCES = ("basic_arithmetic", "long_arithmetic")
 
 
 def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
@@ -44,8 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=50, help="test tasks per source (default: 50)")
     p.add_argument("--n-val", type=int, default=8, help="val tasks per source (default: 8)")
     p.add_argument("--kl-coef", type=float, default=0.0, help="GRPO's KL penalty to the warm start (default: 0)")
-    p.add_argument("--rl-sources", nargs="+", default=list(SOURCES), choices=SOURCES,
-                   help="sources of the RL stage's train tasks (default: all the recipe's sources)")
+    p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES,
+                   help=f"task sources of every stage (default: {' '.join(SOURCES)})")
+    p.add_argument("--rl-sources", nargs="+", default=list(RL_SOURCES), choices=SOURCES,
+                   help=f"sources of the RL stage's train tasks (default: {' '.join(RL_SOURCES)})")
     p.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=True,
                    help="RL steps keep sampling until they hold groups with reward variance (DAPO; default: on)")
     p.add_argument("--max-sampled-groups", type=float, default=4.0,
@@ -64,16 +69,19 @@ def main(argv: list[str] | None = None) -> JSON:
         if path:
             return load_questions(path)
         out: list[JSON] = []
-        for source in SOURCES:
+        for source in args.sources:
             out.extend(make_tasks(split, sources=(source,), n=n))
         return out
 
     train = tasks("train", None)
-    # interleave the sources so the demonstrations cover both
+    # interleave the sources so the demonstrations cover each of them
     train.sort(key=lambda t: (int(t["id"].rsplit("-", 1)[-1]) if t["id"][-1].isdigit() else 0, t["source"]))
     missing = [t["id"] for t in train[: args.demos] if "expression" not in t]
     if missing:
         raise SystemExit(f"train questions without an 'expression' cannot be demonstrated: {missing[:5]}")
+    rl_train = None if args.train_questions else [t for t in train if t.get("source") in args.rl_sources]
+    if rl_train == []:
+        raise SystemExit(f"--rl-sources {' '.join(args.rl_sources)}: none is in --sources {' '.join(args.sources)}")
     recipe = Recipe(
         name="math_autogen", agent="math_autogen.agent:math_agent", train=train, val=tasks("val", args.n_val),
         test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir), model=args.model,
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> JSON:
         grpo_lr=args.lr, runners=args.runners, max_tokens=96, grpo_options={"kl_coef": args.kl_coef},
         grpo_trainer_options={"dynamic_sampling": True, "max_sampled_groups": args.max_sampled_groups}
         if args.dynamic_sampling else {},
-        rl_train=[t for t in train if t.get("source") in args.rl_sources] if not args.train_questions else None,
+        rl_train=rl_train,
     )
     if args.write_config:
         for path in write_configs(recipe, seeds=args.seeds):

@@ -140,12 +140,13 @@ def test_tasks_are_deterministic_disjoint_and_numeric() -> None:
     from math_autogen.reward import parse_number
 
     splits = {s: make_tasks(s) for s in ("train", "val", "test")}
-    assert {s: len(t) for s, t in splits.items()} == {"train": 1305, "val": 150, "test": 300}
+    assert {s: len(t) for s, t in splits.items()} == {"train": 1755, "val": 200, "test": 400}
     questions = {s: {t["question"] for t in tasks} for s, tasks in splits.items()}
     assert not questions["train"] & questions["val"] and not questions["train"] & questions["test"]
     assert not questions["val"] & questions["test"]
     assert all(parse_number(t["answer"]) is not None for tasks in splits.values() for t in tasks)
-    assert {t["source"] for t in splits["test"]} == {"gsm_symbolic", "basic_arithmetic", "easy_arithmetic"}
+    assert {t["source"] for t in splits["test"]} == {"gsm_symbolic", "basic_arithmetic", "easy_arithmetic",
+                                                  "long_arithmetic"}
     again = make_tasks("val", sources=("basic_arithmetic",), n=3)
     assert again == [t for t in splits["val"] if t["source"] == "basic_arithmetic"][:3]
     assert again[0]["id"] == "basic_arithmetic-val-000"
