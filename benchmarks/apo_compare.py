@@ -162,24 +162,15 @@ def run_grpo(cmp: Comparison, seed: int, *, budget_s: float) -> JSON:
 
 def report(results: JSON) -> str:
     """A markdown table of ``results`` (see the module docstring) with the paired bootstrap intervals."""
-    from tracerl.stats import paired_bootstrap
+    from tracerl.stats import paired_bootstrap, seed_average, seed_table
 
     seeds = sorted(results.get("seeds", {}), key=int)
     base = results["base"]
-    lines = [f"| prompt / model | {' | '.join(f'seed {s}' for s in seeds)} | mean | train wall time per seed |",
-             "|---|" + "---|" * (len(seeds) + 2)]  # fmt: skip
-    b = f"{base['mean']:.3f}"
-    lines.append(f"| base prompt | {' | '.join(b for _ in seeds)} | {b} | – |")
-    gains: list[str] = []
-    for method, label in METHODS.items():
-        runs = [results["seeds"][s].get(method) for s in seeds]
-        if not seeds or not all(runs):
-            continue
-        means = [r["mean"] for r in runs]
-        times = ", ".join(f"{r['train_seconds'] / 60:.1f} min ({r['steps']} steps)" for r in runs)
-        lines.append(f"| {label} | {' | '.join(f'{m:.3f}' for m in means)} | {sum(means) / len(means):.3f} | {times} |")
-        per_task = [sum(col) / len(col) for col in zip(*(r["rewards"] for r in runs), strict=True)]
-        gains.append(f"{method.upper()} − base: {paired_bootstrap(base['rewards'], per_task)}.")
+    rows = [(label, [results["seeds"][s].get(method) for s in seeds]) for method, label in METHODS.items()]
+    lines = seed_table(seeds, ("base prompt", base["mean"]), rows, first_column="prompt / model",
+                       time_column="train wall time per seed")  # fmt: skip
+    gains = [f"{method.upper()} − base: {paired_bootstrap(base['rewards'], seed_average(runs))}."
+             for (method, _), (_, runs) in zip(METHODS.items(), rows, strict=True) if seeds and all(runs)]  # fmt: skip
     lines += ["", f"Test tasks: {len(base['rewards'])}, greedy; intervals: paired bootstrap over tasks, each "
               f"task's reward averaged over the seeds.", *gains]  # fmt: skip
     return "\n".join(lines)

@@ -241,35 +241,17 @@ def _evaluate(recipe: Recipe, model: str) -> JSON:
 
 def report(results: JSON) -> str:
     """A markdown table of ``results`` (see the module docstring) with the bootstrap intervals."""
-    from tracerl.stats import paired_bootstrap
+    from tracerl.stats import paired_bootstrap, seed_average, seed_table
 
     seeds = sorted(results.get("seeds", {}), key=int)
-    lines = [f"| stage | {' | '.join(f'seed {s}' for s in seeds)} | mean | train time per seed |",
-             "|---|" + "---|" * (len(seeds) + 2)]
     base = results["base"]
-    b = f"{base['mean']:.3f}"
-    lines.append(f"| base | {' | '.join(b for _ in seeds)} | {b} | – |")
-    per_stage: dict[str, list[list[float]]] = {}
-    for stage, label in (("sft", "warm start (SFT)"), ("grpo", "RL (GRPO)")):
-        runs = [results["seeds"][s].get(stage) for s in seeds]
-        if not all(runs):
-            continue
-        means = [r["mean"] for r in runs]
-        per_stage[stage] = [r["rewards"] for r in runs]
-        minutes = ", ".join(f"{r['train_seconds'] / 60:.1f} min" for r in runs)
-        lines.append(f"| {label} | {' | '.join(f'{m:.3f}' for m in means)} | {sum(means) / len(means):.3f} | "
-                     f"{minutes} |")
-    n_test = len(base["rewards"])
-    lines.append("")
-    lines.append(f"Test tasks: {n_test}; greedy decoding.")
-
-    def task_means(rows: list[list[float]]) -> list[float]:
-        return [sum(col) / len(col) for col in zip(*rows, strict=True)]
-
-    if "sft" in per_stage:
-        gain = paired_bootstrap(base["rewards"], task_means(per_stage["sft"]))
-        lines.append(f"Warm start − base: {gain}.")
-    if "sft" in per_stage and "grpo" in per_stage:
-        gain = paired_bootstrap(task_means(per_stage["sft"]), task_means(per_stage["grpo"]))
+    runs = {stage: [results["seeds"][s].get(stage) for s in seeds] for stage in ("sft", "grpo")}
+    lines = seed_table(seeds, ("base", base["mean"]), [("warm start (SFT)", runs["sft"]), ("RL (GRPO)", runs["grpo"])])
+    lines += ["", f"Test tasks: {len(base['rewards'])}; greedy decoding."]
+    done = {stage: seeds != [] and all(r) for stage, r in runs.items()}
+    if done["sft"]:
+        lines.append(f"Warm start − base: {paired_bootstrap(base['rewards'], seed_average(runs['sft']))}.")
+    if done["sft"] and done["grpo"]:
+        gain = paired_bootstrap(seed_average(runs["sft"]), seed_average(runs["grpo"]))
         lines.append(f"RL − warm start: {gain}.")
     return "\n".join(lines)

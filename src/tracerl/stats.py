@@ -12,18 +12,22 @@ so the interval is over tasks — the unit others will evaluate on — and seeds
 
     r = paired_bootstrap(before=[0, 1, 0, 0], after=[1, 1, 0, 1])
     r.mean, r.low, r.high        # 0.5, 0.0, 1.0
+
+:func:`seed_table` writes the markdown table the example recipes and benchmarks report (one column per seed,
+their mean, the training time), and :func:`seed_average` the per-task means the intervals are taken over.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from tracerl.errors import ConfigError
 
-__all__ = ["Interval", "paired_bootstrap"]
+__all__ = ["Interval", "paired_bootstrap", "seed_average", "seed_table"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +69,37 @@ def paired_bootstrap(
     alpha = 1.0 - confidence
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return Interval(float(d.mean()), float(low), float(high), confidence, int(d.size))
+
+
+def seed_average(runs: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Each task's reward averaged over the seeds' runs (each run a mapping with per-task ``"rewards"``)."""
+    return [sum(col) / len(col) for col in zip(*(r["rewards"] for r in runs), strict=True)]
+
+
+def seed_table(
+    seeds: Sequence[str],
+    base: tuple[str, float],
+    rows: Sequence[tuple[str, Sequence[Mapping[str, Any]]]],
+    *,
+    first_column: str = "stage",
+    time_column: str = "train time per seed",
+) -> list[str]:
+    """A markdown table of held-out results over seeds: a header, the base row (``(label, mean)``: greedy
+    decoding of the base model does not depend on the seed, so its mean fills every seed's column), then one
+    row per ``(label, runs)`` with each seed's ``"mean"``, their mean, and each run's ``"train_seconds"`` (with
+    ``"steps"`` where the run has them). A row whose runs are not all there yet (``None`` or missing) is left out.
+    """
+    lines = [
+        f"| {first_column} | {' | '.join(f'seed {s}' for s in seeds)} | mean | {time_column} |",
+        "|---|" + "---|" * (len(seeds) + 2),
+        f"| {base[0]} | {' | '.join(f'{base[1]:.3f}' for _ in seeds)} | {base[1]:.3f} | – |",
+    ]
+    for label, runs in rows:
+        if not seeds or len(runs) != len(seeds) or not all(runs):
+            continue
+        means = [float(r["mean"]) for r in runs]
+        times = ", ".join(
+            f"{r['train_seconds'] / 60:.1f} min" + (f" ({r['steps']} steps)" if "steps" in r else "") for r in runs
+        )
+        lines.append(f"| {label} | {' | '.join(f'{m:.3f}' for m in means)} | {sum(means) / len(means):.3f} | {times} |")
+    return lines

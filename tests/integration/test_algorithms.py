@@ -5,13 +5,11 @@ the real gateway and a sqlite store."""
 from __future__ import annotations
 
 import json
-import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import openai
-import pytest
 
 import tracerl
 from tracerl.algorithms.base import StepResult
@@ -193,10 +191,9 @@ def any_digit(task, llm):
 
 
 def test_dynamic_sampling_fills_the_step_with_informative_groups_and_stops_at_its_cap(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, tmp_path: Path, agent_module: Callable[[str, str], Path]
 ) -> None:
-    (tmp_path / "ds_agent.py").write_text(textwrap.dedent(AGENT))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    agent_module("ds_agent", AGENT)
     trainer = tracerl.Trainer(
         agent="ds_agent:any_digit", algorithm=tracerl.GRPO(str(tiny_model_dir), group_size=4, lr=1e-3, seed=0),
         runners=4, run_dir=str(tmp_path / "run"), batch_size=2, max_steps=4, val_every=0, max_tokens=4,

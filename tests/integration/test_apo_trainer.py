@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,8 @@ def reads_prompts(task, llm):
 
 
 @pytest.fixture
-def agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    folder = tmp_path / "agents"
-    folder.mkdir()
-    (folder / "apo_test_agents.py").write_text(textwrap.dedent(AGENTS))
-    monkeypatch.syspath_prepend(str(folder))
+def agents(agent_module: Callable[[str, str], Path]) -> str:
+    agent_module("apo_test_agents", AGENTS)
     return "apo_test_agents"
 
 

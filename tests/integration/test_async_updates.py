@@ -4,6 +4,7 @@ recorded sampling log-probs); the run takes the same number of steps and ends wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,9 @@ def varied(task, llm):
 
 
 def test_async_updates_train_on_one_update_stale_batches(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, tmp_path: Path, agent_module: Callable[[str, str], Path]
 ) -> None:
-    (tmp_path / "async_agent.py").write_text(AGENT)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    agent_module("async_agent", AGENT)
     result = tracerl.Trainer(
         agent="async_agent:varied",
         algorithm=tracerl.GRPO(str(tiny_model_dir), group_size=4, lr=1e-3, advantage="batch"),

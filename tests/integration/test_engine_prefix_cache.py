@@ -133,3 +133,32 @@ def test_new_weights_clear_the_cache(tiny_model_dir: Any) -> None:
     completion = asyncio.run(main())
     assert completion.weights_version == 1 and engine.prefix_cache.hits == 0
     assert_logprobs_exact(model, prompt, completion)  # model now holds the new weights
+
+
+def test_an_admission_whose_first_group_evicts_the_next_groups_head_stays_exact(tiny_model: tuple[Any, Any]) -> None:
+    """Two stored heads A (newer) and B (older) and a budget that holds only them: one admission with a request
+    after A, then one after B. Storing the first request's prompt evicts B before B's group is prefilled; B's
+    keys and values are still used (the engine holds them), nothing fails (a math recipe run hit a
+    ``list.remove`` error here), and both completions stay exact."""
+    model, tok = tiny_model
+    other = "You are a terse assistant. Answer each question with one number and nothing else, ever, please."
+    heads = [chat(tok, [{"role": "system", "content": s}, {"role": "user", "content": "Hi"}]) for s in (other, SYSTEM)]
+    asks = [chat(tok, [{"role": "system", "content": s}, {"role": "user", "content": q}])
+            for s, q in ((SYSTEM, QUESTIONS[0]), (other, QUESTIONS[1]))]  # fmt: skip
+    budget = sum(map(len, heads)) + len(asks[0]) - 1  # both heads fit; storing the first request's prompt evicts B
+    engine = HFEngine(model, tok, "tiny-random", max_batch_size=4, prefix_cache_tokens=budget)
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+
+    async def main() -> list[Completion]:
+        for head in heads:  # stored B (other's head), then A (SYSTEM's): B is the least recently used
+            await engine.generate(head, params)
+        assert [e.tokens for e in engine.prefix_cache.entries] == heads
+        out = [r[0] for r in await asyncio.gather(*(engine.generate(p, params) for p in asks))]
+        await engine.aclose()
+        return out
+
+    completions = asyncio.run(main())
+    assert engine.prefix_cache.hits == 2  # both requests were prefilled after their heads, in one admission
+    assert heads[0] not in [e.tokens for e in engine.prefix_cache.entries]  # B was evicted on the way
+    for p, c in zip(asks, completions, strict=True):
+        assert_logprobs_exact(model, p, c)

@@ -4,7 +4,7 @@ tiny model; a PPO run stops, checkpoints (critic included) and resumes; ``tracer
 from __future__ import annotations
 
 import json
-import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,12 +34,9 @@ def letters(task, llm):
 
 
 @pytest.fixture
-def letters_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def letters_agent(agent_module: Callable[[str, str], Path]) -> str:
     """An agent rewarded by the share of letters in its reply: graded (about half) for the tiny model."""
-    folder = tmp_path / "agents"
-    folder.mkdir()
-    (folder / "ppo_test_agents.py").write_text(textwrap.dedent(AGENTS))
-    monkeypatch.syspath_prepend(str(folder))
+    agent_module("ppo_test_agents", AGENTS)
     return "ppo_test_agents:letters"
 
 

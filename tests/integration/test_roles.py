@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -139,17 +140,12 @@ def plan_then_solve(task, llm):
 
 
 def test_the_trainer_serves_a_frozen_role_beside_the_trained_one(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, tmp_path: Path, agent_module: Callable[[str, str], Path]
 ) -> None:
-    import textwrap
-
     import tracerl
     from tracerl.tasks import toy
 
-    folder = tmp_path / "agents"
-    folder.mkdir()
-    (folder / "roles_test_agents.py").write_text(textwrap.dedent(AGENTS))
-    monkeypatch.syspath_prepend(str(folder))
+    agent_module("roles_test_agents", AGENTS)
     run_dir = tmp_path / "run"
     trainer = tracerl.Trainer(
         agent="roles_test_agents:plan_then_solve",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import textwrap
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -160,15 +160,12 @@ def plan_solve_judge(task, llm):
 
 
 def test_the_trainer_trains_two_models_serves_each_its_weights_and_resumes(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, tmp_path: Path, agent_module: Callable[[str, str], Path]
 ) -> None:
     import tracerl
     from tracerl.tasks import toy
 
-    folder = tmp_path / "agents"
-    folder.mkdir()
-    (folder / "roles_multi_agents.py").write_text(textwrap.dedent(AGENTS))
-    monkeypatch.syspath_prepend(str(folder))
+    agent_module("roles_multi_agents", AGENTS)
     run_dir = tmp_path / "run"
 
     def fit(max_steps: int, resume: bool) -> Any:

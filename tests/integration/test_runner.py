@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -122,10 +122,8 @@ def describes_llm(task, llm):
 
 
 @pytest.fixture
-def agents_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "runner_test_agents.py").write_text(textwrap.dedent(AGENTS))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
+def agents_dir(agent_module: Callable[[str, str], Path]) -> Path:
+    return agent_module("runner_test_agents", AGENTS)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -440,13 +438,10 @@ def dies_or_scores(task, llm):
 """
 
 
-def test_worker_claims_only_once_its_replacement_process_is_ready(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_worker_claims_only_once_its_replacement_process_is_ready(agent_module: Callable[[str, str], Path]) -> None:
     """A worker process that died is replaced; the next rollout is claimed only when the new one is ready, so
     a 1 s lease never runs out while the agent (3 s to import) starts."""
-    (tmp_path / "slow_restart_agent.py").write_text(textwrap.dedent(SLOW_RESTART))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = agent_module("slow_restart_agent", SLOW_RESTART)
     store = tracerl.connect("memory://")
     dies, ok = store.enqueue([RolloutSpec(task={"die": True}, max_attempts=1), RolloutSpec(task={"die": False})])
     # prefetch=0: the subject is when a worker claims for itself (held claims are test_runner_prefetch.py's)
@@ -456,7 +451,7 @@ def test_worker_claims_only_once_its_replacement_process_is_ready(
     assert r_ok.status is RolloutStatus.SUCCEEDED and r_ok.reward == 1.0, store.get_attempts(ok.rollout_id)
     attempts = store.get_attempts(ok.rollout_id)
     assert [a.status for a in attempts] == [AttemptStatus.SUCCEEDED]  # no lease ran out while the agent started
-    replacement_ready_at = float((tmp_path / "ready_at").read_text().split()[-1])
+    replacement_ready_at = float((folder / "ready_at").read_text().split()[-1])
     assert attempts[0].started_at >= replacement_ready_at  # claimed after the new worker process was ready
 
 
@@ -475,13 +470,10 @@ def dies(task, llm):
 """
 
 
-def test_worker_whose_process_cannot_restart_stops_without_claiming(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_worker_whose_process_cannot_restart_stops_without_claiming(agent_module: Callable[[str, str], Path]) -> None:
     """Replacements that fail to start are retried, then the worker ends with the error — rather than claiming
     rollouts only to fail them."""
-    (tmp_path / "broken_restart_agent.py").write_text(textwrap.dedent(BROKEN_RESTART))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = agent_module("broken_restart_agent", BROKEN_RESTART)
     store = tracerl.connect("memory://")
     first, second = store.enqueue([RolloutSpec(task={}, max_attempts=1), RolloutSpec(task={})])
     runner = Runner("broken_restart_agent:dies", store, claim_wait_s=0.1).start()
@@ -493,7 +485,7 @@ def test_worker_whose_process_cannot_restart_stops_without_claiming(
     assert isinstance(error, ConfigError) and "broke after the first start" in str(error)
     assert store.get_rollout(first.rollout_id).status is RolloutStatus.FAILED
     assert store.get_rollout(second.rollout_id).status is RolloutStatus.QUEUED  # left for a healthy runner
-    assert (tmp_path / "imports").read_text() == "xxxx"  # the first start, then three tries
+    assert (folder / "imports").read_text() == "xxxx"  # the first start, then three tries
 
 
 HANGS_UP = """
@@ -511,10 +503,9 @@ def never_runs(task, llm):
 
 
 def test_worker_that_hangs_up_without_exiting_is_killed_with_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, agent_module: Callable[[str, str], Path]
 ) -> None:
-    (tmp_path / "hangs_up_agent.py").write_text(textwrap.dedent(HANGS_UP))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    agent_module("hangs_up_agent", HANGS_UP)
     runner = Runner("hangs_up_agent:never_runs", tracerl.connect("memory://"))
     with pytest.raises(ConfigError, match="closed its connection but had not exited 5s later, so it was killed"):
         runner.start()

@@ -4,7 +4,7 @@ same attempt, in the order they happened."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,12 @@ def two_calls(task, llm):
 
 
 @pytest.fixture
-def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_engine: Any) -> Iterator[tuple[Store, str, str]]:
+def setup(
+    tmp_path: Path, agent_module: Callable[[str, str], Path], tiny_engine: Any
+) -> Iterator[tuple[Store, str, str]]:
     from tracerl.gateway.app import start_gateway
 
-    (tmp_path / "gateway_agents.py").write_text(AGENT)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    agent_module("gateway_agents", AGENT)
     url = f"sqlite:///{tmp_path}/e2e.db"
     store = tracerl.connect(url)
     gateway = start_gateway(store, tiny_engine, model_name="tiny-random")

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,12 +51,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def agent_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "agent"
-    folder.mkdir()
-    (folder / "prefetch_agent.py").write_text(AGENT)
-    monkeypatch.syspath_prepend(str(folder))
-    return folder
+def agent_dir(agent_module: Callable[[str, str], Path]) -> Path:
+    return agent_module("prefetch_agent", AGENT)
 
 
 def runs(folder: Path) -> list[tuple[str, str]]:

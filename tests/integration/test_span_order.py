@@ -16,7 +16,7 @@ Both must give the returns of the in-process path: credit.py on the events in th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +88,11 @@ def test_the_reference_returns_are_the_hand_computed_ones() -> None:
 
 @pytest.fixture
 def gateway_setup(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_engine: Any
+    tmp_path: Path, agent_module: Callable[[str, str], Path], tiny_engine: Any
 ) -> Iterator[tuple[Store, str, str]]:
     from tracerl.gateway.app import start_gateway
 
-    (tmp_path / "skewed_agents.py").write_text(AGENT)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    agent_module("skewed_agents", AGENT)
     url = f"sqlite:///{tmp_path}/order.db"
     store = tracerl.connect(url)
     gateway = start_gateway(store, tiny_engine, model_name="tiny-random")

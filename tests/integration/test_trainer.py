@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,11 +47,8 @@ def sleeps(task, llm):
 
 
 @pytest.fixture
-def agents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    folder = tmp_path / "agents"
-    folder.mkdir()
-    (folder / "trainer_test_agents.py").write_text(textwrap.dedent(AGENTS))
-    monkeypatch.syspath_prepend(str(folder))
+def agents(agent_module: Callable[[str, str], Path]) -> str:
+    agent_module("trainer_test_agents", AGENTS)
     return "trainer_test_agents"
 
 

@@ -1,11 +1,11 @@
-"""The paired bootstrap on hand-computed cases: constant gains, two tasks, and bad input."""
+"""The paired bootstrap on hand-computed cases (constant gains, two tasks, bad input) and the seed table."""
 
 from __future__ import annotations
 
 import pytest
 
 from tracerl.errors import ConfigError
-from tracerl.stats import paired_bootstrap
+from tracerl.stats import paired_bootstrap, seed_average, seed_table
 
 
 def test_a_constant_gain_has_a_zero_width_interval() -> None:
@@ -30,3 +30,16 @@ def test_unpaired_or_empty_scores_are_refused() -> None:
         paired_bootstrap([], [])
     with pytest.raises(ConfigError, match="confidence must be between 0 and 1"):
         paired_bootstrap([1], [1], confidence=95)
+
+
+def test_seed_table_rows_means_times_and_the_per_task_seed_average() -> None:
+    sft = [{"mean": 0.5, "rewards": [1.0, 0.0], "train_seconds": 90.0, "steps": 12},
+           {"mean": 1.0, "rewards": [1.0, 1.0], "train_seconds": 30.0}]  # fmt: skip
+    rows = [("warm start", sft), ("RL", [sft[0], None])]  # RL: seed 1 not run yet -> no row
+    assert seed_table(["0", "1"], ("base", 0.25), rows) == [
+        "| stage | seed 0 | seed 1 | mean | train time per seed |",
+        "|---|---|---|---|---|",
+        "| base | 0.250 | 0.250 | 0.250 | – |",
+        "| warm start | 0.500 | 1.000 | 0.750 | 1.5 min (12 steps), 0.5 min |",
+    ]
+    assert seed_average(sft) == [1.0, 0.5]

@@ -116,8 +116,11 @@ class PrefixCache:
         return best, min(best_len, len(prompt) - 1)
 
     def touch(self, entry: _Entry) -> None:
-        self.entries.remove(entry)
-        self.entries.append(entry)
+        """Mark ``entry`` most recently used. One prefill pass can find an entry that an earlier part of the
+        same pass has since evicted (its prompts were stored first); it is still read, but not stored again."""
+        if any(e is entry for e in self.entries):
+            self.entries.remove(entry)
+            self.entries.append(entry)
 
     def add(self, tokens: list[int], keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         if self.max_tokens <= 0 or len(tokens) > self.max_tokens:
