@@ -18,7 +18,7 @@ Trainer's loop (dynamic sampling, async updates, checkpoints) is the single-mode
 
 1. the step's rollouts are shared by every role (``group_size`` must agree);
 2. each algorithm's ``make_batch`` assigns credit over *all* of a rollout's calls, as a single-model run
-   does, and keeps the calls of its own role(s);
+   does, and keeps the calls of its own role(s); the step's traces are read from the store once and shared;
 3. each algorithm updates its own model; the Trainer loads each new set of weights into that role's engine
    only (:class:`RolesResult`). Metrics of a role are prefixed ``{role}/``; checkpoints hold a folder per
    role; the final weights go to ``final/{role}/``.
@@ -35,13 +35,14 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tracerl.algorithms.base import JSON, Algorithm, StepResult, check_algorithm
 from tracerl.errors import ConfigError
 
 if TYPE_CHECKING:
     from tracerl.store.base import Store
+    from tracerl.types import RolloutTrace
 
 #: batch metrics that are the same for every role (they describe the shared rollouts): logged unprefixed
 SHARED_METRICS = ("reward_mean", "reward_std", "rollouts", "groups", "zero_variance_groups")
@@ -144,9 +145,10 @@ class RoleModels:
 
     def make_batch(self, store: Store, items: Sequence[JSON], rollout_ids: Sequence[str]) -> RolesBatch:
         """Each algorithm's batch of the same rollouts. The first time, refuse a role the agent never called."""
+        once = cast("Store", _TracesOnce(store))  # the step is read once, not once per role
         if not self._checked_calls:
-            self._check_called(store, rollout_ids)
-        return RolesBatch({key: a.make_batch(store, items, rollout_ids) for key, a in self.algorithms.items()})
+            self._check_called(once, rollout_ids)
+        return RolesBatch({key: a.make_batch(once, items, rollout_ids) for key, a in self.algorithms.items()})
 
     def update(self, batch: RolesBatch) -> RolesResult:
         per_role = {key: a.update(batch.batches[key]) for key, a in self.algorithms.items()}
@@ -184,6 +186,27 @@ class RoleModels:
                     f"named only {sorted(str(m) for m in called)}; the agent must send model={key!r} for that role, "
                     "or drop it from the algorithm dict"
                 )
+
+
+class _TracesOnce:
+    """A store seen by the roles of one step: :meth:`get_traces` of the same rollouts is read from the store
+    once and shared (credit assignment only reads the traces), so N roles cost one read a step, not N + 1;
+    every other call goes to the store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._traces: dict[tuple[str, ...], list[RolloutTrace]] = {}
+        self.reads = 0
+
+    def get_traces(self, rollout_ids: Sequence[str]) -> list[RolloutTrace]:
+        key = tuple(rollout_ids)
+        if key not in self._traces:
+            self._traces[key] = self._store.get_traces(key)
+            self.reads += 1
+        return self._traces[key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
 
 
 def check_role_algorithms(algorithms: Mapping[Any, object]) -> dict[str, Algorithm]:
