@@ -346,3 +346,21 @@ def test_your_own_questions_file(tmp_path: Path) -> None:
     # the arithmetic sources carry the gold calculator input the recipe's demonstrations use
     task = make_tasks("train", sources=("basic_arithmetic",), n=1)[0]
     assert calc.calculate(task["expression"]) == task["answer"]
+
+
+def test_recipe_curriculum_defaults_and_a_curriculum_outside_the_sources_is_refused() -> None:
+    import re
+
+    from math_autogen import calculator
+    from math_autogen.data import make_tasks
+    from math_autogen.recipe import main, parse_args
+
+    args = parse_args([])
+    assert args.sources == ["easy_arithmetic", "basic_arithmetic", "long_arithmetic"] and args.grpo_minutes == 12.0
+    assert args.rl_sources == ["basic_arithmetic", "long_arithmetic"]
+    with pytest.raises(SystemExit, match="--rl-sources long_arithmetic: none is in --sources easy_arithmetic"):
+        main(["--sources", "easy_arithmetic", "--rl-sources", "long_arithmetic", "--write-config"])
+    # long_arithmetic: 3-4 numbers a question, each with a gold calculator expression that gives its answer
+    for task in make_tasks("test", sources=("long_arithmetic",), n=20):
+        assert 3 <= len(re.findall(r"-?\d+", task["expression"])) <= 4, task
+        assert calculator.calculate(task["expression"]) == task["answer"]
