@@ -118,3 +118,21 @@ def test_calls_whose_agent_changed_a_turn_the_model_wrote_are_counted() -> None:
     batch = transitions_from_store(store, [claim.rollout.rollout_id, b])
     assert batch.rerendered_calls == 1 and batch.metrics()["rerendered_calls"] == 1.0
     assert len(batch.transitions) == 4
+
+
+def test_sampled_nll_is_the_mean_negative_logprob_of_every_call_read() -> None:
+    store = MemoryStore()
+    store.enqueue([RolloutSpec(task={"q": 1}, group_id="g") for _ in range(2)])
+    ids = []
+    for logprobs in ([-0.1, -2.0], [-0.3, -0.0, -0.6]):  # both rollouts reward 1: a zero-variance group
+        claim = store.claim("w")
+        assert claim is not None
+        a = claim.attempt.attempt_id
+        store.add_spans([Span(a, 0, SpanKind.LLM_CALL, prompt_ids=[1], response_ids=[2] * len(logprobs),
+                              logprobs=logprobs)])  # fmt: skip
+        store.finish(a, AttemptStatus.SUCCEEDED, reward=1.0)
+        ids.append(claim.rollout.rollout_id)
+    batch = transitions_from_store(store, ids)
+    # (0.1 + 2.0 + 0.3 + 0.0 + 0.6) / 5 = 0.6, over every call read, trainable or not
+    assert batch.zero_variance_groups == 1 and not batch.transitions
+    assert batch.metrics()["sampled_nll"] == pytest.approx(0.6)

@@ -105,6 +105,9 @@ class StepBatch:
     reward_std: float
     #: response tokens of every llm call of the rollouts read (trainable or not: generation throughput)
     response_tokens: int = 0
+    #: mean −log p of those tokens under the sampler: an entropy estimate, −(1/N) Σ log p(y_t). Near 0 the
+    #: samples of a group come out the same, so their rewards too: no signal for group baselines
+    sampled_nll: float = 0.0
 
     @property
     def informative_groups(self) -> int:
@@ -122,6 +125,7 @@ class StepBatch:
             "groups": float(self.groups),
             "zero_variance_groups": float(self.zero_variance_groups),
             "transitions": float(len(self.transitions)),
+            "sampled_nll": self.sampled_nll,
             **extra,
             **{f"skipped_{k}": float(v) for k, v in self.skipped_rollouts.items()},
         }
@@ -130,6 +134,8 @@ class StepBatch:
         """Count what reading the store found besides the records: the response tokens of all their calls,
         and the rollouts left out before credit assignment (``skipped``: reason → count)."""
         self.response_tokens = sum(len(c.response_ids) for r in records for c in r.calls)
+        logprobs = [lp for r in records for c in r.calls for lp in c.logprobs]
+        self.sampled_nll = -sum(logprobs) / len(logprobs) if logprobs else 0.0
         for reason, n in skipped.items():
             self.skipped_rollouts[reason] = self.skipped_rollouts.get(reason, 0) + n
 

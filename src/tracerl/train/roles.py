@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from tracerl.types import RolloutTrace
 
 #: batch metrics that are the same for every role (they describe the shared rollouts): logged unprefixed
-SHARED_METRICS = ("reward_mean", "reward_std", "rollouts", "groups", "zero_variance_groups")
+SHARED_METRICS = ("reward_mean", "reward_std", "rollouts", "groups", "zero_variance_groups", "sampled_nll")
 
 
 @dataclass
