@@ -9,9 +9,9 @@ since this ``fit`` started; a resumed run counts from 0 again) and the values of
     {"kind": "val", "step": 3, "time": 47.0, "val_reward": 0.5, "n": 16}
 
 ``zero_variance_groups`` counts the groups whose rollouts all got the same reward (no signal for a group
-baseline); ``sampled_nll`` is the mean −log p of the sampled response tokens. When both are high and low
-respectively, the sampler has become near-deterministic (typical after a warm start): a group's samples come
-out the same, so their rewards do too, and more steps of the same sampling will not help.
+baseline); ``sampled_nll`` is the mean −log p of the sampled response tokens. Many zero-variance groups with
+a ``sampled_nll`` near 0 mean the sampler has become near-deterministic (typical after a warm start): a
+group's samples come out the same, so their rewards do too, and more steps of the same sampling will not help.
 
 A resumed run appends to the file (``append=True``), so it continues the same curve; a fresh run replaces
 it. :func:`plot_rewards` turns it into a PNG of train reward (per step and smoothed) and validation reward
