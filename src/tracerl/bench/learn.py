@@ -216,12 +216,19 @@ def _summarise(curves: dict[str, list[dict[str, float]]], info: dict[str, Any], 
                budget_s: float, n_val: int) -> dict[str, Any]:  # fmt: skip
     out: dict[str, Any] = {"budget_minutes": budget_s / 60, "n_val": n_val, "model": settings["model"],
                            "task": settings["task"], "curves": curves, "info": info}  # fmt: skip
+    # the mean of each side's snapshots after the shared start: steadier than one final snapshot
+    out["mean_after_start"] = {side: sum(p["reward"] for p in points[1:]) / (len(points) - 1)
+                               for side, points in curves.items() if len(points) > 1}  # fmt: skip
     if "tracerl" in curves and "trl" in curves:
-        trl_final = curves["trl"][-1]["reward"]
-        reached = next((p["minutes"] for p in curves["tracerl"] if p["reward"] >= trl_final), None)
+        start, trl_final = curves["trl"][0]["reward"], curves["trl"][-1]["reward"]
         out["tracerl_final"] = curves["tracerl"][-1]["reward"]
         out["trl_final"] = trl_final
-        out["tracerl_minutes_to_trl_final"] = reached
+        # time to TRL's final number means something only where TRL ended above the shared start
+        out["trl_gained"] = trl_final > start
+        out["tracerl_minutes_to_trl_final"] = (
+            next((p["minutes"] for p in curves["tracerl"][1:] if p["reward"] >= trl_final), None)
+            if out["trl_gained"] else None
+        )  # fmt: skip
     return out
 
 
@@ -256,8 +263,17 @@ def _print(console: Any, result: dict[str, Any]) -> None:
         table.add_row(side, text)
     console.print(table)
     if "trl_final" in result:
-        console.print(f"at the budget: tracerl {result['tracerl_final']:.3f}, TRL {result['trl_final']:.3f}; "
-                      f"tracerl reached TRL's final number after {result['tracerl_minutes_to_trl_final']} min")
+        reached = result["tracerl_minutes_to_trl_final"]
+        if not result["trl_gained"]:
+            when = "TRL ended at or below the shared start, so there is no time to reach its number"
+        elif reached is None:
+            when = "tracerl did not reach TRL's final number within the budget"
+        else:
+            when = f"tracerl reached TRL's final number after {reached:g} min"
+        console.print(f"at the budget: tracerl {result['tracerl_final']:.3f}, TRL {result['trl_final']:.3f}; {when}")
+    means = ", ".join(f"{side} {m:.3f}" for side, m in result.get("mean_after_start", {}).items())
+    if means:
+        console.print(f"mean of the snapshots after the start: {means}")
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
