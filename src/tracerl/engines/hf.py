@@ -118,7 +118,7 @@ class PrefixCache:
     def touch(self, entry: _Entry) -> None:
         """Mark ``entry`` most recently used. One prefill pass can find an entry that an earlier part of the
         same pass has since evicted (its prompts were stored first); it is still read, but not stored again."""
-        if any(e is entry for e in self.entries):
+        if entry in self.entries:  # _Entry compares by identity (eq=False)
             self.entries.remove(entry)
             self.entries.append(entry)
 
