@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str, lr: float = 
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=lr, help=f"GRPO learning rate (default: {lr:g})")
     p.add_argument("--runners", type=int, default=8)
+    p.add_argument("--rl-temperature", type=float, default=1.0,
+                   help="the RL stage's sampling temperature; GRPO trains the policy at it (default: 1.0)")
 
 
 @dataclass
@@ -78,6 +80,8 @@ class Recipe:
     group_size: int = 8
     batch_size: int = 2
     grpo_lr: float = 2e-5
+    #: the RL stage's sampling temperature (the learner scores the policy at it; evaluation stays greedy)
+    grpo_temperature: float = 1.0
     max_tokens: int = 96
     runners: int = 8
     val_every: int = 5
@@ -145,7 +149,8 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
                                        seed=seed, **recipe.grpo_options),
                 runners=recipe.runners, run_dir=str(folder / "grpo"), batch_size=recipe.batch_size,
                 time_budget_s=recipe.grpo_minutes * 60, max_steps=recipe.grpo_max_steps, val_every=recipe.val_every,
-                max_tokens=recipe.max_tokens, seed=seed, progress=False, **recipe.grpo_trainer_options,
+                max_tokens=recipe.max_tokens, temperature=recipe.grpo_temperature, seed=seed, progress=False,
+                **recipe.grpo_trainer_options,
             ).fit(recipe.rl_train if recipe.rl_train is not None else recipe.train, val_tasks=recipe.val)
             train_s = time.monotonic() - t0
             done["grpo"] = {**_evaluate(recipe, str(fit.final_model)), "train_seconds": round(train_s, 1),
@@ -193,7 +198,8 @@ def write_configs(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> list[Path]:
     for seed in seeds:
         grpo = {"group_size": recipe.group_size, "lr": recipe.grpo_lr, "seed": seed, **recipe.grpo_options}
         grpo_trainer: JSON = {"batch_size": recipe.batch_size, "val_every": recipe.val_every,
-                              "max_tokens": recipe.max_tokens, "time_budget_s": recipe.grpo_minutes * 60}
+                              "max_tokens": recipe.max_tokens, "time_budget_s": recipe.grpo_minutes * 60,
+                              "temperature": recipe.grpo_temperature}
         if recipe.grpo_max_steps is not None:
             grpo_trainer["max_steps"] = recipe.grpo_max_steps
         lines = [

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> JSON:
         test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir), model=args.model,
         demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, grpo_minutes=args.grpo_minutes,
         group_size=args.group_size,
-        grpo_lr=args.lr, runners=args.runners, max_tokens=96, grpo_options={"kl_coef": args.kl_coef},
+        grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners, max_tokens=96,
+        grpo_options={"kl_coef": args.kl_coef},
         grpo_trainer_options={"dynamic_sampling": True, "max_sampled_groups": args.max_sampled_groups}
         if args.dynamic_sampling else {},
         rl_train=rl_train,

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> JSON:
         val=tasks("val", args.n_val), test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir),
         model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes,
-        group_size=args.group_size, grpo_lr=args.lr, runners=args.runners, max_tokens=64,
+        group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
+        max_tokens=64,
     )
     if args.write_config:
         for path in write_configs(recipe, seeds=args.seeds):

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> JSON:
         name="sql_langchain", agent="sql_langchain.agent:sql_agent", train=train,
         val=tasks("val", min(args.n_val, len(tasks("val")))), test=tasks("test"), policy=gold,
         run_dir=Path(args.run_dir), model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
-        grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr, runners=args.runners,
+        grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr,
+        grpo_temperature=args.rl_temperature, runners=args.runners,
         max_tokens=128, grpo_options={"returns": "step"},
         rl_train=[t for t in train if t.get("difficulty", "easy") in args.rl_difficulty],
     )

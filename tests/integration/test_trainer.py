@@ -40,6 +40,15 @@ def digits_or_crash(task, llm):
 
 
 @tracerl.agent
+def text_length(task, llm):
+    client = OpenAI(base_url=llm.base_url, api_key=llm.api_key)
+    reply = client.chat.completions.create(
+        model=llm.model, messages=[{"role": "user", "content": task["question"]}], **llm.sampling
+    )
+    return len(reply.choices[0].message.content or "") / 100  # random text: rewards vary within a group
+
+
+@tracerl.agent
 def sleeps(task, llm):
     time.sleep(60)
     return 1.0
@@ -103,6 +112,33 @@ def test_a_stopped_run_resumes_from_its_checkpoint(tiny_model_dir: Path, tmp_pat
         assert store.get_resource("resources").value["weights_version"] == second.history[-1]["weights_version"]
     finally:
         store.close()
+
+
+def test_a_run_sampling_at_temperature_1_5_trains_the_policy_at_it(
+    tiny_model_dir: Path, tmp_path: Path, agents: str
+) -> None:
+    run_dir = tmp_path / "run"
+    trainer = _trainer(tiny_model_dir, run_dir, f"{agents}:text_length", max_steps=2, temperature=1.5,
+                       dynamic_sampling=True)  # fmt: skip
+    fit = trainer.fit(toy.make_tasks("train", 4))
+    assert fit.steps == 2
+    train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in train if r["kind"] == "train"]
+    # every sampled call was trained (none dropped as stale), and the gap to the engine is measured on the
+    # temperature-1 log-probs: 0.0014-0.0019 here, against 0.09-0.10 had the tempered ones been compared
+    assert [(r["dropped"], r["transitions"]) for r in train] == [(0, 4), (0, 4)]
+    assert all(r["mismatch_mean_abs"] < 0.01 for r in train)
+    store = tracerl.connect(f"sqlite:///{run_dir / 'store.db'}")
+    try:
+        assert store.get_resource("resources").value["sampling"]["temperature"] == 1.5
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match=r"GRPO\(temperature=2.0\).*samples at 1.5"):
+        tracerl.Trainer(
+            agent=toy.digits_agent, algorithm=tracerl.GRPO(model="tiny-random", temperature=2.0), temperature=1.5,
+            run_dir=str(tmp_path / "refused"),
+        ).fit(toy.make_tasks("train", 4))
+    assert not (tmp_path / "refused").exists()  # refused before anything was loaded or written
 
 
 def test_services_are_stopped_when_a_run_fails(tiny_model_dir: Path, tmp_path: Path, agents: str) -> None:

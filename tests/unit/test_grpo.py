@@ -236,3 +236,50 @@ def test_responses_sharing_a_prompt_are_packed_and_scored_as_if_alone() -> None:
         t = ts[row]
         expected = torch.tensor(token_logprobs(model, t.prompt_ids, t.response_ids))
         torch.testing.assert_close(got[b, : len(t.response_ids)], expected, atol=1e-5, rtol=0)
+
+
+def test_a_learner_at_temperature_t_trains_the_distribution_sampled_at_t() -> None:
+    """log π_T(x) = z_x/T − log Σ_v e^{z_v/T}: scored with its graph; the temperature-1 log-probs beside it."""
+    model = micro_llama()
+    ts = batch(model, [[0.0, 0.0], [0.0, 0.0, 0.0], [0.0]], version=0)  # recorded: the engine's (temperature 1)
+    learner = GRPOLearner(model, config(temperature=2.0))
+    from tracerl.algorithms.batch import build_micro_batches
+
+    for t in ts:
+        (mb,) = build_micro_batches([t], micro_batch_size=8, current_version=0)
+        scored = learner.score(mb)
+        assert scored.logp.requires_grad and not scored.raw.requires_grad
+        with torch.no_grad():
+            logits = model(torch.tensor([t.prompt_ids + t.response_ids])).logits[0]
+        # hand: the tokens under softmax(z / 2); the temperature-1 ones are what the engine recorded
+        at_two = [float((logits[len(t.prompt_ids) - 1 + j] / 2).log_softmax(-1)[tok])
+                  for j, tok in enumerate(t.response_ids)]  # fmt: skip
+        n = len(t.response_ids)
+        torch.testing.assert_close(scored.logp[0, :n].detach(), torch.tensor(at_two), atol=1e-5, rtol=0)
+        torch.testing.assert_close(scored.raw[0, :n], torch.tensor(t.logprobs), atol=1e-5, rtol=0)
+        assert at_two != pytest.approx(t.logprobs, abs=1e-3)  # the two temperatures do differ here
+    result = learner.update(ts)
+    # the sampler/learner gap compares temperature-1 log-probs, so agreeing engines show none
+    assert result.metrics["mismatch_mean_abs"] == pytest.approx(0.0, abs=1e-5)
+    assert result.metrics["ratio_mean"] == 1.0 and result.metrics["transitions"] == 3
+
+
+def test_at_temperature_not_1_only_the_current_weights_samples_are_trained() -> None:
+    model = micro_llama()
+    learner = GRPOLearner(model, config(max_staleness=1, temperature=1.5))
+    learner.weights_version = 5
+    offsets = [[0.0, 0.0], [0.0, 0.0, 0.0], [0.0]]
+    one_old, unknown, current = (batch(model, offsets, version=v) for v in (4, None, 5))
+    mixed = one_old[:1] + unknown[1:2] + current[2:]
+    result = learner.update(mixed)
+    # one update old and unknown weights: their recorded log-probs are not π_old at 1.5
+    assert result.metrics["dropped"] == 2 and result.metrics["transitions"] == 1
+    learner = GRPOLearner(micro_llama(), config(max_staleness=1))
+    learner.weights_version = 5
+    assert learner.update(mixed).metrics["transitions"] == 3  # at temperature 1 all three are trained
+
+
+def test_temperature_must_be_positive() -> None:
+    for bad in (0.0, -1.0, 11.0, "hot"):
+        with pytest.raises(ConfigError, match=r"temperature must be"):
+            GRPOConfig(temperature=bad)  # type: ignore[arg-type]

@@ -123,6 +123,12 @@ class ClipConfig(PolicyConfig):
       kernels) is not exactly the learner; each on-policy token's loss is weighted by
       ``min(π_learner(x) / π_sampler(x), tis_cap)`` so that gap cannot bias the update unseen. None: off
       (the gap is measured and logged either way: ``mismatch_*`` metrics).
+    * ``temperature``: the temperature the learner scores the policy at, so that the trained policy is the
+      distribution the rollouts were sampled from, ``π_T = softmax(z/T)`` (greedy evaluation is the same at
+      every ``T``). None: the Trainer's sampling temperature (1 outside a Trainer); a Trainer refuses
+      another. Sampling above 1 keeps a near-deterministic policy exploring (after a warm start, say). At
+      ``T ≠ 1`` only transitions sampled by the current weights are trained (the engine records log-probs at
+      temperature 1).
     * ``train_models``: an agent with several roles names a model per role (:mod:`tracerl.gateway.routing`);
       only the calls answered by these model names are trained (None: every call). Credit is assigned over
       all of a rollout's calls first.
@@ -137,6 +143,7 @@ class ClipConfig(PolicyConfig):
     loss_norm: LossNorm = "rollout"
     max_staleness: int = 1
     tis_cap: float | None = 2.0
+    temperature: float | None = None
     train_models: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -152,6 +159,8 @@ class ClipConfig(PolicyConfig):
         choice("loss_norm", self.loss_norm, ("rollout", "token"))
         if self.tis_cap is not None:
             number("tis_cap", self.tis_cap, low=1.0)
+        if self.temperature is not None:
+            number("temperature", self.temperature, low=0.0, high=10.0, low_open=True)
 
 
 def build_config(cls: type[Any], what: str, **values: Any) -> Any:

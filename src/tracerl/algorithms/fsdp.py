@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -32,20 +32,23 @@ from tracerl.algorithms import distributed as dp
 from tracerl.algorithms.batch import MicroBatch
 from tracerl.errors import ConfigError
 
+if TYPE_CHECKING:
+    from tracerl.algorithms.policy import Scored
+
 
 class ShardedForward(nn.Module):
-    """The root FSDP unit: ``forward(mb)`` is ``fn(lm, mb)`` (the policy's log-probs and state)."""
+    """The root FSDP unit: ``forward(mb)`` is ``fn(lm, mb)`` (the policy's log-probs and state: ``Scored``)."""
 
-    def __init__(self, lm: nn.Module, fn: Callable[[nn.Module, MicroBatch], tuple[Tensor, Tensor]]) -> None:
+    def __init__(self, lm: nn.Module, fn: Callable[[nn.Module, MicroBatch], Scored]) -> None:
         super().__init__()
         self.lm = lm
         self._fn = fn
 
-    def forward(self, mb: MicroBatch) -> tuple[Tensor, Tensor]:
+    def forward(self, mb: MicroBatch) -> Scored:
         return self._fn(self.lm, mb)
 
 
-def shard_model(model: nn.Module, fn: Callable[[nn.Module, MicroBatch], tuple[Tensor, Tensor]],
+def shard_model(model: nn.Module, fn: Callable[[nn.Module, MicroBatch], Scored],
                 device: torch.device) -> ShardedForward:  # fmt: skip
     """Shard ``model`` in place over the default process group: one unit per decoder layer, the rest in the
     root :class:`ShardedForward` (returned: call it instead of the model). Gradients are summed, not averaged."""

@@ -12,9 +12,14 @@ learner's) uses the learner's own log-probs computed in the first epoch, before 
 (batching, kernels, bf16) never show up as spurious ratios or clipping. Those differences are measured
 instead, every update (``mismatch_mean_abs``, ``mismatch_max_abs``, ``mismatch_kl``), and with
 ``tis_cap`` set each such token is weighted by ``w_IS = min(π_learner / π_sampler, tis_cap)``
-(:func:`tracerl.credit.truncated_is_weights`). A transition sampled by older weights (allowed up to
+(:func:`tracerl.credit.truncated_is_weights`); both compare log-probs at temperature 1, what the engine
+records. A transition sampled by older weights (allowed up to
 ``max_staleness`` updates, or of unknown version) uses the log-probs recorded at sampling time, the only
 record of the policy that produced it, so ``ρ`` corrects for the staleness (and ``w_IS = 1``).
+
+With a scoring temperature ``T ≠ 1`` (``config.temperature``; the Trainer sets it to the temperature it
+samples at) the trained policy is ``π_T = softmax(z/T)``, the distribution the engine samples from (top-p
+aside): ``log π`` above is ``log π_T``, and only transitions sampled by the current weights are trained.
 
 After an update the learner's weights version goes up by one and :attr:`UpdateResult.state_dict` holds
 the full weights for the engine (LoRA adapters merged in).
@@ -48,7 +53,7 @@ from tracerl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GRPOLearner", "UpdateResult", "bf16_supported"]
+__all__ = ["GRPOLearner", "UpdateResult", "bf16_supported", "recent_enough"]
 
 
 @dataclass
@@ -98,10 +103,7 @@ class GRPOLearner(Policy):
             self._sync_replicas()
         c = self.config
         start = time.perf_counter()
-        fresh = [
-            t for t in transitions
-            if t.weights_version is None or self.weights_version - t.weights_version <= c.max_staleness
-        ]
+        fresh = [t for t in transitions if recent_enough(t, self.weights_version, c.max_staleness, self.temperature)]
         fresh = [t for t in fresh if t.response_ids and t.weight != 0.0]
         dropped = len(transitions) - len(fresh)
         lags = [self.weights_version - t.weights_version for t in fresh if t.weights_version is not None]
@@ -126,14 +128,14 @@ class GRPOLearner(Policy):
         for epoch in range(c.epochs):
             acc = _Accumulator()
             for k, mb in enumerate(mbs):
-                logp = self.logprobs(mb)  # (B, R)
+                logp, _, raw = self.score(mb)  # (B, R) at the scoring temperature, (B, R) at temperature 1
                 if epoch == 0:
                     on = mb.on_policy[:, None]  # (B, 1)
                     old.append(torch.where(on, logp.detach(), mb.old_logprobs))
                     ref.append(self.ref_logprobs(mb) if c.kl_coef > 0 else None)
-                    gaps.append((logp.detach(), mb.old_logprobs, mb.response_mask & on & (real is None or k < real)))
+                    gaps.append((raw, mb.old_logprobs, mb.response_mask & on & (real is None or k < real)))
                     is_w.append(
-                        torch.where(on, credit.truncated_is_weights(logp, mb.old_logprobs, c.tis_cap), 1.0)
+                        torch.where(on, credit.truncated_is_weights(raw, mb.old_logprobs, c.tis_cap), 1.0)
                         if c.tis_cap is not None else None
                     )  # fmt: skip
                 pg, ratio, clipped = credit.ppo_clip_token_loss(
@@ -198,6 +200,15 @@ class GRPOLearner(Policy):
         fsdp.shard_optimizer_state(self.optimizer, optim_state)
         self.engine_state_dict()  # the full weights a checkpoint saves, even if this update trains nothing
         logger.info("rank %d: model and optimizer sharded over %d processes (FSDP2)", dp.rank(), dp.world_size())
+
+
+def recent_enough(t: Transition, version: int, max_staleness: int, temperature: float) -> bool:
+    """Whether ``t`` may be trained by a learner at weights ``version``: sampled at most ``max_staleness``
+    updates ago (or by unknown weights). At a scoring ``temperature`` ≠ 1 only the learner's own samples
+    may: older ones carry the engine's log-probs at temperature 1, which are not ``π_old`` at ``temperature``."""
+    if temperature != 1.0:
+        return t.weights_version == version
+    return t.weights_version is None or version - t.weights_version <= max_staleness
 
 
 def _summary(epochs: list[dict[str, float]]) -> dict[str, float]:

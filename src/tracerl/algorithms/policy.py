@@ -20,7 +20,7 @@ import random
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -38,6 +38,17 @@ CHECKPOINT_FILE = "learner.pt"
 CHECKPOINT_FORMAT = 1
 #: optimizer param-group keys that choose how a step is computed, not what it computes
 _IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+class Scored(NamedTuple):
+    """One forward of the policy on a micro-batch (see :meth:`Policy.score`)."""
+
+    #: (B, R) ``log π_T(response token | prefix)`` at the scoring temperature, 0 on padding (with its graph)
+    logp: Tensor
+    #: (B, H) the final hidden state at each call's last prompt token (what a value head reads)
+    state: Tensor
+    #: (B, R) the same log-probs at temperature 1 (what the engine records), detached
+    raw: Tensor
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -76,6 +87,8 @@ class Policy:
         self.pad_id = pad_id
         self.weights_version = weights_version
         self.step_count = 0
+        #: the rollouts' sampling temperature: what :attr:`temperature` is when the config names none
+        self.sampling_temperature = 1.0
         seed_everything(config.seed)
         self.device = pick_device(config.device)
         if config.bf16 and not bf16_supported(self.device) and self.device.type == "cuda":
@@ -113,22 +126,36 @@ class Policy:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    @property
+    def temperature(self) -> float:
+        """The temperature the policy is scored at: the trained policy is ``π_T = softmax(z / T)``."""
+        return float(getattr(self.config, "temperature", None) or self.sampling_temperature)
+
     def logprobs(self, mb: MicroBatch, model: nn.Module | None = None) -> Tensor:
-        """``log π(response token | prefix)`` for each response position: (B, R) float32, 0 on padding.
+        """``log π_T(response token | prefix)`` for each response position: (B, R) float32, 0 on padding.
 
         Runs the transformer on the packed rows, then the output head on the response positions only.
         """
-        return self.logprobs_and_state(mb, model)[0]
+        return self.score(mb, model).logp
 
     def logprobs_and_state(self, mb: MicroBatch, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """:meth:`logprobs` and, from the same forward, the final hidden state at each call's last prompt
         token (B, H) (what a value head on the policy reads: PPO's critic)."""
+        scored = self.score(mb, model)
+        return scored.logp, scored.state
+
+    def score(self, mb: MicroBatch, model: nn.Module | None = None) -> Scored:
+        """Log-probs at the scoring temperature, the state, and the temperature-1 log-probs, from one forward."""
         if model is None and self.sharded is not None:
             return self.sharded(mb)  # type: ignore[no-any-return]
         return self.forward_logprobs(model or self.model, mb)
 
-    def forward_logprobs(self, model: nn.Module, mb: MicroBatch) -> tuple[Tensor, Tensor]:
-        """The forward of :meth:`logprobs_and_state` on ``model`` (also the body of the FSDP root unit)."""
+    def forward_logprobs(self, model: nn.Module, mb: MicroBatch) -> Scored:
+        """The forward of :meth:`score` on ``model`` (also the body of the FSDP root unit).
+
+        With logits ``z`` and scoring temperature ``T``: ``log π_T(x) = z_x/T − log Σ_v e^{z_v/T}``; the
+        raw log-probs are the same at ``T = 1`` (computed only when ``T ≠ 1``, without a graph).
+        """
         backbone, head = _backbone_and_head(model)
         with self.autocast():
             hidden = backbone(
@@ -143,10 +170,18 @@ class Policy:
         cap = getattr(getattr(backbone, "config", None), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        nll = F.cross_entropy(logits, mb.response_ids[mb.response_mask], reduction="none")  # (n,)
+        targets = mb.response_ids[mb.response_mask]  # (n,)
+        t = self.temperature
+        nll = F.cross_entropy(logits / t if t != 1.0 else logits, targets, reduction="none")  # (n,)
         out = torch.zeros(mb.response_mask.shape, dtype=torch.float32, device=nll.device)  # (B, R)
+        logp = out.masked_scatter(mb.response_mask, -nll)
+        if t == 1.0:
+            raw = logp.detach()
+        else:
+            with torch.no_grad():
+                raw = out.masked_scatter(mb.response_mask, -F.cross_entropy(logits, targets, reduction="none"))
         state = flat[mb.gather_index[:, 0]]  # (B, H) the position predicting response token 0: last prompt token
-        return out.masked_scatter(mb.response_mask, -nll), state
+        return Scored(logp, state, raw)
 
     @torch.no_grad()
     def ref_logprobs(self, mb: MicroBatch) -> Tensor:

@@ -33,7 +33,7 @@ from tracerl.algorithms import estimators as est
 from tracerl.algorithms.batch import MicroBatch, build_micro_batches
 from tracerl.algorithms.config import ClipConfig
 from tracerl.algorithms.critic import Critic
-from tracerl.algorithms.learner import UpdateResult, mismatch_metrics
+from tracerl.algorithms.learner import UpdateResult, mismatch_metrics, recent_enough
 from tracerl.algorithms.policy import Policy
 from tracerl.algorithms.ppo import PPOConfig, REINFORCEppConfig
 from tracerl.algorithms.rollout_batch import RolloutBatch
@@ -99,7 +99,7 @@ class ReturnsLearner(Policy, Generic[C]):
         start = time.perf_counter()
         stale = {
             t.rollout_id for t in batch.transitions
-            if t.weights_version is not None and self.weights_version - t.weights_version > c.max_staleness
+            if not recent_enough(t, self.weights_version, c.max_staleness, self.temperature)
         }  # fmt: skip
         keep = [i for i, t in enumerate(batch.transitions) if t.rollout_id not in stale]
         ts = [batch.transitions[i] for i in keep]
@@ -150,13 +150,13 @@ class ReturnsLearner(Policy, Generic[C]):
     def prepass(self, mbs: list[MicroBatch]) -> _Pre:
         c, pre = self.config, _Pre()
         for mb in mbs:
-            logp, state = self.logprobs_and_state(mb)  # (B, R), (B, H)
+            logp, state, raw = self.score(mb)  # (B, R), (B, H), (B, R) at temperature 1
             on = mb.on_policy[:, None]  # (B, 1)
             pre.old.append(torch.where(on, logp, mb.old_logprobs))
             pre.ref.append(self.ref_logprobs(mb) if c.kl_coef > 0 else None)
-            pre.gaps.append((logp, mb.old_logprobs, mb.response_mask & on))
+            pre.gaps.append((raw, mb.old_logprobs, mb.response_mask & on))
             pre.is_w.append(
-                torch.where(on, credit.truncated_is_weights(logp, mb.old_logprobs, c.tis_cap), 1.0)
+                torch.where(on, credit.truncated_is_weights(raw, mb.old_logprobs, c.tis_cap), 1.0)
                 if c.tis_cap is not None else None
             )  # fmt: skip
             pre.values.append(self.prepass_values(mb, state))

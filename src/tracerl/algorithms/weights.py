@@ -48,6 +48,9 @@ class WeightsAlgorithm(Generic[ConfigT, LearnerT]):
         self.learner: LearnerT | None = None
         #: the tokenizer of the model the learner trains (set by :meth:`setup`)
         self.tokenizer: Any = None
+        #: the temperature the rollouts are sampled at (the Trainer sets it): the learner scores the policy at
+        #: it unless the config names its own ``temperature``
+        self.sampling_temperature = 1.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
@@ -90,6 +93,7 @@ class WeightsAlgorithm(Generic[ConfigT, LearnerT]):
         self.tokenizer = tokenizer
         pad_id = getattr(tokenizer, "pad_token_id", None)
         self.learner = self.build_learner(model, int(pad_id) if pad_id is not None else 0)
+        self.learner.sampling_temperature = self.sampling_temperature
         return self.learner
 
     def items(self, train_tasks: Sequence[JSON]) -> list[JSON]:

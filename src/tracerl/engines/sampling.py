@@ -9,8 +9,9 @@ With raw logits :math:`z_b \\in \\mathbb{R}^V`:
 
 The log-prob recorded for training is always that of the *unmodified* policy,
 :math:`\\log \\pi(x_b) = z_{b,x_b} - \\log \\sum_v e^{z_{b,v}}` (temperature 1, no top-p): PPO/GRPO ratios
-:math:`\\pi_\\theta(x)/\\pi_{old}(x)` compare the model's own distributions, and the trainer recomputes
-:math:`\\pi_\\theta` with a plain forward pass, which knows nothing of sampling settings.
+:math:`\\pi_\\theta(x)/\\pi_{old}(x)` compare the model's own distributions whatever the request's settings.
+A learner that trains at the sampling temperature (:class:`~tracerl.algorithms.policy.Policy`) computes both
+from one forward: the tempered log-probs it trains and the temperature-1 ones it compares with these.
 """
 
 from __future__ import annotations

@@ -225,6 +225,8 @@ class Trainer:
         cfg = self.config if epochs is None else dataclasses.replace(self.config, epochs=epochs)
         train = check_tasks(train_tasks, "train_tasks")
         val = check_tasks(val_tasks, "val_tasks") if val_tasks is not None else None
+        for i, stage in enumerate(self.stages):
+            match_temperature(stage.algorithm, stage.config(cfg), i)
         cfg.run_path.mkdir(parents=True, exist_ok=True)
         from tracerl.train import distributed
 
@@ -294,6 +296,31 @@ class Trainer:
         manual_seed(seed)
         multi = self.role_models
         return load_model(next(iter(multi.algorithms.values())).model if multi else self.model)
+
+
+def match_temperature(algorithm: Any, cfg: TrainerConfig, stage: int) -> None:
+    """Let each RL algorithm of a stage score its policy at the temperature the stage samples at (unless its
+    own ``temperature`` option is set; a different one is refused)."""
+    from tracerl.algorithms.config import ClipConfig
+
+    algorithms = algorithm.algorithms.values() if isinstance(algorithm, RoleModels) else [algorithm]
+    for a in algorithms:
+        config = getattr(a, "config", None)
+        if not isinstance(config, ClipConfig):
+            continue
+        if config.temperature is not None and config.temperature != cfg.temperature:
+            raise ConfigError(
+                f"stage {stage + 1}: {type(a).__name__}(temperature={config.temperature}) scores the policy at a "
+                f"temperature the rollouts are not sampled at (the Trainer samples at {cfg.temperature}); "
+                "leave the algorithm's temperature unset, or set the Trainer's (or the stage's) temperature to it"
+            )
+        if cfg.temperature != 1.0 and cfg.async_updates:
+            raise ConfigError(
+                f"stage {stage + 1}: async_updates trains on rollouts of the previous weights, whose recorded "
+                f"log-probs are at temperature 1, not at the sampling temperature {cfg.temperature}; "
+                "use async_updates=False, or temperature=1.0"
+            )
+        a.sampling_temperature = cfg.temperature
 
 
 class _Run:
