@@ -302,12 +302,13 @@ def match_temperature(algorithm: Any, cfg: TrainerConfig, stage: int) -> None:
     """Let each RL algorithm of a stage score its policy at the temperature the stage samples at (unless its
     own ``temperature`` option is set; a different one is refused)."""
     from tracerl.algorithms.config import ClipConfig
+    from tracerl.algorithms.weights import WeightsAlgorithm
 
     algorithms = algorithm.algorithms.values() if isinstance(algorithm, RoleModels) else [algorithm]
     for a in algorithms:
-        config = getattr(a, "config", None)
-        if not isinstance(config, ClipConfig):
+        if not isinstance(a, WeightsAlgorithm) or not isinstance(a.config, ClipConfig):
             continue
+        config = a.config
         if config.temperature is not None and config.temperature != cfg.temperature:
             raise ConfigError(
                 f"stage {stage + 1}: {type(a).__name__}(temperature={config.temperature}) scores the policy at a "
