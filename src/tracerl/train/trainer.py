@@ -306,12 +306,13 @@ def match_temperature(algorithm: Any, cfg: TrainerConfig, stage: int) -> None:
 
     algorithms = algorithm.algorithms.values() if isinstance(algorithm, RoleModels) else [algorithm]
     for a in algorithms:
-        if not isinstance(a, WeightsAlgorithm) or not isinstance(a.config, ClipConfig):
+        config: object = getattr(a, "config", None)
+        if not isinstance(a, WeightsAlgorithm) or not isinstance(config, ClipConfig):
             continue
-        config = a.config
+        name = type(cast(object, a)).__name__
         if config.temperature is not None and config.temperature != cfg.temperature:
             raise ConfigError(
-                f"stage {stage + 1}: {type(a).__name__}(temperature={config.temperature}) scores the policy at a "
+                f"stage {stage + 1}: {name}(temperature={config.temperature}) scores the policy at a "
                 f"temperature the rollouts are not sampled at (the Trainer samples at {cfg.temperature}); "
                 "leave the algorithm's temperature unset, or set the Trainer's (or the stage's) temperature to it"
             )
