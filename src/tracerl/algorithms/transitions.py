@@ -134,8 +134,8 @@ class StepBatch:
         """Count what reading the store found besides the records: the response tokens of all their calls,
         and the rollouts left out before credit assignment (``skipped``: reason → count)."""
         self.response_tokens = sum(len(c.response_ids) for r in records for c in r.calls)
-        logprobs = [lp for r in records for c in r.calls for lp in c.logprobs]
-        self.sampled_nll = -sum(logprobs) / len(logprobs) if logprobs else 0.0
+        scored = sum(len(c.logprobs) for r in records for c in r.calls)
+        self.sampled_nll = -sum(sum(c.logprobs) for r in records for c in r.calls) / scored if scored else 0.0
         for reason, n in skipped.items():
             self.skipped_rollouts[reason] = self.skipped_rollouts.get(reason, 0) + n
 
