@@ -66,8 +66,8 @@ def test_recipe_configs_run_with_tracerl_train(tiny_model_dir: Path, tmp_path: P
         name="toy", agent="tracerl.tasks.toy:digits_agent", train=train, val=toy.make_tasks("val", 2),
         test=toy.make_tasks("val", 2), policy=lambda task, messages, tools: {"content": "4217"},
         run_dir=tmp_path / "recipe", model=str(tiny_model_dir), demos=8, sft_epochs=2, sft_lr=3e-3, sft_batch_size=4,
-        grpo_minutes=5, group_size=2, batch_size=2, grpo_lr=1e-4, max_tokens=6, runners=2, val_every=0,
-        grpo_options={"returns": "step"}, rl_train=train[:4],
+        grpo_minutes=5, group_size=2, batch_size=2, grpo_lr=1e-4, grpo_temperature=1.5, max_tokens=6, runners=2,
+        val_every=0, grpo_options={"returns": "step"}, rl_train=train[:4],
     )
     (path,) = write_configs(recipe, seeds=[3])
     run = load_run_config(path)
@@ -75,6 +75,7 @@ def test_recipe_configs_run_with_tracerl_train(tiny_model_dir: Path, tmp_path: P
     assert (sft.algorithm, sft.options["lr"], sft.options["seed"], sft.trainer["epochs"]) == ("sft", 3e-3, 3, 2)
     assert grpo.algorithm == "grpo" and grpo.options["returns"] == "step" and grpo.options["group_size"] == 2
     assert grpo.trainer["time_budget_s"] == 300 and run.runners.n == 2 and run.trainer.seed == 3
+    assert grpo.trainer["temperature"] == 1.5 and "temperature" not in sft.trainer  # only the RL stage samples hot
     assert len((tmp_path / "recipe" / "rl_train_tasks.jsonl").read_text().splitlines()) == 4
 
     proc = subprocess.run(
@@ -84,3 +85,6 @@ def test_recipe_configs_run_with_tracerl_train(tiny_model_dir: Path, tmp_path: P
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stage 1 (sft): 2 steps" in proc.stdout and "stage 2 (grpo): 2 steps" in proc.stdout, proc.stdout
     assert (tmp_path / "recipe" / "seed3" / "train" / "final").is_dir()
+    records = [json.loads(line) for line in (tmp_path / "recipe" / "seed3" / "train" / "metrics.jsonl").open()]
+    grpo_steps = [r for r in records if r["kind"] == "train" and r.get("stage_name") == "grpo"]
+    assert len(grpo_steps) == 2 and all(r["dropped"] == 0 for r in grpo_steps)  # trained at 1.5, nothing stale
