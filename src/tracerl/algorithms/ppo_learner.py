@@ -3,8 +3,9 @@ clipped-surrogate epochs on the policy (formulas: :mod:`tracerl.algorithms.ppo`)
 
 One :meth:`ReturnsLearner.update` on a :class:`~tracerl.algorithms.rollout_batch.RolloutBatch`:
 
-1. drop the rollouts with a call sampled more than ``max_staleness`` updates ago (a rollout is kept or
-   dropped whole: its calls' advantages depend on each other);
+1. drop the rollouts with a call sampled more than ``max_staleness`` updates ago (at a scoring temperature
+   ≠ 1: by other weights than the current ones; a rollout is kept or dropped whole: its calls' advantages
+   depend on each other);
 2. a no-grad pass over the micro-batches: π_old (the learner's own log-probs for calls of the current
    weights, ratio exactly 1 then; the recorded ones for older calls), the reference log-probs when
    ``kl_coef > 0``, truncated importance weights, the sampler/learner gap, and (PPO) the critic's values;
