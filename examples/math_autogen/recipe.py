@@ -44,7 +44,8 @@ def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     add_arguments(p, run_dir="runs/math_recipe", lr=1e-5)
-    p.set_defaults(grpo_minutes=12.0)
+    # 12 demonstrations (4 per source, 6 SFT steps) leave the warm start room and entropy for RL (README)
+    p.set_defaults(grpo_minutes=12.0, demos=12)
     p.add_argument("--n-test", type=int, default=50, help="test tasks per source (default: 50)")
     p.add_argument("--n-val", type=int, default=8, help="val tasks per source (default: 8)")
     p.add_argument("--kl-coef", type=float, default=0.0, help="GRPO's KL penalty to the warm start (default: 0)")

@@ -357,7 +357,7 @@ def test_recipe_curriculum_defaults_and_a_curriculum_outside_the_sources_is_refu
 
     args = parse_args([])
     assert args.sources == ["easy_arithmetic", "basic_arithmetic", "long_arithmetic"] and args.grpo_minutes == 12.0
-    assert args.rl_sources == ["basic_arithmetic", "long_arithmetic"]
+    assert args.rl_sources == ["basic_arithmetic", "long_arithmetic"] and args.demos == 12 and args.rl_temperature == 1
     with pytest.raises(SystemExit, match="--rl-sources long_arithmetic: none is in --sources easy_arithmetic"):
         main(["--sources", "easy_arithmetic", "--rl-sources", "long_arithmetic", "--write-config"])
     # long_arithmetic: 3-4 numbers a question, each with a gold calculator expression that gives its answer
