@@ -133,9 +133,13 @@ class StepBatch:
     def add_read(self, records: Sequence[RolloutRecord], skipped: dict[str, int]) -> None:
         """Count what reading the store found besides the records: the response tokens of all their calls,
         and the rollouts left out before credit assignment (``skipped``: reason → count)."""
-        self.response_tokens = sum(len(c.response_ids) for r in records for c in r.calls)
-        scored = sum(len(c.logprobs) for r in records for c in r.calls)
-        self.sampled_nll = -sum(sum(c.logprobs) for r in records for c in r.calls) / scored if scored else 0.0
+        tokens, scored, logp_sum = 0, 0, 0.0
+        for c in (c for r in records for c in r.calls):  # one pass over the calls read
+            tokens += len(c.response_ids)
+            scored += len(c.logprobs)
+            logp_sum += sum(c.logprobs)
+        self.response_tokens = tokens
+        self.sampled_nll = -logp_sum / scored if scored else 0.0
         for reason, n in skipped.items():
             self.skipped_rollouts[reason] = self.skipped_rollouts.get(reason, 0) + n
 
