@@ -35,7 +35,7 @@ from tracerl.types import AttemptStatus, RolloutQuery, RolloutSpec, SpanKind
 
 TASKS = ["add two numbers", "name a colour"]
 GROUP = 4
-STEPS = 14
+STEPS = 16
 ROLES = ["planner", "solver", "critic"]
 
 
@@ -111,7 +111,9 @@ def test_two_roles_train_separate_models_and_each_learns_its_own_reward(tiny_mod
             result = algo.update(batch)
             for role in shares:
                 shares[role][-len(claims) :] = [sum(shares[role][-len(claims) :])]  # this step's mean
-            assert set(result.per_role) == {"planner", "solver"} and "planner/loss" in result.metrics
+            assert set(result.per_role) == {"planner", "solver"}
+            if step == 0:  # each role's metrics under its name (a late step may skip: both parts near 1, no variance)
+                assert {"planner/loss", "solver/loss"} <= set(result.metrics)
             for role, own in result.per_role.items():  # each model's weights go into its own engine only
                 if own.weights is not None:
                     engines[role].load_weights(own.weights, own.weights_version)
@@ -133,8 +135,9 @@ def test_two_roles_train_separate_models_and_each_learns_its_own_reward(tiny_mod
     for role in ("planner", "solver"):
         assert algo.algorithms[role].weights_version >= STEPS // 2
         assert after[role] > before[role] + 0.05, (role, before, after, shares)
-        # and each role's own part of the sampled reward rose (first two steps vs last two)
-        assert sum(shares[role][-2:]) > sum(shares[role][:2]), (role, shares)
+        # and each role's own part of the sampled reward rose (first four steps vs last four: a step holds
+        # 8 replies of 4 tokens, so one step's share is noisy, and the two models chase a moving target)
+        assert sum(shares[role][-4:]) > sum(shares[role][:4]), (role, shares)
 
 
 AGENTS = '''
