@@ -55,8 +55,19 @@ def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str, lr: float = 
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=lr, help=f"GRPO learning rate (default: {lr:g})")
     p.add_argument("--runners", type=int, default=8)
+    p.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=False,
+                   help="RL steps keep sampling until they hold groups with reward variance (DAPO; default: off)")
+    p.add_argument("--max-sampled-groups", type=float, default=4.0,
+                   help="with --dynamic-sampling: at most this many × the step's groups (default: 4)")
     p.add_argument("--rl-temperature", type=float, default=1.0,
                    help="the RL stage's sampling temperature; GRPO trains the policy at it (default: 1.0)")
+
+
+def rl_trainer_options(args: argparse.Namespace) -> JSON:
+    """The RL stage's Trainer settings from the shared options: dynamic sampling and its cap, when on."""
+    if not args.dynamic_sampling:
+        return {}
+    return {"dynamic_sampling": True, "max_sampled_groups": args.max_sampled_groups}
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, add_arguments, run_recipe, write_configs
+from recipes import Recipe, add_arguments, rl_trainer_options, run_recipe, write_configs
 
 import tracerl
 
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     add_arguments(p, run_dir="runs/math_recipe", lr=1e-5)
     # 12 demonstrations (4 per source, 6 SFT steps) leave the warm start room and entropy for RL (README)
-    p.set_defaults(grpo_minutes=12.0, demos=12)
+    p.set_defaults(grpo_minutes=12.0, demos=12, dynamic_sampling=True)
     p.add_argument("--n-test", type=int, default=50, help="test tasks per source (default: 50)")
     p.add_argument("--n-val", type=int, default=8, help="val tasks per source (default: 8)")
     p.add_argument("--kl-coef", type=float, default=0.0, help="GRPO's KL penalty to the warm start (default: 0)")
@@ -53,10 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"task sources of every stage (default: {' '.join(SOURCES)})")
     p.add_argument("--rl-sources", nargs="+", default=list(RL_SOURCES), choices=SOURCES,
                    help=f"sources of the RL stage's train tasks (default: {' '.join(RL_SOURCES)})")
-    p.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=True,
-                   help="RL steps keep sampling until they hold groups with reward variance (DAPO; default: on)")
-    p.add_argument("--max-sampled-groups", type=float, default=4.0,
-                   help="with --dynamic-sampling: at most this many × 2 groups a step (default: 4)")
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}-questions", default=None, help=f"JSONL file of {split} questions")
     return p.parse_args(argv)
@@ -91,8 +87,7 @@ def main(argv: list[str] | None = None) -> JSON:
         group_size=args.group_size,
         grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners, max_tokens=96,
         grpo_options={"kl_coef": args.kl_coef},
-        grpo_trainer_options={"dynamic_sampling": True, "max_sampled_groups": args.max_sampled_groups}
-        if args.dynamic_sampling else {},
+        grpo_trainer_options=rl_trainer_options(args),
         rl_train=rl_train,
     )
     if args.write_config:

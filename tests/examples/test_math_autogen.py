@@ -354,10 +354,14 @@ def test_recipe_curriculum_defaults_and_a_curriculum_outside_the_sources_is_refu
     from math_autogen import calculator
     from math_autogen.data import make_tasks
     from math_autogen.recipe import main, parse_args
+    from recipes import rl_trainer_options
 
     args = parse_args([])
     assert args.sources == ["easy_arithmetic", "basic_arithmetic", "long_arithmetic"] and args.grpo_minutes == 12.0
     assert args.rl_sources == ["basic_arithmetic", "long_arithmetic"] and args.demos == 12 and args.rl_temperature == 1
+    # the RL stage samples dynamically (DAPO) by default, with the shared cap; --no-dynamic-sampling turns it off
+    assert rl_trainer_options(args) == {"dynamic_sampling": True, "max_sampled_groups": 4.0}
+    assert rl_trainer_options(parse_args(["--no-dynamic-sampling"])) == {}
     with pytest.raises(SystemExit, match="--rl-sources long_arithmetic: none is in --sources easy_arithmetic"):
         main(["--sources", "easy_arithmetic", "--rl-sources", "long_arithmetic", "--write-config"])
     # long_arithmetic: 3-4 numbers a question, each with a gold calculator expression that gives its answer
