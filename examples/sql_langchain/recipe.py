@@ -19,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, add_arguments, run_recipe, write_configs
+from recipes import Recipe, add_arguments, rl_trainer_options, run_recipe, write_configs
 
 JSON = dict[str, Any]
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> JSON:
         run_dir=Path(args.run_dir), model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr,
         grpo_temperature=args.rl_temperature, runners=args.runners,
-        max_tokens=128, grpo_options={"returns": "step"},
+        max_tokens=128, grpo_options={"returns": "step"}, grpo_trainer_options=rl_trainer_options(args),
         rl_train=[t for t in train if t.get("difficulty", "easy") in args.rl_difficulty],
     )
     if args.write_config:
