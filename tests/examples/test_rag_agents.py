@@ -396,3 +396,14 @@ def test_your_own_corpus_and_questions(tmp_path: Path) -> None:
     questions.write_text(json.dumps({"question": "no answers"}) + "\n")
     with pytest.raises(ValueError, match=r"q\.jsonl:1 needs a 'question' string and 'answers'"):
         load_questions(questions)
+
+
+def test_recipe_defaults_are_the_measured_ones_and_dynamic_sampling_can_be_turned_off() -> None:
+    from rag_agents.recipe import parse_args
+    from recipes import rl_trainer_options
+
+    args = parse_args([])
+    assert (args.demos, args.grpo_minutes, args.n_test, args.n_val) == (24, 8.0, 40, 10)
+    assert rl_trainer_options(args) == {"dynamic_sampling": True, "max_sampled_groups": 4.0}
+    assert rl_trainer_options(parse_args(["--no-dynamic-sampling", "--demos", "48"])) == {}
+    assert parse_args(["--demos", "48"]).demos == 48
