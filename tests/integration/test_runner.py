@@ -7,6 +7,9 @@ The agents live in a module written to a temporary directory, imported by the wo
 
 from __future__ import annotations
 
+import logging
+import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -406,6 +409,35 @@ def test_cancelled_rollout_is_abandoned_and_the_worker_moves_on(agents_dir: Path
     assert done.status is RolloutStatus.SUCCEEDED
     assert store.get_rollout(hung.rollout_id).status is RolloutStatus.CANCELLED
     assert runner.stats.lost == 1 and runner.stats.succeeded == 1
+
+
+def test_a_heartbeat_held_up_past_the_lease_loses_the_attempt_and_the_log_says_where_the_time_went(
+    agents_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # another connection holds sqlite's write lock for longer than the lease, while the agent runs: the
+    # worker's heartbeat waits for it (busy_timeout), lands too late, and the attempt is lost and retried
+    db = tmp_path / "lease.db"
+    store = tracerl.connect(f"sqlite:///{db}")
+    [r] = store.enqueue([RolloutSpec(task={"dir": str(tmp_path), "succeed_on": 2}, max_attempts=2)])
+    with (
+        caplog.at_level(logging.WARNING, logger="tracerl.runner.worker"),
+        Runner("runner_test_agents:hangs_first", f"sqlite:///{db}", lease_s=1.5, claim_wait_s=0.1) as runner,
+    ):
+        while not (tmp_path / "attempts").exists():  # the first attempt's agent has started
+            time.sleep(0.01)
+        other = sqlite3.connect(db, timeout=30, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        time.sleep(2.5)
+        other.execute("COMMIT")
+        other.close()
+        [done] = store.wait([r.rollout_id], timeout_s=60)
+    assert done.status is RolloutStatus.SUCCEEDED and done.attempts == 2
+    assert runner.stats.lost == 1
+    [lost] = [m for m in caplog.messages if "lost while running" in m]
+    assert "past the 1.5 s lease" in lost, lost
+    took = re.search(r"the store call took ([0-9.]+) s", lost)
+    assert took is not None and float(took.group(1)) >= 1.0, lost  # the wait was in the store, not the worker
+    store.close()
 
 
 def test_runner_code_never_imports_torch() -> None:

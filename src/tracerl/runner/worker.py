@@ -48,6 +48,42 @@ START_TRIES = 3
 
 
 @dataclass(slots=True)
+class _Beats:
+    """When one attempt's lease was last renewed, to tell why a heartbeat came late (monotonic seconds).
+
+    A lease runs out when no heartbeat lands within ``lease_s`` of the last one. A heartbeat is sent every
+    ``lease_s / 3``, so one that lands more than ``2 lease_s / 3`` after the last was delayed, and the delay
+    has two possible places: the store call itself (``store.heartbeat`` waited for a lock: sqlite's
+    ``busy_timeout_s``, postgres row locks, a slow server), or this thread before it (the worker's loop did
+    not run: the process was starved of CPU or held by another thread). The messages give both numbers."""
+
+    last: float
+    lease_s: float
+
+    def renewed(self, sent: float, landed: float) -> str | None:
+        """Record a heartbeat sent at ``sent`` that landed at ``landed``; a warning if it was late."""
+        gap, last = landed - self.last, self.last
+        self.last = landed
+        if gap <= 2 * self.lease_s / 3:
+            return None
+        where = self._where(last, sent, landed)
+        return f"landed {gap:.1f} s after the last one, {self.lease_s:g} s lease ({where})"
+
+    def lost(self, sent: float, landed: float) -> str | None:
+        """Why a heartbeat sent at ``sent`` found its attempt ended at ``landed``, if the lease had run out
+        by then (``None`` otherwise: the rollout was cancelled)."""
+        gap = landed - self.last
+        if gap <= self.lease_s:
+            return None
+        where = self._where(self.last, sent, landed)
+        return f"the heartbeat landed {gap:.1f} s after the last one, past the {self.lease_s:g} s lease: {where}"
+
+    def _where(self, last: float, sent: float, landed: float) -> str:
+        waited, call = max(0.0, sent - last - self.lease_s / 3), landed - sent
+        return f"the store call took {call:.1f} s, the worker sent it {waited:.1f} s after it was due"
+
+
+@dataclass(slots=True)
 class WorkerConfig:
     """What every worker of a runner shares (see :class:`tracerl.runner.Runner` for the meanings)."""
 
@@ -173,6 +209,7 @@ class Worker(threading.Thread):
         started = time.monotonic()
         deadline = started + self.config.timeout_s
         next_heartbeat = started + self.config.lease_s / 3
+        beat, why_lost = _Beats(started, self.config.lease_s), None
         result: dict[str, Any] = {}
         try:
             process.run(llm, rollout.task)
@@ -207,6 +244,12 @@ class Worker(threading.Thread):
                     try:
                         self.store.heartbeat(aid, lease_s=self.config.lease_s)
                         next_heartbeat = now + self.config.lease_s / 3
+                        late = beat.renewed(now, time.monotonic())
+                        if late:
+                            logger.warning("%s: heartbeat of %s %s", self.worker_id, aid, late)
+                    except (AttemptFinished, NotFound):
+                        why_lost = beat.lost(now, time.monotonic())
+                        raise
                     except StoreUnavailable as e:
                         logger.warning("%s: heartbeat of %s failed (%s); retrying in 1 s", self.worker_id, aid, e)
                         next_heartbeat = now + 1.0
@@ -222,7 +265,8 @@ class Worker(threading.Thread):
             self._kill_process()
             writer.flush()
             self.stats.lost += 1
-            logger.warning("%s: attempt %s lost while running (%s); agent killed", self.worker_id, aid, e)
+            logger.warning("%s: attempt %s lost while running (%s%s); agent killed", self.worker_id, aid, e,
+                           f"; {why_lost}" if why_lost else "")  # fmt: skip
             return
         self._finish(writer, aid, result)
 
