@@ -283,3 +283,72 @@ def test_temperature_must_be_positive() -> None:
     for bad in (0.0, -1.0, 11.0, "hot"):
         with pytest.raises(ConfigError, match=r"temperature must be"):
             GRPOConfig(temperature=bad)  # type: ignore[arg-type]
+
+
+# an agent's calls: one system head (20 tokens), two questions, and the second turn of the first question
+HEAD = [3 + (i * 7) % 28 for i in range(20)]
+TREE_CALLS = [
+    ([*HEAD, 5, 6], [10, 11]),  # question 1, two sampled replies
+    ([*HEAD, 5, 6], [12]),
+    ([*HEAD, 7], [13, 14, 15]),  # question 2
+    ([*HEAD, 5, 6, 10, 11, 9], [16, 17]),  # question 1's second call: its history, then a tool result
+    (HEAD, [18]),  # the head alone
+]
+
+
+def tree_batch() -> list[Transition]:
+    return [Transition(p, r, [0.0] * len(r), 1.0, f"r{i}") for i, (p, r) in enumerate(TREE_CALLS)]
+
+
+def test_prompts_with_a_common_head_share_one_row_and_each_call_is_scored_as_if_alone() -> None:
+    from tracerl.algorithms.batch import build_micro_batches
+
+    model = micro_llama()
+    ts = tree_batch()
+    [mb] = build_micro_batches(ts, micro_batch_size=8)
+    # one row: the 20-token head once, then each prompt's tail and its responses
+    # (head alone: 1; +[5,6]: 2 + 2 + 1; +[5,6,10,11,9]: 5 + 2; +[7]: 1 + 3)
+    assert mb.input_ids.shape == (1, 20 + 1 + 5 + 7 + 4)
+    got = GRPOLearner(model, config()).logprobs(mb)
+    for b, row in enumerate(mb.rows):
+        t = ts[row]
+        expected = torch.tensor(token_logprobs(model, t.prompt_ids, t.response_ids))
+        torch.testing.assert_close(got[b, : len(t.response_ids)], expected, atol=1e-5, rtol=0)
+    # packing identical prompts only: a row per distinct prompt, the longest 25 + 2 tokens (97 real in all)
+    [alone] = build_micro_batches(ts, micro_batch_size=8, share_prefix_tokens=None)
+    assert alone.input_ids.shape == (4, 27)
+
+
+def test_sharing_a_head_gives_the_same_gradient_as_packing_each_prompt_apart() -> None:
+    from tracerl.algorithms.batch import build_micro_batches
+
+    model = micro_llama()
+    learner = GRPOLearner(model, config())
+    ts = tree_batch()
+
+    def grads(share: int | None) -> list[torch.Tensor]:
+        model.zero_grad()
+        for mb in build_micro_batches(ts, micro_batch_size=3, share_prefix_tokens=share):
+            (learner.logprobs(mb) * mb.weights).sum().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    for shared, apart in zip(grads(16), grads(None), strict=True):
+        torch.testing.assert_close(shared, apart, atol=1e-5, rtol=1e-4)
+
+
+def test_a_short_or_small_common_head_is_not_shared() -> None:
+    from tracerl.algorithms.batch import build_micro_batches
+
+    short = [Transition([3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, i], [20], [0.0], 1.0, f"r{i}") for i in (16, 17)]
+    # 14 common tokens: under the 16-token minimum
+    [mb] = build_micro_batches(short, micro_batch_size=8)
+    assert mb.input_ids.shape[0] == 2
+    # 16 common tokens, but not a quarter of the second prompt (16 + 60 tokens): not worth a longer row
+    head = list(range(3, 19))
+    small = [Transition([*head, 20], [21], [0.0], 1.0, "a"), Transition(head + [22] * 60, [21], [0.0], 1.0, "b")]
+    [mb] = build_micro_batches(small, micro_batch_size=8)
+    assert mb.input_ids.shape[0] == 2
+    # the same 16 tokens before short tails: shared
+    fair = [Transition([*head, 20], [21], [0.0], 1.0, "a"), Transition([*head, 22, 23], [21], [0.0], 1.0, "b")]
+    [mb] = build_micro_batches(fair, micro_batch_size=8)
+    assert mb.input_ids.shape == (1, 16 + 2 + 3)

@@ -11,6 +11,18 @@ only (never another response), so every response is computed exactly as if it we
 while the prompt's forward and backward run once per row instead of once per response. With a group of G
 responses of C tokens to a P-token prompt that is ``P + G·C`` tokens instead of ``G·(P + C)``.
 
+Different prompts with a long common head share a row too, as a tree: an agent sends the same system
+prompt and tool schemas on every call, and call k + 1 of a rollout repeats call k's whole conversation. The
+head they share (the trunk) comes once, then each prompt's own tail, each followed by its responses::
+
+    row  = [s1 s2 s3 | u1 u2 | a1 a2 | b1 | v1 | c1 c2 | pad]   trunk s; prompt 1 = s+u, prompt 2 = s+v
+    seg  = [0  0  0  | 1  1  | 2  2  | 3  | 4  | 5  5  | -1 ]
+    pos  = [0  1  2  | 3  4  | 5  6  | 5  | 3  | 4  5  | 0  ]
+
+A token sees the trunk, its prompt's tail and the earlier tokens of its own segment (a response: of its
+response), with its positions continuing its own prompt's, so each call is still computed exactly as if it
+were alone. With N calls whose prompts share a T-token trunk that is T fewer tokens for all but one of them.
+
 The learner scores only response tokens: ``gather_index`` (B, R) points, for response token j of call b,
 at the flattened row position whose hidden state predicts it (the last prompt token for j = 0, the
 response's own token j−1 after that), so the vocabulary-sized projection runs on response tokens only.
@@ -31,6 +43,9 @@ from torch import Tensor
 from tracerl import credit
 from tracerl.algorithms.transitions import Transition
 from tracerl.errors import InvalidInput
+
+#: prompts sharing at least this many leading tokens (and a quarter of their length) share a packed row
+DEFAULT_SHARE_PREFIX_TOKENS = 16
 
 
 @dataclass
@@ -72,11 +87,14 @@ def build_micro_batches(
     norm: credit.LossNorm = "rollout",
     current_version: int | None = None,
     pad_id: int = 0,
+    share_prefix_tokens: int | None = DEFAULT_SHARE_PREFIX_TOKENS,
 ) -> list[MicroBatch]:
     """Pad ``transitions`` into micro-batches of at most ``micro_batch_size`` calls.
 
-    Calls are sorted by length before splitting (less padding); a transition is ``on_policy`` when its
-    ``weights_version`` equals ``current_version``.
+    Calls are sorted by their first ``share_prefix_tokens`` tokens, then by length, before splitting, so
+    calls that may share a head land in the same micro-batch (and row: see the module docstring;
+    ``share_prefix_tokens=None`` packs identical prompts only, sorted by length); a transition is
+    ``on_policy`` when its ``weights_version`` equals ``current_version``.
     """
     validate(transitions)
     rollout_names = {r: i for i, r in enumerate(dict.fromkeys(t.rollout_id for t in transitions))}
@@ -89,58 +107,126 @@ def build_micro_batches(
     row_weight = torch.tensor([t.weight for t in transitions], dtype=torch.float32)
     weights = credit.token_weights(full_mask, rollout_index, norm=norm, row_weight=row_weight)  # (N, max_r)
 
-    # calls with the same prompt next to each other (they share a row), similar lengths together
+    # calls with the same head next to each other (they may share a row), then similar lengths together (less
+    # padding), the same prompt adjacent (its calls share a row)
+    head = share_prefix_tokens or 0
     order = sorted(
         range(len(transitions)),
-        key=lambda i: (len(transitions[i].prompt_ids), transitions[i].prompt_ids, len(transitions[i].response_ids)),
-    )
+        key=lambda i: (
+            transitions[i].prompt_ids[:head], len(transitions[i].prompt_ids), transitions[i].prompt_ids,
+            len(transitions[i].response_ids),
+        ),
+    )  # fmt: skip
     out: list[MicroBatch] = []
     for start in range(0, len(order), micro_batch_size):
         rows = order[start : start + micro_batch_size]
-        out.append(_collate([transitions[i] for i in rows], rows, weights, current_version, pad_id))
+        out.append(
+            _collate([transitions[i] for i in rows], rows, weights, current_version, pad_id, share_prefix_tokens)
+        )
     return out
 
 
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of ``a`` and ``b``."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _rows(prompts: list[tuple[int, ...]], share_prefix_tokens: int | None) -> list[tuple[int, list[int]]]:
+    """Group distinct prompts (in order) into packed rows: ``(trunk length, prompt indices)`` per row.
+
+    A prompt joins the row before it when it shares at least ``share_prefix_tokens`` leading tokens with
+    every prompt there, at least a quarter of its own length (sharing a sliver would only lengthen the row)
+    and at least half the row's trunk (so a newcomer cannot take the sharing away from the others); the
+    row's trunk is then the prefix all its prompts share. ``None``: a row per distinct prompt.
+    """
+    rows: list[tuple[int, list[int]]] = []
+    for i, p in enumerate(prompts):
+        if rows and share_prefix_tokens is not None:
+            trunk, members = rows[-1]
+            common = min(trunk, _shared(prompts[members[0]], p))
+            if common >= max(share_prefix_tokens, 1) and 4 * common >= len(p) and 2 * common >= trunk:
+                rows[-1] = (common, [*members, i])
+                continue
+        rows.append((len(p), [i]))
+    return rows
+
+
+def _tail_and_responses(
+    prompt: tuple[int, ...], trunk: int, by_prompt: dict[tuple[int, ...], list[int]], ts: list[Transition]
+) -> int:
+    """Tokens a prompt adds to a row after its ``trunk``: its tail, then every response to it."""
+    return len(prompt) - trunk + sum(len(ts[b].response_ids) for b in by_prompt[prompt])
+
+
 def _collate(
-    ts: list[Transition], rows: list[int], weights: Tensor, current_version: int | None, pad_id: int
+    ts: list[Transition],
+    rows: list[int],
+    weights: Tensor,
+    current_version: int | None,
+    pad_id: int,
+    share_prefix_tokens: int | None = DEFAULT_SHARE_PREFIX_TOKENS,
 ) -> MicroBatch:
-    # pack: one row per distinct prompt, holding the prompt then each of its responses
-    packed: dict[tuple[int, ...], list[int]] = {}
+    # distinct prompts, each with the calls that sent it; prompts with a long common head share a row
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
     for b, t in enumerate(ts):
-        packed.setdefault(tuple(t.prompt_ids), []).append(b)
-    lengths = [len(p) + sum(len(ts[b].response_ids) for b in members) for p, members in packed.items()]
-    Bp, L = len(packed), max(lengths)
+        by_prompt.setdefault(tuple(t.prompt_ids), []).append(b)
+    prompts = list(by_prompt)
+    groups = _rows(prompts, share_prefix_tokens)
+    lengths = [trunk + sum(_tail_and_responses(prompts[i], trunk, by_prompt, ts) for i in members)
+               for trunk, members in groups]  # fmt: skip
+    Bp, L = len(groups), max(lengths)
     B, R = len(ts), max(len(t.response_ids) for t in ts)
+    S = 1 + max(len(members) + sum(len(by_prompt[prompts[i]]) for i in members) for _, members in groups)
     input_ids = torch.full((Bp, L), pad_id, dtype=torch.int64)
     position_ids = torch.zeros(Bp, L, dtype=torch.int64)
-    segment = torch.full((Bp, L), -1, dtype=torch.int64)  # -1 pad, 0 prompt, 1.. responses
+    segment = torch.full((Bp, L), -1, dtype=torch.int64)  # -1 pad, 0 trunk, 1.. prompt tails and responses
+    sees = torch.zeros(Bp, S, S, dtype=torch.bool)  # sees[row, s, s']: segment s attends to segment s'
     gather = torch.zeros(B, R, dtype=torch.int64)
     response_ids = torch.full((B, R), pad_id, dtype=torch.int64)
     response_mask = torch.zeros(B, R, dtype=torch.bool)
     old = torch.zeros(B, R, dtype=torch.float32)
-    for row, (prompt, members) in enumerate(packed.items()):
-        P = len(prompt)
-        input_ids[row, :P] = torch.tensor(prompt)
-        position_ids[row, :P] = torch.arange(P)
-        segment[row, :P] = 0
-        offset = P
-        for k, b in enumerate(members, start=1):
-            resp = ts[b].response_ids
-            r = len(resp)
-            input_ids[row, offset : offset + r] = torch.tensor(resp)
-            position_ids[row, offset : offset + r] = torch.arange(P, P + r)
-            segment[row, offset : offset + r] = k
-            # token 0 is predicted by the last prompt token, token j by the response's token j−1
-            predictors = torch.cat([torch.tensor([P - 1]), torch.arange(offset, offset + r - 1)])
-            gather[b, :r] = row * L + predictors
-            response_ids[b, :r] = torch.tensor(resp)
-            response_mask[b, :r] = True
-            old[b, :r] = torch.tensor(ts[b].logprobs, dtype=torch.float32)
-            offset += r
-    q = segment[:, :, None]  # (Bp, L, 1)
-    k = segment[:, None, :]  # (Bp, 1, L)
+    for row, (trunk, members) in enumerate(groups):
+        input_ids[row, :trunk] = torch.tensor(prompts[members[0]][:trunk], dtype=torch.int64)
+        position_ids[row, :trunk] = torch.arange(trunk)
+        segment[row, :trunk] = 0
+        sees[row, 0, 0] = True
+        offset, seg = trunk, 0
+        for i in members:
+            prompt = prompts[i]
+            P = len(prompt)
+            parent = 0
+            if trunk < P:  # the prompt's own tail, after the shared trunk
+                seg += 1
+                input_ids[row, offset : offset + P - trunk] = torch.tensor(prompt[trunk:], dtype=torch.int64)
+                position_ids[row, offset : offset + P - trunk] = torch.arange(trunk, P)
+                segment[row, offset : offset + P - trunk] = seg
+                sees[row, seg, 0] = sees[row, seg, seg] = True
+                parent, offset = seg, offset + P - trunk
+            last_prompt_token = offset - 1  # the trunk's last token when the prompt is the trunk
+            for b in by_prompt[prompt]:
+                resp = ts[b].response_ids
+                r = len(resp)
+                seg += 1
+                input_ids[row, offset : offset + r] = torch.tensor(resp)
+                position_ids[row, offset : offset + r] = torch.arange(P, P + r)
+                segment[row, offset : offset + r] = seg
+                sees[row, seg, 0] = sees[row, seg, parent] = sees[row, seg, seg] = True
+                # token 0 is predicted by the last prompt token, token j by the response's token j−1
+                predictors = torch.cat([torch.tensor([last_prompt_token]), torch.arange(offset, offset + r - 1)])
+                gather[b, :r] = row * L + predictors
+                response_ids[b, :r] = torch.tensor(resp)
+                response_mask[b, :r] = True
+                old[b, :r] = torch.tensor(ts[b].logprobs, dtype=torch.float32)
+                offset += r
+    q = segment.clamp(min=0)[:, :, None].expand(Bp, L, L)  # (Bp, L, L) the query's segment
+    k = segment.clamp(min=0)[:, None, :].expand(Bp, L, L)  # (Bp, L, L) the key's segment
     causal = torch.ones(L, L, dtype=torch.bool).tril()  # (L, L)
-    allowed = causal & (k >= 0) & ((k == q) | (k == 0))  # (Bp, L, L)
+    rows_ix = torch.arange(Bp)[:, None, None]
+    allowed = causal & (segment[:, None, :] >= 0) & sees[rows_ix, q, k]  # (Bp, L, L)
     allowed = allowed | torch.eye(L, dtype=torch.bool)  # padding attends to itself (no empty softmax row)
     return MicroBatch(
         input_ids=input_ids,

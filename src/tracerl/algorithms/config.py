@@ -54,6 +54,10 @@ class PolicyConfig:
     * ``lr``, ``weight_decay``, ``betas``: AdamW. ``max_grad_norm``: clip the gradient norm (None: off).
     * ``micro_batch_size``: sequences per forward/backward; gradients accumulate over a batch (a memory
       knob: the result does not depend on it beyond float rounding).
+    * ``share_prefix_tokens``: calls whose prompts share at least this many leading tokens (an agent's
+      system prompt and tool schemas, an earlier turn's conversation) are packed as a tree, the shared head
+      forwarded once (:mod:`tracerl.algorithms.batch`); the result is the same as packing them apart, beyond
+      float rounding. None: only identical prompts share (a speed knob, like ``micro_batch_size``).
     * ``bf16``: bf16 autocast for forward/backward (weights and optimizer stay fp32); None picks it where
       the hardware runs it natively (CUDA with bf16, or a CPU with AMX/AVX512-BF16).
     * ``lora``: :class:`LoRAConfig` (or a dict of its fields) to train adapters only; None: full weights.
@@ -67,6 +71,7 @@ class PolicyConfig:
     lr: float = 1e-5
     max_grad_norm: float | None = 1.0
     micro_batch_size: int = 8
+    share_prefix_tokens: int | None = 16
     bf16: bool | None = None
     lora: LoRAConfig | dict[str, Any] | None = None
     weight_decay: float = 0.0
@@ -79,6 +84,10 @@ class PolicyConfig:
         if not isinstance(cast(object, self.model), str) or not self.model:
             raise ConfigError(f"model must be a model name such as 'smollm2-135m' or a folder path, got {self.model!r}")
         int_at_least("micro_batch_size", self.micro_batch_size, 1)
+        v = self.share_prefix_tokens
+        if v is not None and (isinstance(v, bool) or not isinstance(cast(object, v), int) or v < 1):
+            raise ConfigError(f"share_prefix_tokens must be an integer ≥ 1, or None to share identical prompts "
+                              f"only, got {v!r}")  # fmt: skip
         int_at_least("seed", self.seed, 0)
         number("lr", self.lr, low=0.0, low_open=True)
         if self.lr > 1.0:

@@ -112,7 +112,7 @@ class GRPOLearner(Policy):
             return UpdateResult({"transitions": 0.0, "dropped": float(dropped)}, None, self.weights_version)
         mbs = build_micro_batches(
             fresh, micro_batch_size=c.micro_batch_size, norm=c.loss_norm,
-            current_version=self.weights_version, pad_id=self.pad_id,
+            current_version=self.weights_version, pad_id=self.pad_id, share_prefix_tokens=c.share_prefix_tokens,
         )
         n_mbs = len(mbs)
         mine, real = dp.shard(mbs), None  # this rank's micro-batches (all in one process)

@@ -40,7 +40,8 @@ class SFTLearner(Policy):
         rows = [Transition(e.prompt_ids, e.response_ids, [0.0] * len(e.response_ids), 1.0, f"{i}")
                 for i, e in enumerate(usable)]  # fmt: skip
         mbs = build_micro_batches(rows, micro_batch_size=self.config.micro_batch_size,
-                                  norm=self.config.loss_norm, pad_id=self.pad_id)
+                                  norm=self.config.loss_norm, pad_id=self.pad_id,
+                                  share_prefix_tokens=self.config.share_prefix_tokens)
         self.model.train()
         loss_sum, nll_sum, tokens = 0.0, 0.0, 0
         for mb in mbs:

@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "gateway": "gateway overhead per call and hf engine tokens/s through the gateway",
     "prefix": "hf engine rollouts/s on agent-shaped traffic with its prefix cache on vs off",
     "grpo": "GRPO update step time against TRL's GRPOTrainer on the same batch",
+    "packing": "GRPO update on agent calls sharing a prompt head: tree packing vs identical prompts only",
     "dashboard": "dashboard rollouts table at 100,000 rollouts (sort, filter, deep pages) against the store API page",
     "learn": "held-out reward against training time on the demo task, tracerl beside TRL's GRPOTrainer",
     "algorithms": "GRPO, PPO, REINFORCE++ and RLOO on the demo task at the same training time",
