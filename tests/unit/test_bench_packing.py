@@ -28,7 +28,7 @@ def test_workload_repeats_the_head_and_each_earlier_turn() -> None:
     assert calls[3].prompt_ids == first.prompt_ids  # the group's other rollout asks the same first question
 
 
-def test_tree_packing_holds_fewer_tokens_and_gives_the_same_first_loss() -> None:
+def test_tree_packing_holds_fewer_tokens_and_gives_the_same_log_probs() -> None:
     assert "packing" in BENCHMARKS
     args = parse("--model", "tiny-random", "--head", "40", "--question", "4", "--response", "6", "--tool", "3",
                  "--turns", "3", "--group", "2", "--rounds", "1")  # fmt: skip

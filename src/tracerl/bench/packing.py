@@ -75,15 +75,13 @@ def workload(args: argparse.Namespace, vocab: int) -> list[Any]:
     return out
 
 
-def _logprobs(learner: Any, transitions: list[Any], micro_batch: int, share: int | None) -> list[float]:
-    """Every response token's log-prob under ``learner``'s weights, in transition order, packed as ``share``."""
+def _logprobs(learner: Any, mbs: list[Any], transitions: list[Any]) -> list[float]:
+    """Every response token's log-prob under ``learner``'s weights, in transition order."""
     import torch
-
-    from tracerl.algorithms.batch import build_micro_batches
 
     out: dict[int, list[float]] = {}
     with torch.no_grad():
-        for mb in build_micro_batches(transitions, micro_batch_size=micro_batch, share_prefix_tokens=share):
+        for mb in mbs:
             logp = learner.logprobs(mb)
             for b, row in enumerate(mb.rows):
                 out[row] = logp[b, : len(transitions[row].response_ids)].tolist()
@@ -118,18 +116,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mbs = build_micro_batches(transitions, micro_batch_size=args.micro_batch, share_prefix_tokens=share)
         config = GRPOConfig(model=args.model, lr=1e-5, micro_batch_size=args.micro_batch, bf16=False, device="cpu",
                             share_prefix_tokens=share, seed=args.seed)  # fmt: skip
+        learner = GRPOLearner(copy.deepcopy(model), config, pad_id=pad)
         sides[side] = {
-            "learner": GRPOLearner(copy.deepcopy(model), config, pad_id=pad),
+            "learner": learner,
             "rows": sum(int(mb.input_ids.shape[0]) for mb in mbs),
             "tokens": sum(int(mb.input_ids.numel()) for mb in mbs),
+            "logprobs": _logprobs(learner, mbs, transitions),  # at the shared starting weights
             "times": [],
         }
-    gap = max(
-        abs(a - b)
-        for a, b in zip(_logprobs(sides["tree"]["learner"], transitions, args.micro_batch, 16),
-                        _logprobs(sides["identical prompts only"]["learner"], transitions, args.micro_batch, None),
-                        strict=True)
-    )  # fmt: skip
+    tree, apart = sides["tree"], sides["identical prompts only"]
+    gap = max(abs(a - b) for a, b in zip(tree["logprobs"], apart["logprobs"], strict=True))
     for i in range(args.rounds + 1):  # round 0 warms up
         for s in sides.values():
             learner = s["learner"]
@@ -139,7 +135,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if i > 0:
                 s["times"].append(time.perf_counter() - t0)
         console.log(f"round {i}: " + ", ".join(f"{k} {v['times'][-1]:.2f} s" for k, v in sides.items() if v["times"]))
-    tree, apart = sides["tree"], sides["identical prompts only"]
     results: dict[str, Any] = {
         "model": args.model,
         "calls": len(transitions),
