@@ -336,6 +336,35 @@ def test_sharing_a_head_gives_the_same_gradient_as_packing_each_prompt_apart() -
         torch.testing.assert_close(shared, apart, atol=1e-5, rtol=1e-4)
 
 
+def test_a_token_budget_bounds_every_micro_batch_and_leaves_the_update_unchanged() -> None:
+    from tracerl.algorithms.batch import build_micro_batches, padded_tokens
+
+    ts = tree_batch()  # packed together: one 37-token row
+    long = Transition(list(range(1, 31)), [5] * 10, [0.0] * 10, 1.0, "long")  # 40 tokens: over the budget alone
+    ts.append(long)
+    assert padded_tokens(ts[:5]) == 37 and padded_tokens([long]) == 40
+    mbs = build_micro_batches(ts, micro_batch_size=8, micro_batch_tokens=30)
+    assert sorted(r for mb in mbs for r in mb.rows) == list(range(len(ts)))  # every call, once
+    assert [mb.rows for mb in mbs if 5 in mb.rows] == [[5]]  # the long call alone: a call is never split
+    for mb in mbs:
+        assert len(mb.rows) == 1 or mb.input_ids.numel() <= 30, (mb.rows, mb.input_ids.shape)
+    assert len(mbs) >= 3  # the tree itself was cut
+    assert len(build_micro_batches(ts, micro_batch_size=8, micro_batch_tokens=None)) == 1
+    # the loss weights come from the whole batch, so the update is the same however it is cut
+    states = []
+    for budget in (None, 30, 1):
+        model = micro_llama()
+        result = GRPOLearner(model, config(micro_batch_tokens=budget)).update(ts)
+        assert result.metrics["micro_batches"] == {None: 1, 30: len(mbs), 1: len(ts)}[budget]
+        states.append(result.state_dict)
+    for state in states[1:]:
+        assert state is not None and states[0] is not None
+        for k, v in state.items():  # float rounding only (Adam normalizes tiny gradients, hence 1e-5)
+            torch.testing.assert_close(v, states[0][k], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="micro_batch_tokens"):
+        config(micro_batch_tokens=0)
+
+
 def test_a_short_or_small_common_head_is_not_shared() -> None:
     from tracerl.algorithms.batch import build_micro_batches
 

@@ -67,14 +67,16 @@ def test_updates_lower_the_loss_and_leave_prompt_tokens_untrained() -> None:
     assert nll(learner.model, [3], [4])[0] > nll(fresh, [3], [4])[0] - 1.0
 
 
-def test_micro_batch_size_does_not_change_the_update() -> None:
+def test_micro_batch_size_and_token_budget_do_not_change_the_update() -> None:
     results = []
-    for size in (1, 3):
-        learner = SFTLearner(micro_llama(), config(micro_batch_size=size))
-        learner.update(EXAMPLES)
+    for size, tokens in ((1, None), (3, None), (3, 6)):  # 6 tokens: a row each ([3, 4, 5] + two replies: 8)
+        learner = SFTLearner(micro_llama(), config(micro_batch_size=size, micro_batch_tokens=tokens))
+        result = learner.update(EXAMPLES)
+        assert result.metrics["micro_batches"] == (3 if size == 1 or tokens else 1)
         results.append(learner.engine_state_dict())
-    for key, value in results[0].items():
-        torch.testing.assert_close(value, results[1][key], rtol=1e-5, atol=1e-6)
+    for other in results[1:]:
+        for key, value in results[0].items():
+            torch.testing.assert_close(value, other[key], rtol=1e-5, atol=1e-6)
 
 
 def test_sft_config_wants_exactly_one_source_of_examples(tmp_path: object) -> None:

@@ -84,17 +84,21 @@ def build_micro_batches(
     transitions: Sequence[Transition],
     *,
     micro_batch_size: int,
+    micro_batch_tokens: int | None = None,
     norm: credit.LossNorm = "rollout",
     current_version: int | None = None,
     pad_id: int = 0,
     share_prefix_tokens: int | None = DEFAULT_SHARE_PREFIX_TOKENS,
 ) -> list[MicroBatch]:
-    """Pad ``transitions`` into micro-batches of at most ``micro_batch_size`` calls.
+    """Pad ``transitions`` into micro-batches of at most ``micro_batch_size`` calls and, when
+    ``micro_batch_tokens`` is set, at most that many padded tokens (rows × longest row) each.
 
     Calls are sorted by their first ``share_prefix_tokens`` tokens, then by length, before splitting, so
     calls that may share a head land in the same micro-batch (and row: see the module docstring;
     ``share_prefix_tokens=None`` packs identical prompts only, sorted by length); a transition is
-    ``on_policy`` when its ``weights_version`` equals ``current_version``.
+    ``on_policy`` when its ``weights_version`` equals ``current_version``. A micro-batch closes before the
+    call that would take it past either bound; a call whose row alone exceeds ``micro_batch_tokens`` gets
+    a micro-batch of its own (a call is never split).
     """
     validate(transitions)
     rollout_names = {r: i for i, r in enumerate(dict.fromkeys(t.rollout_id for t in transitions))}
@@ -117,12 +121,41 @@ def build_micro_batches(
             len(transitions[i].response_ids),
         ),
     )  # fmt: skip
-    out: list[MicroBatch] = []
-    for start in range(0, len(order), micro_batch_size):
-        rows = order[start : start + micro_batch_size]
-        out.append(
-            _collate([transitions[i] for i in rows], rows, weights, current_version, pad_id, share_prefix_tokens)
-        )
+    return [
+        _collate([transitions[i] for i in rows], rows, weights, current_version, pad_id, share_prefix_tokens)
+        for rows in _split(order, transitions, micro_batch_size, micro_batch_tokens, share_prefix_tokens)
+    ]
+
+
+def padded_tokens(ts: Sequence[Transition], share_prefix_tokens: int | None = DEFAULT_SHARE_PREFIX_TOKENS) -> int:
+    """Size of ``ts`` packed into one micro-batch: packed rows × the longest row, padding included."""
+    by_prompt, prompts, groups = _layout(ts, share_prefix_tokens)
+    return len(groups) * max(_row_lengths(by_prompt, prompts, groups, ts))
+
+
+def _split(
+    order: list[int],
+    ts: Sequence[Transition],
+    micro_batch_size: int,
+    micro_batch_tokens: int | None,
+    share_prefix_tokens: int | None,
+) -> list[list[int]]:
+    """Cut the sorted call indices ``order`` into micro-batches within both bounds (greedy, in order)."""
+    if micro_batch_tokens is None:
+        return [order[s : s + micro_batch_size] for s in range(0, len(order), micro_batch_size)]
+    out: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        grown = [*current, i]
+        if current and (
+            len(grown) > micro_batch_size
+            or padded_tokens([ts[j] for j in grown], share_prefix_tokens) > micro_batch_tokens
+        ):
+            out.append(current)
+            grown = [i]
+        current = grown
+    if current:
+        out.append(current)
     return out
 
 
@@ -155,11 +188,31 @@ def _rows(prompts: list[tuple[int, ...]], share_prefix_tokens: int | None) -> li
     return rows
 
 
-def _tail_and_responses(
-    prompt: tuple[int, ...], trunk: int, by_prompt: dict[tuple[int, ...], list[int]], ts: list[Transition]
-) -> int:
-    """Tokens a prompt adds to a row after its ``trunk``: its tail, then every response to it."""
-    return len(prompt) - trunk + sum(len(ts[b].response_ids) for b in by_prompt[prompt])
+_Layout = tuple[dict[tuple[int, ...], list[int]], list[tuple[int, ...]], list[tuple[int, list[int]]]]
+
+
+def _layout(ts: Sequence[Transition], share_prefix_tokens: int | None) -> _Layout:
+    """How ``ts`` pack: the calls (indices) per distinct prompt, the distinct prompts in order, and the
+    rows as ``(trunk length, prompt indices)`` (prompts with a long common head share a row)."""
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for b, t in enumerate(ts):
+        by_prompt.setdefault(tuple(t.prompt_ids), []).append(b)
+    prompts = list(by_prompt)
+    return by_prompt, prompts, _rows(prompts, share_prefix_tokens)
+
+
+def _row_lengths(
+    by_prompt: dict[tuple[int, ...], list[int]],
+    prompts: list[tuple[int, ...]],
+    groups: list[tuple[int, list[int]]],
+    ts: Sequence[Transition],
+) -> list[int]:
+    """Tokens in each packed row: the trunk, then per prompt its tail and every response to it."""
+    return [
+        trunk + sum(len(prompts[i]) - trunk + sum(len(ts[b].response_ids) for b in by_prompt[prompts[i]])
+                    for i in members)
+        for trunk, members in groups
+    ]  # fmt: skip
 
 
 def _collate(
@@ -170,15 +223,8 @@ def _collate(
     pad_id: int,
     share_prefix_tokens: int | None = DEFAULT_SHARE_PREFIX_TOKENS,
 ) -> MicroBatch:
-    # distinct prompts, each with the calls that sent it; prompts with a long common head share a row
-    by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for b, t in enumerate(ts):
-        by_prompt.setdefault(tuple(t.prompt_ids), []).append(b)
-    prompts = list(by_prompt)
-    groups = _rows(prompts, share_prefix_tokens)
-    lengths = [trunk + sum(_tail_and_responses(prompts[i], trunk, by_prompt, ts) for i in members)
-               for trunk, members in groups]  # fmt: skip
-    Bp, L = len(groups), max(lengths)
+    by_prompt, prompts, groups = _layout(ts, share_prefix_tokens)
+    Bp, L = len(groups), max(_row_lengths(by_prompt, prompts, groups, ts))
     B, R = len(ts), max(len(t.response_ids) for t in ts)
     S = 1 + max(len(members) + sum(len(by_prompt[prompts[i]]) for i in members) for _, members in groups)
     input_ids = torch.full((Bp, L), pad_id, dtype=torch.int64)

@@ -54,6 +54,10 @@ class PolicyConfig:
     * ``lr``, ``weight_decay``, ``betas``: AdamW. ``max_grad_norm``: clip the gradient norm (None: off).
     * ``micro_batch_size``: sequences per forward/backward; gradients accumulate over a batch (a memory
       knob: the result does not depend on it beyond float rounding).
+    * ``micro_batch_tokens``: at most this many padded tokens (packed rows × the longest row) per
+      forward/backward as well; None: calls only. Activation memory grows with tokens, not calls (about
+      2 MB per token for a 135M model in fp32, more for longer rows), so this bounds the learner's peak
+      memory when prompts are long; a memory knob like ``micro_batch_size``.
     * ``share_prefix_tokens``: calls whose prompts share at least this many leading tokens (an agent's
       system prompt and tool schemas, an earlier turn's conversation) are packed as a tree, the shared head
       forwarded once (:mod:`tracerl.algorithms.batch`); the result is the same as packing them apart, beyond
@@ -71,6 +75,7 @@ class PolicyConfig:
     lr: float = 1e-5
     max_grad_norm: float | None = 1.0
     micro_batch_size: int = 8
+    micro_batch_tokens: int | None = 4096
     share_prefix_tokens: int | None = 16
     bf16: bool | None = None
     lora: LoRAConfig | dict[str, Any] | None = None
@@ -84,6 +89,8 @@ class PolicyConfig:
         if not isinstance(cast(object, self.model), str) or not self.model:
             raise ConfigError(f"model must be a model name such as 'smollm2-135m' or a folder path, got {self.model!r}")
         int_at_least("micro_batch_size", self.micro_batch_size, 1)
+        if self.micro_batch_tokens is not None:
+            int_at_least("micro_batch_tokens", self.micro_batch_tokens, 1)
         v = self.share_prefix_tokens
         if v is not None and (isinstance(v, bool) or not isinstance(cast(object, v), int) or v < 1):
             raise ConfigError(f"share_prefix_tokens must be an integer ≥ 1, or None to share identical prompts "

@@ -111,7 +111,7 @@ class GRPOLearner(Policy):
             logger.info("update skipped: no trainable transitions (%d given, %d dropped)", len(transitions), dropped)
             return UpdateResult({"transitions": 0.0, "dropped": float(dropped)}, None, self.weights_version)
         mbs = build_micro_batches(
-            fresh, micro_batch_size=c.micro_batch_size, norm=c.loss_norm,
+            fresh, micro_batch_size=c.micro_batch_size, micro_batch_tokens=c.micro_batch_tokens, norm=c.loss_norm,
             current_version=self.weights_version, pad_id=self.pad_id, share_prefix_tokens=c.share_prefix_tokens,
         )
         n_mbs = len(mbs)

@@ -111,7 +111,7 @@ class ReturnsLearner(Policy, Generic[C]):
                                 self.weights_version)  # fmt: skip
         rewards = torch.tensor([batch.call_rewards[i] for i in keep], dtype=torch.float64)  # (M,)
         mbs = [self.to_device(mb) for mb in build_micro_batches(
-            ts, micro_batch_size=c.micro_batch_size, norm=c.loss_norm,
+            ts, micro_batch_size=c.micro_batch_size, micro_batch_tokens=c.micro_batch_tokens, norm=c.loss_norm,
             current_version=self.weights_version, pad_id=self.pad_id, share_prefix_tokens=c.share_prefix_tokens,
         )]  # fmt: skip
         self.model.train()

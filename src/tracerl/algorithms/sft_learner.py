@@ -39,9 +39,9 @@ class SFTLearner(Policy):
             return UpdateResult({"examples": 0.0}, None, self.weights_version)
         rows = [Transition(e.prompt_ids, e.response_ids, [0.0] * len(e.response_ids), 1.0, f"{i}")
                 for i, e in enumerate(usable)]  # fmt: skip
-        mbs = build_micro_batches(rows, micro_batch_size=self.config.micro_batch_size,
-                                  norm=self.config.loss_norm, pad_id=self.pad_id,
-                                  share_prefix_tokens=self.config.share_prefix_tokens)
+        c = self.config
+        mbs = build_micro_batches(rows, micro_batch_size=c.micro_batch_size, micro_batch_tokens=c.micro_batch_tokens,
+                                  norm=c.loss_norm, pad_id=self.pad_id, share_prefix_tokens=c.share_prefix_tokens)
         self.model.train()
         loss_sum, nll_sum, tokens = 0.0, 0.0, 0
         for mb in mbs:

@@ -113,9 +113,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     console = Console()
     sides: dict[str, Any] = {}
     for side, share in SIDES.items():
-        mbs = build_micro_batches(transitions, micro_batch_size=args.micro_batch, share_prefix_tokens=share)
         config = GRPOConfig(model=args.model, lr=1e-5, micro_batch_size=args.micro_batch, bf16=False, device="cpu",
                             share_prefix_tokens=share, seed=args.seed)  # fmt: skip
+        mbs = build_micro_batches(transitions, micro_batch_size=args.micro_batch, share_prefix_tokens=share,
+                                  micro_batch_tokens=config.micro_batch_tokens)  # what the learner builds
         learner = GRPOLearner(copy.deepcopy(model), config, pad_id=pad)
         sides[side] = {
             "learner": learner,
