@@ -105,13 +105,16 @@ progress = false
     command = [sys.executable, "-m", "tracerl", "train", str(tmp_path / "run.toml")]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and sum('"train"' in line for line in metrics.read_text().splitlines()) >= 2:
-            break
+    def steps() -> int:
+        return sum('"train"' in line for line in metrics.read_text().splitlines()) if metrics.exists() else 0
+
+    deadline = time.monotonic() + 420  # generous: two tiny steps take seconds alone, far longer on a loaded CI box
+    while time.monotonic() < deadline and proc.poll() is None and steps() < 2:
         time.sleep(0.2)
+    trained = steps()
     proc.send_signal(signal.SIGTERM)  # what a job scheduler sends; handled like Ctrl-C
     _, err = proc.communicate(timeout=120)
+    assert trained >= 2, f"only {trained} steps in 420 s before SIGTERM; stderr: {err[-3000:]}"
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted: saving a checkpoint of step" in err
     state = json.loads(next((run_dir / "checkpoints").glob("step-*/trainer.json")).read_text())
