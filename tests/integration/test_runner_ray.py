@@ -47,7 +47,9 @@ def ray_head() -> Iterator[str]:
     temp = tempfile.mkdtemp(prefix="tray")  # short: Ray's unix socket paths must fit in 107 bytes
     cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
            "--port", str(port), "--num-cpus", "4", "--include-dashboard", "false", "--temp-dir", temp,
-           "--object-store-memory", str(100 * 2**20), "--disable-usage-stats", "--block"]  # fmt: skip
+           "--object-store-memory", str(100 * 2**20), "--disable-usage-stats", "--block",
+           # Ray's fixed default (52365) can collide with a port it hands another component: pick free ones
+           "--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port())]  # fmt: skip
     head = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
