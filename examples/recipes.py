@@ -61,6 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str, lr: float = 
                    help="with --dynamic-sampling: at most this many × the step's groups (default: 4)")
     p.add_argument("--rl-temperature", type=float, default=1.0,
                    help="the RL stage's sampling temperature; GRPO trains the policy at it (default: 1.0)")
+    p.add_argument("--advantage-scale", choices=("std", "none"), default="std",
+                   help="GRPO's advantage divisor: the group's reward std, or none (Dr. GRPO: a group whose "
+                        "rewards differ only by a small step reward is not scaled up to a correct answer's "
+                        "weight; default: std)")
+
+
+def rl_algorithm_options(args: argparse.Namespace, **options: Any) -> JSON:
+    """The RL stage's GRPO settings from the shared options (the advantage scale), with a recipe's own."""
+    return {"scale": args.advantage_scale, **options}
 
 
 def rl_trainer_options(args: argparse.Namespace) -> JSON:

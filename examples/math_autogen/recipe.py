@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, add_arguments, rl_trainer_options, run_recipe, write_configs
+from recipes import Recipe, add_arguments, rl_algorithm_options, rl_trainer_options, run_recipe, write_configs
 
 import tracerl
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> JSON:
         demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, grpo_minutes=args.grpo_minutes,
         group_size=args.group_size,
         grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners, max_tokens=96,
-        grpo_options={"kl_coef": args.kl_coef},
+        grpo_options=rl_algorithm_options(args, kl_coef=args.kl_coef),
         grpo_trainer_options=rl_trainer_options(args),
         rl_train=rl_train,
     )

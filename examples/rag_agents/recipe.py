@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, add_arguments, rl_trainer_options, run_recipe, write_configs
+from recipes import Recipe, add_arguments, rl_algorithm_options, rl_trainer_options, run_recipe, write_configs
 
 import tracerl
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> JSON:
         model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes,
         group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
-        max_tokens=64, grpo_trainer_options=rl_trainer_options(args),
+        max_tokens=64, grpo_options=rl_algorithm_options(args), grpo_trainer_options=rl_trainer_options(args),
     )
     if args.write_config:
         for path in write_configs(recipe, seeds=args.seeds):

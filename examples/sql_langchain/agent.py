@@ -3,7 +3,7 @@
 This is the user's agent, written the way LangChain's SQL tutorials write one: a LangGraph ``StateGraph``
 whose nodes call a ``ChatOpenAI`` model with ``ChatPromptTemplate`` prompts. The only tracerl-specific lines
 are in :func:`sql_agent`: ``base_url``, ``api_key``, ``model`` and the sampling defaults come from the
-``llm`` handle, and ``tracerl.emit_reward(0.1, name="valid_sql")`` marks the call whose query ran.
+``llm`` handle, and two intermediate rewards mark the call whose query ran (see *Reward*).
 
     write_query ──▶ execute_query ──(ran)──▶ generate_answer ──▶ END
          ▲                │
@@ -19,8 +19,10 @@ are in :func:`sql_agent`: ``base_url``, ``api_key``, ``model`` and the sampling 
 * ``generate_answer``: a second prompt turns question, query and rows into a one-sentence answer.
 
 Reward (the agent's return value): 1.0 if the last query that ran returns the same result set as the gold
-query (:func:`reward.score`), else 0.0. ``valid_sql`` (0.1) is an intermediate reward recorded right after
-the call whose query ran; ``GRPO(returns="step")`` credits it to that call.
+query (:func:`reward.score`), else 0.0. Two intermediate rewards are recorded right after the call whose
+query ran, and ``GRPO(returns="step")`` credits them to that call: ``valid_sql`` (0.1) and, when the task has a
+gold query, ``result_overlap`` = 0.3 × the F1 of the query's rows against the gold rows (:func:`reward.row_f1`),
+which grades a near miss above a query that returns the wrong table. Neither enters the task's reward.
 
 What LangChain sends the gateway per call: ``model``, ``messages``, ``stream: false`` and the sampling
 settings given to ``ChatOpenAI`` (``temperature``, ``top_p``, ``max_completion_tokens``); no tools.
@@ -41,10 +43,11 @@ from langgraph.graph import END, START, StateGraph
 import tracerl
 
 from .data import chinook_db, describe_schema
-from .reward import QueryError, run_query, score
+from .reward import QueryError, Row, row_f1, run_query, score
 
 MAX_ATTEMPTS = 3  # queries written per question (the first one and at most two corrections)
 MAX_RESULT_ROWS_SHOWN = 20  # rows of the result put into the answer prompt
+OVERLAP_WEIGHT = 0.3  # the ``result_overlap`` intermediate reward is this × the row F1 against the gold rows
 
 SYSTEM_PROMPT = """You are an expert in SQLite. Write one SQLite query that answers the user's question \
 about this music store database:
@@ -92,8 +95,9 @@ def extract_sql(text: str) -> str:
     return query.strip().rstrip(";").strip()
 
 
-def build_graph(model: BaseChatModel, db_path: Path) -> Any:
-    """The compiled LangGraph of the agent (see the module docstring), for ``model`` and the database file."""
+def build_graph(model: BaseChatModel, db_path: Path, gold_rows: list[Row] | None = None) -> Any:
+    """The compiled LangGraph of the agent (see the module docstring), for ``model`` and the database file;
+    with ``gold_rows``, a query that runs also records the ``result_overlap`` intermediate reward."""
 
     def write_query(state: SQLState) -> dict[str, Any]:
         reply = model.invoke(state["messages"])
@@ -107,6 +111,8 @@ def build_graph(model: BaseChatModel, db_path: Path) -> Any:
             retry = HumanMessage(RETRY_PROMPT.format(error=e))
             return {"rows": None, "error": str(e), "messages": [*state["messages"], retry]}
         tracerl.emit_reward(0.1, name="valid_sql")
+        if gold_rows is not None:
+            tracerl.emit_reward(OVERLAP_WEIGHT * row_f1(rows, gold_rows), name="result_overlap")
         return {"rows": rows, "error": None}
 
     def after_execution(state: SQLState) -> str:
@@ -134,13 +140,15 @@ def build_graph(model: BaseChatModel, db_path: Path) -> Any:
     return graph.compile()
 
 
-def ask(model: BaseChatModel, question: str, db_path: Path | None = None) -> SQLState:
+def ask(model: BaseChatModel, question: str, db_path: Path | None = None, gold_sql: str | None = None) -> SQLState:
     """Run the agent on one question against ``db_path`` (default: Chinook); returns the final state
-    (``query``, ``rows``, ``error``, ``answer``)."""
+    (``query``, ``rows``, ``error``, ``answer``). ``gold_sql``: the reference query, for the graded
+    ``result_overlap`` intermediate reward (training); the model never sees it."""
     db = db_path or chinook_db()
     messages = QUERY_PROMPT.format_messages(schema=describe_schema(db_path), question=question)
     start = SQLState(question=question, messages=messages, query=None, attempts=0, rows=None, error=None, answer=None)
-    return build_graph(model, db).invoke(start)
+    gold_rows = run_query(db, gold_sql) if gold_sql else None  # a failing gold query is a data bug: let it raise
+    return build_graph(model, db, gold_rows).invoke(start)
 
 
 @tracerl.agent
@@ -148,7 +156,7 @@ def sql_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
     """Answer ``task["question"]`` and score the last query that ran against ``task["gold_sql"]``."""
     model = ChatOpenAI(base_url=llm.base_url, api_key=llm.api_key, model=llm.model, **llm.sampling)  # type: ignore[arg-type]
     db = Path(task["db"]) if task.get("db") else chinook_db()  # your own SQLite file, or Chinook
-    state = ask(model, task["question"], db if task.get("db") else None)
+    state = ask(model, task["question"], db if task.get("db") else None, task.get("gold_sql"))
     if state["error"] is not None:
         return 0.0
     return score(db, state["query"], task)

@@ -7,7 +7,8 @@ The gold policy answers the LangGraph agent's two kinds of call the way a good m
 writer's call with the task's ``gold_sql`` in a ```sql block (train split only), the answer writer's call
 with a sentence quoting the SQL result it was shown. :func:`tracerl.record_demonstrations` runs the unchanged
 agent against it, so the transcripts hold LangChain's own prompts. GRPO credits with ``returns="step"`` (the
-``valid_sql`` intermediate reward counts for the call that wrote the query). See ``examples/recipes.py``.
+``valid_sql`` and ``result_overlap`` intermediate rewards count for the call that wrote the query). See
+``examples/recipes.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, add_arguments, rl_trainer_options, run_recipe, write_configs
+from recipes import Recipe, add_arguments, rl_algorithm_options, rl_trainer_options, run_recipe, write_configs
 
 JSON = dict[str, Any]
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> JSON:
         run_dir=Path(args.run_dir), model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr,
         grpo_temperature=args.rl_temperature, runners=args.runners,
-        max_tokens=128, grpo_options={"returns": "step"}, grpo_trainer_options=rl_trainer_options(args),
+        max_tokens=128, grpo_options=rl_algorithm_options(args, returns="step"),
+        grpo_trainer_options=rl_trainer_options(args),
         rl_train=[t for t in train if t.get("difficulty", "easy") in args.rl_difficulty],
     )
     if args.write_config:

@@ -3,6 +3,7 @@
     rows = run_query(db_path, "SELECT COUNT(*) FROM Artist")        # [(275,)], or raises QueryError
     execution_match(rows, gold_rows, ordered=False)                  # True / False
     score(db_path, predicted_sql, task)                              # 1.0 if the result sets match, else 0.0
+    row_f1(rows, gold_rows)                                          # graded overlap in [0, 1], for shaping
 
 The reward compares what the queries *return*, not how they are written (execution accuracy, as in the
 Spider and BIRD benchmarks):
@@ -15,6 +16,15 @@ matches ``SELECT Title, Name``; the number of columns must still be the same), a
 multiset — unless the task is ``ordered`` (the question asks for an order: "longest first", "in alphabetical
 order"), when the row lists must be equal in order. Duplicate rows count: ``SELECT Country`` does not match
 ``SELECT DISTINCT Country``.
+
+For training only, :func:`row_f1` grades a query that ran but did not match: the F1 of its rows against the
+gold rows, both normalized as above and compared as multisets,
+
+    F1 = 2·|P ∩ G| / (|P| + |G|)        (1.0 when both are empty)
+
+so a query that returns 4 of the 5 right customers scores 0.89 and one that returns the whole table scores
+near 0. The agent emits it as an intermediate reward (``result_overlap``); the task's reward, and so every
+evaluation, stays the exact match above.
 
 Queries run read-only (the file is opened with ``mode=ro``, and only one statement is accepted), with a
 work limit and a row limit, so a model that writes a cross join of ``PlaylistTrack`` with itself gets an
@@ -102,6 +112,16 @@ def execution_match(predicted: Sequence[Row], gold: Sequence[Row], *, ordered: b
     if ordered:
         return p == g
     return Counter(p) == Counter(g)
+
+
+def row_f1(predicted: Sequence[Row], gold: Sequence[Row]) -> float:
+    """``2·|P ∩ G| / (|P| + |G|)`` over the normalized rows as multisets (order ignored); 1.0 if both are
+    empty. Rows with a different number of columns never overlap."""
+    p, g = Counter(normalize(predicted)), Counter(normalize(gold))
+    size = sum(p.values()) + sum(g.values())
+    if size == 0:
+        return 1.0
+    return 2 * sum((p & g).values()) / size
 
 
 def score(db_path: str | Path, predicted_sql: str | None, task: dict[str, Any]) -> float:

@@ -8,8 +8,9 @@ The agent (:mod:`sql_langchain.agent`) is not changed: runner processes run it a
 sql_agent`` and tracerl's gateway records every ``ChatOpenAI`` call it makes. Each step takes
 ``--batch-size`` training questions, runs each ``--group-size`` times (temperature 1), and makes one GRPO
 update. Credit assignment is ``returns="step"``: each call gets the rewards that came after it, the
-``valid_sql`` intermediate reward (0.1, recorded after the call whose query ran) plus the final
-execution-match reward, so a query that runs is rewarded even before the model gets the result right.
+intermediate rewards recorded after the call whose query ran (``valid_sql`` 0.1, and ``result_overlap``
+0.3 × the row F1 against the gold result) plus the final execution-match reward, so a query that runs, and
+one that returns most of the right rows, is rewarded even before the model gets the result exactly right.
 
 Outputs in ``--run-dir`` (default ``runs/sql``): ``metrics.jsonl``, ``rewards.png``, checkpoints, and the
 trained weights in ``final/`` (evaluate them with ``evaluate.py --model runs/sql/final``). The held-out

@@ -25,7 +25,7 @@ if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))  # worker processes get the parent's sys.path, so they find it too
 
 from sql_langchain import data  # noqa: E402
-from sql_langchain.reward import QueryError, execution_match, run_query, score  # noqa: E402
+from sql_langchain.reward import QueryError, execution_match, row_f1, run_query, score  # noqa: E402
 
 import tracerl  # noqa: E402
 from tracerl.types import SpanKind  # noqa: E402
@@ -126,6 +126,17 @@ def test_rows_compare_as_multisets_unless_ordered() -> None:
     assert not execution_match([("1",)], [(1,)])  # text is not a number
 
 
+def test_row_f1_grades_near_misses_on_hand_computed_numbers() -> None:
+    gold = [(1,), (2,), (3,), (4,), (5,)]
+    assert row_f1(gold[:4], gold) == pytest.approx(2 * 4 / 9)  # P = 1, R = 4/5: 8/9
+    assert row_f1([*gold, (6,), (7,), (8,)], gold) == pytest.approx(2 * 5 / 13)  # P = 5/8, R = 1: 10/13
+    assert row_f1([(2.0,), ("x",)], [(2,), (3,)]) == pytest.approx(0.5)  # numbers normalized; 1 of 2 each side
+    assert row_f1([(1,), (1,)], [(1,)]) == pytest.approx(2 / 3)  # duplicates count
+    assert row_f1([(1, "a")], [(1,)]) == 0.0  # a different number of columns never overlaps
+    assert row_f1([], []) == 1.0 and row_f1([], gold) == 0.0
+    assert row_f1([("b", 2), ("a", 1)], [(1, "a"), (2, "b")]) == 1.0  # order of rows and columns ignored
+
+
 @pytest.mark.parametrize(
     ("sql", "message"),
     [
@@ -198,6 +209,25 @@ def test_the_agent_retries_with_the_error_then_answers(db: Path) -> None:
     assert state["answer"] == "There are 275 artists."
     retry = state["messages"][-2].content  # the user turn that showed the model its error
     assert "no such table: Artists" in retry
+
+
+@needs_langchain
+def test_a_query_that_runs_earns_valid_sql_and_its_graded_overlap(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sql_langchain.agent import OVERLAP_WEIGHT, ask
+
+    emitted: list[tuple[str | None, float]] = []
+    monkeypatch.setattr(tracerl, "emit_reward", lambda value, name=None: emitted.append((name, value)))
+    gold = "SELECT Name FROM Artist WHERE ArtistId <= 5"
+    near_miss = scripted("```sql\nSELECT Name FROM Artist WHERE ArtistId <= 4\n```", "Four artists.")
+    ask(near_miss, "Name the first five artists.", db, gold)
+    assert emitted == [("valid_sql", 0.1), ("result_overlap", pytest.approx(OVERLAP_WEIGHT * 8 / 9))]
+    emitted.clear()
+    wrong_then_right = scripted("SELECT nonsense", f"```sql\n{gold}\n```", "Five artists.")
+    ask(wrong_then_right, "Name the first five artists.", db, gold)
+    assert emitted == [("valid_sql", 0.1), ("result_overlap", pytest.approx(OVERLAP_WEIGHT))]  # none for the error
+    emitted.clear()
+    ask(scripted(f"```sql\n{gold}\n```", "Five artists."), "Name the first five artists.", db)
+    assert emitted == [("valid_sql", 0.1)]  # no gold query given: no overlap reward
 
 
 @needs_langchain
