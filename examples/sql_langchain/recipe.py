@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rl-difficulty", nargs="+", default=["easy", "medium", "hard"], choices=("easy", "medium", "hard"),
                    help="difficulties of the RL stage's train questions (default: all)")
     p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
+    p.add_argument("--gamma", type=float, default=1.0,
+                   help="discount of the RL stage's step returns: below 1, a query that failed gets less of the "
+                        "reward its corrected retry earned (default: 1.0)")
     return p.parse_args(argv)
 
 
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> JSON:
         run_dir=Path(args.run_dir), model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr,
         grpo_temperature=args.rl_temperature, runners=args.runners,
-        max_tokens=128, grpo_options=rl_algorithm_options(args, returns="step"),
+        max_tokens=128, grpo_options=rl_algorithm_options(args, returns="step", gamma=args.gamma),
         grpo_trainer_options=rl_trainer_options(args),
         rl_train=[t for t in train if t.get("difficulty", "easy") in args.rl_difficulty],
     )
