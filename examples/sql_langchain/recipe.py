@@ -41,9 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rl-difficulty", nargs="+", default=["easy", "medium", "hard"], choices=("easy", "medium", "hard"),
                    help="difficulties of the RL stage's train questions (default: all)")
     p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
-    p.add_argument("--gamma", type=float, default=1.0,
+    p.add_argument("--gamma", type=float, default=0.5,
                    help="discount of the RL stage's step returns: below 1, a query that failed gets less of the "
-                        "reward its corrected retry earned (default: 1.0)")
+                        "reward its corrected retry earned (default: 0.5)")
     return p.parse_args(argv)
 
 

@@ -11,6 +11,8 @@ update. Credit assignment is ``returns="step"``: each call gets the rewards that
 intermediate rewards recorded after the call whose query ran (``valid_sql`` 0.1, and ``result_overlap``
 0.3 × the row F1 against the gold result) plus the final execution-match reward, so a query that runs, and
 one that returns most of the right rows, is rewarded even before the model gets the result exactly right.
+The returns are discounted (``--gamma``, default 0.5). With γ = 1, a failing query followed by a correct retry
+would be credited with the retry's whole reward, as much as a correct first query.
 
 Outputs in ``--run-dir`` (default ``runs/sql``): ``metrics.jsonl``, ``rewards.png``, checkpoints, and the
 trained weights in ``final/`` (evaluate them with ``evaluate.py --model runs/sql/final``). The held-out
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-budget", type=float, default=1200.0, help="seconds of training (default 20 min)")
     parser.add_argument("--val-n", type=int, default=None, help="validation questions (default: the whole split)")
     parser.add_argument("--val-every", type=int, default=0, help="validate every k steps (0: before and after)")
+    parser.add_argument("--gamma", type=float, default=0.5,
+                        help="discount of the step returns: a failing query gets only γ^k of what its corrected "
+                             "retry k calls later earned, not all of it (default: 0.5; 1.0 credits it fully)")
     parser.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0: full weights)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer = tracerl.Trainer(
         agent=AGENT,
         algorithm=tracerl.GRPO(
-            model=args.model, group_size=args.group_size, lr=args.lr, returns="step", lora=lora, seed=0,
+            model=args.model, group_size=args.group_size, lr=args.lr, returns="step", gamma=args.gamma, lora=lora,
+            seed=0,
         ),
         runners=args.runners,
         run_dir=args.run_dir,
