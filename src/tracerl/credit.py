@@ -5,7 +5,10 @@ batch of finished rollouts of several tasks, each task sampled ``group_size`` ti
 
 1. :func:`attach_rewards` places a rollout's intermediate rewards on its T llm calls.
 2. :func:`call_returns` turns them and the final reward R into one return ``G_t`` per call
-   (``uniform``, ``discounted`` or ``step``).
+   (``uniform``, ``discounted`` or ``step``). With ``step`` and γ = 1, a call's return is everything earned
+   after it. So an agent that retries credits a failed attempt with all its corrected retry earned, as much as
+   a first attempt that was right. γ < 1 gives the failed attempt only γ^k of it, k calls later (the SQL
+   example uses γ = 0.5).
 3. :func:`group_baselines` computes, per rollout i, a baseline ``b_i`` and a divisor ``d_i`` from the
    rollout scores ``s_j = G_{j,1}`` (the return of each rollout's first call: the whole rollout's return)
    of its group (``grpo``, ``rloo``) or of the batch (``batch``), and marks rollouts of zero-variance
