@@ -19,7 +19,7 @@ are in :func:`sql_agent`: ``base_url``, ``api_key``, ``model`` and the sampling 
 * ``generate_answer``: a second prompt turns question, query and rows into a one-sentence answer.
 
 Reward (the agent's return value): 1.0 if the last query that ran returns the same result set as the gold
-query (:func:`reward.score`), else 0.0. Two intermediate rewards are recorded right after the call whose
+query (:func:`reward.execution_match`), else 0.0. Two intermediate rewards are recorded right after the call whose
 query ran, and ``GRPO(returns="step")`` credits them to that call: ``valid_sql`` (0.1) and, when the task has a
 gold query, ``result_overlap`` = 0.3 × the F1 of the query's rows against the gold rows (:func:`reward.row_f1`),
 which grades a near miss above a query that returns the wrong table. Neither enters the task's reward.
@@ -43,7 +43,7 @@ from langgraph.graph import END, START, StateGraph
 import tracerl
 
 from .data import chinook_db, describe_schema
-from .reward import QueryError, Row, row_f1, run_query, score
+from .reward import QueryError, Row, execution_match, row_f1, run_query
 
 MAX_ATTEMPTS = 3  # queries written per question (the first one and at most two corrections)
 MAX_RESULT_ROWS_SHOWN = 20  # rows of the result put into the answer prompt
@@ -140,14 +140,15 @@ def build_graph(model: BaseChatModel, db_path: Path, gold_rows: list[Row] | None
     return graph.compile()
 
 
-def ask(model: BaseChatModel, question: str, db_path: Path | None = None, gold_sql: str | None = None) -> SQLState:
+def ask(
+    model: BaseChatModel, question: str, db_path: Path | None = None, gold_rows: list[Row] | None = None
+) -> SQLState:
     """Run the agent on one question against ``db_path`` (default: Chinook); returns the final state
-    (``query``, ``rows``, ``error``, ``answer``). ``gold_sql``: the reference query, for the graded
+    (``query``, ``rows``, ``error``, ``answer``). ``gold_rows``: the reference query's result, for the graded
     ``result_overlap`` intermediate reward (training); the model never sees it."""
     db = db_path or chinook_db()
     messages = QUERY_PROMPT.format_messages(schema=describe_schema(db_path), question=question)
     start = SQLState(question=question, messages=messages, query=None, attempts=0, rows=None, error=None, answer=None)
-    gold_rows = run_query(db, gold_sql) if gold_sql else None  # a failing gold query is a data bug: let it raise
     return build_graph(model, db, gold_rows).invoke(start)
 
 
@@ -156,8 +157,10 @@ def sql_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
     """Answer ``task["question"]`` and score the last query that ran against ``task["gold_sql"]``."""
     model = ChatOpenAI(base_url=llm.base_url, api_key=llm.api_key, model=llm.model, **llm.sampling)  # type: ignore[arg-type]
     db = Path(task["db"]) if task.get("db") else chinook_db()  # your own SQLite file, or Chinook
-    state = ask(model, task["question"], db if task.get("db") else None, task.get("gold_sql"))
-    if state["error"] is not None:
+    gold_rows = run_query(db, task["gold_sql"])  # a failing gold query is a bug in the data: let it raise
+    state = ask(model, task["question"], db if task.get("db") else None, gold_rows)
+    if state["error"] is not None or state["rows"] is None:
         return 0.0
-    return score(db, state["query"], task)
+    # the rows of the last query that ran, as reward.score would compute them, without running either query again
+    return float(execution_match(state["rows"], gold_rows, ordered=bool(task.get("ordered", False))))
 

@@ -218,12 +218,13 @@ def test_a_query_that_runs_earns_valid_sql_and_its_graded_overlap(db: Path, monk
     emitted: list[tuple[str | None, float]] = []
     monkeypatch.setattr(tracerl, "emit_reward", lambda value, name=None: emitted.append((name, value)))
     gold = "SELECT Name FROM Artist WHERE ArtistId <= 5"
+    gold_rows = run_query(db, gold)
     near_miss = scripted("```sql\nSELECT Name FROM Artist WHERE ArtistId <= 4\n```", "Four artists.")
-    ask(near_miss, "Name the first five artists.", db, gold)
+    ask(near_miss, "Name the first five artists.", db, gold_rows)
     assert emitted == [("valid_sql", 0.1), ("result_overlap", pytest.approx(OVERLAP_WEIGHT * 8 / 9))]
     emitted.clear()
     wrong_then_right = scripted("SELECT nonsense", f"```sql\n{gold}\n```", "Five artists.")
-    ask(wrong_then_right, "Name the first five artists.", db, gold)
+    ask(wrong_then_right, "Name the first five artists.", db, gold_rows)
     assert emitted == [("valid_sql", 0.1), ("result_overlap", pytest.approx(OVERLAP_WEIGHT))]  # none for the error
     emitted.clear()
     ask(scripted(f"```sql\n{gold}\n```", "Five artists."), "Name the first five artists.", db)
