@@ -15,9 +15,10 @@ answers each LLM call the way a good model would, from the *train* split's gold 
 Everything lands in ``run_dir``: ``demos.jsonl``, one folder per seed and stage (metrics, plot, final
 model), and ``results.json`` with the per-task test rewards of every stage. A rerun skips what
 ``results.json`` already holds, so an interrupted recipe resumes. :func:`report` prints the table the READMEs
-show: mean test reward per stage and seed, wall time, and paired bootstrap intervals (over test tasks, each
+show: mean test reward per stage and seed, wall time, paired bootstrap intervals (over test tasks, each
 task's reward averaged over the seeds) of the warm start's gain over the base model and of the RL stage's gain
-over the warm start.
+over the warm start, and, when the recipe names a ``breakdown`` field, the mean per kind of test task (e.g. per
+difficulty: a gain on easy tasks can hide a loss on hard ones).
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ class Recipe:
     grpo_trainer_options: JSON = field(default_factory=dict)
     #: the RL stage's train tasks (a curriculum: e.g. the kinds the warm start still gets wrong); None: ``train``
     rl_train: list[JSON] | None = None
+    #: a task field (e.g. ``"difficulty"``) whose values split the report's test numbers into one row per value
+    breakdown: str | None = None
 
     def settings(self) -> JSON:
         """What this recipe ran with (for ``results.json``): every setting, and task counts instead of tasks."""
@@ -140,6 +143,8 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
     results.setdefault("settings", {}).update(recipe.settings())
 
     demos_path = _record_demonstrations(recipe, results)
+    if recipe.breakdown:
+        results["test_groups"] = {"field": recipe.breakdown, "values": [t.get(recipe.breakdown) for t in recipe.test]}
     save()
     if "base" not in results:
         results["base"] = _evaluate(recipe, recipe.model)
@@ -280,4 +285,38 @@ def report(results: JSON) -> str:
     if done["sft"] and done["grpo"]:
         gain = paired_bootstrap(seed_average(runs["sft"]), seed_average(runs["grpo"]))
         lines.append(f"RL − warm start: {gain}.")
+    if "test_groups" in results and done["sft"]:
+        lines += ["", *breakdown_table(results["test_groups"], base["rewards"], *(
+            seed_average(runs[stage]) if done[stage] else None for stage in ("sft", "grpo")))]
     return "\n".join(lines)
+
+
+def breakdown_table(groups: JSON, base: Sequence[float], sft: Sequence[float] | None,
+                    grpo: Sequence[float] | None) -> list[str]:
+    """Mean test reward per value of ``groups["field"]`` (one row each, with its task count) for the base model
+    and the seed-averaged warm start and RL stages (a stage not run yet is left out)."""
+    field_name, values = groups["field"], groups["values"]
+    stages = [(label, rewards) for label, rewards in (("base", base), ("warm start", sft), ("RL", grpo))
+              if rewards is not None]
+    lines = [f"| {field_name} | tasks | {' | '.join(label for label, _ in stages)} |",
+             "|---|---|" + "---|" * len(stages)]
+    for value in dict.fromkeys(values):  # in order of first appearance
+        idx = [i for i, v in enumerate(values) if v == value]
+        means = " | ".join(f"{sum(r[i] for i in idx) / len(idx):.3f}" for _, r in stages)
+        lines.append(f"| {value} | {len(idx)} | {means} |")
+    return lines
+
+
+def spread(tasks: Sequence[JSON], key: str, n: int) -> list[JSON]:
+    """``n`` of ``tasks`` taken in turn from each value of ``tasks[i][key]`` (in order of first appearance), so a
+    small validation set holds every kind instead of the first kind of a sorted file."""
+    by_value: dict[Any, list[JSON]] = {}
+    for task in tasks:
+        by_value.setdefault(task.get(key), []).append(task)
+    out: list[JSON] = []
+    queues = [list(group) for group in by_value.values()]
+    while len(out) < n and any(queues):
+        for queue in queues:
+            if queue and len(out) < n:
+                out.append(queue.pop(0))
+    return out

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> JSON:
         grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners, max_tokens=96,
         grpo_options=rl_algorithm_options(args, kl_coef=args.kl_coef),
         grpo_trainer_options=rl_trainer_options(args),
-        rl_train=rl_train,
+        rl_train=rl_train, breakdown="source",
     )
     if args.write_config:
         for path in write_configs(recipe, seeds=args.seeds):

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> JSON:
         grpo_minutes=args.grpo_minutes,
         group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
         max_tokens=64, grpo_options=rl_algorithm_options(args), grpo_trainer_options=rl_trainer_options(args),
+        breakdown="hops",
     )
     if args.write_config:
         for path in write_configs(recipe, seeds=args.seeds):

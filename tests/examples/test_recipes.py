@@ -88,3 +88,34 @@ def test_recipe_configs_run_with_tracerl_train(tiny_model_dir: Path, tmp_path: P
     records = [json.loads(line) for line in (tmp_path / "recipe" / "seed3" / "train" / "metrics.jsonl").open()]
     grpo_steps = [r for r in records if r["kind"] == "train" and r.get("stage_name") == "grpo"]
     assert len(grpo_steps) == 2 and all(r["dropped"] == 0 for r in grpo_steps)  # trained at 1.5, nothing stale
+
+
+def test_spread_takes_every_kind_in_turn() -> None:
+    from recipes import spread
+
+    tasks = [{"id": i, "difficulty": d} for i, d in enumerate(["easy"] * 4 + ["medium"] * 3 + ["hard"] * 1)]
+    picked = spread(tasks, "difficulty", 6)
+    assert [t["difficulty"] for t in picked] == ["easy", "medium", "hard", "easy", "medium", "easy"]
+    assert [t["id"] for t in picked] == [0, 4, 7, 1, 5, 2]  # each kind in file order
+    assert len(spread(tasks, "difficulty", 50)) == 8  # asking for more than there are gives them all
+
+
+def test_report_breaks_the_test_reward_down_by_a_task_field() -> None:
+    """Per-kind means on hand-computed numbers: 2 easy and 2 hard test tasks, 2 seeds."""
+    results = {
+        "base": {"mean": 0.0, "rewards": [0.0, 0.0, 0.0, 0.0]},
+        "seeds": {
+            "0": {"sft": {"mean": 0.5, "rewards": [1.0, 1.0, 0.0, 0.0], "train_seconds": 60.0},
+                  "grpo": {"mean": 0.75, "rewards": [1.0, 1.0, 1.0, 0.0], "train_seconds": 60.0}},
+            "1": {"sft": {"mean": 0.25, "rewards": [1.0, 0.0, 0.0, 0.0], "train_seconds": 60.0},
+                  "grpo": {"mean": 0.5, "rewards": [1.0, 1.0, 0.0, 0.0], "train_seconds": 60.0}},
+        },
+        "test_groups": {"field": "difficulty", "values": ["easy", "hard", "easy", "hard"]},
+    }
+    table = report(results).splitlines()
+    at = table.index("| difficulty | tasks | base | warm start | RL |")
+    # easy = tasks 0 and 2: warm start (1 + 0 + 1 + 0) / 4 = 0.5, RL (1 + 1 + 1 + 0) / 4 = 0.75
+    # hard = tasks 1 and 3: warm start (1 + 0 + 0 + 0) / 4 = 0.25, RL (1 + 0 + 1 + 0) / 4 = 0.5
+    assert table[at + 2 : at + 4] == ["| easy | 2 | 0.000 | 0.500 | 0.750 |", "| hard | 2 | 0.000 | 0.250 | 0.500 |"]
+    del results["seeds"]["1"]["grpo"]  # a stage still running is left out of the breakdown
+    assert "| difficulty | tasks | base | warm start |" in report(results).splitlines()

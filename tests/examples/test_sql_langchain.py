@@ -333,3 +333,17 @@ def test_your_own_database_and_questions(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"question": "no sql"}) + "\n")
     with pytest.raises(ValueError, match="needs 'question' and 'gold_sql'"):
         data.load_questions(bad)
+
+
+def test_the_recipe_validates_on_every_difficulty_and_reports_by_difficulty() -> None:
+    """The val file lists its easy questions first; the recipe's 10 validation questions must not be all easy."""
+    from collections import Counter
+
+    from sql_langchain.recipe import build, parse_args
+
+    recipe = build(parse_args([]))
+    assert Counter(t["difficulty"] for t in recipe.val) == {"easy": 4, "medium": 3, "hard": 3}
+    assert recipe.breakdown == "difficulty" and len(recipe.test) == 28
+    assert {t["difficulty"] for t in recipe.rl_train or []} == {"easy", "medium"}  # the measured defaults
+    assert (recipe.demos, recipe.grpo_minutes, recipe.grpo_options["gamma"]) == (114, 15.0, 0.5)
+    assert recipe.grpo_trainer_options["dynamic_sampling"] is True
