@@ -53,6 +53,9 @@ An agent with several roles, each naming its own ``model``, trains one and keeps
     trained = ["solver"]                       # served by the model being trained
     frozen = { planner = "smollm2-135m" }      # served by a frozen model of its own
 
+A role in ``trained`` that ``train_models`` leaves out is served by the model being trained without being trained
+on (e.g. a call whose text cannot change the reward).
+
 This module depends on nothing else of tracerl but :mod:`tracerl.errors` (the algorithm section is kept as a
 plain dict and validated by ``GRPOConfig`` when the trainer builds the algorithm).
 """

@@ -183,5 +183,41 @@ def test_roles_must_name_a_trained_role_that_matches_train_models(tiny_model_dir
 
     with pytest.raises(ConfigError, match="names no trained role"):
         trainer({"planner": "tiny-random"}, None)
-    with pytest.raises(ConfigError, match="make train_models the roles mapped to None"):
+    with pytest.raises(ConfigError, match="make train_models some of the roles mapped to None"):
         trainer({"solver": None, "planner": "tiny-random"}, ["planner"])
+    # with a frozen role beside it, training every call would train on what the frozen model wrote
+    with pytest.raises(ConfigError, match=r"would train every call.*train_models=\['solver'\]"):
+        trainer({"solver": None, "planner": "tiny-random"}, None)
+    trainer({"solver": None, "planner": None}, ["solver"])  # both served by the trained model, one trained
+
+
+def test_a_role_served_by_the_trained_model_is_not_trained_unless_selected(
+    tiny_model_dir: Path, tmp_path: Path, agent_module: Callable[[str, str], Path]
+) -> None:
+    """Both roles are answered by the weights being trained (the planner sees each update), but only the
+    solver's calls are trained: each step's batch holds one transition per rollout, not two."""
+    import tracerl
+    from tracerl.tasks import toy
+
+    agent_module("roles_test_agents_shared", AGENTS)
+    run_dir = tmp_path / "run"
+    trainer = tracerl.Trainer(
+        agent="roles_test_agents_shared:plan_then_solve",
+        algorithm=GRPO(model=str(tiny_model_dir), group_size=4, lr=1e-3, train_models=["solver"]),
+        roles={"solver": None, "planner": None},
+        runners=2, run_dir=str(run_dir), batch_size=1, max_tokens=8, val_every=0, seed=0, progress=False,
+        max_steps=2,
+    )  # fmt: skip
+    result = trainer.fit(toy.make_tasks("train", 4))
+    train = [h for h in result.history if h.get("kind") == "train"]
+    assert [h["transitions"] for h in train] == [4.0, 4.0]  # 4 rollouts × the solver's call (the planner's: not)
+    store = connect(f"sqlite:///{run_dir / 'store.db'}")
+    try:
+        rollouts = store.query_rollouts(RolloutQuery(limit=1000)).items
+        calls = [s for r in rollouts for s in store.get_spans(rollout_id=r.rollout_id) if s.kind is SpanKind.LLM_CALL]
+    finally:
+        store.close()
+    versions: dict[str, set[int]] = {}
+    for s in calls:
+        versions.setdefault(s.attributes["model"], set()).add(s.attributes["weights_version"])
+    assert versions == {"planner": {0, 1}, "solver": {0, 1}}  # both served by the weights being trained

@@ -144,7 +144,8 @@ class Trainer:
     ``token``: the bearer token of a ``tracerl serve --token`` store (default: ``TRACERL_TOKEN``);
     ``roles``: for an agent with several roles that each name their own ``model``, role name → None (the
     model being trained, served under that name) or a model name/folder served frozen beside it. Train only
-    the calls of the trained roles with the algorithm's ``train_models`` (e.g. ``GRPO(train_models=[...])``).
+    the calls of the trained roles with the algorithm's ``train_models`` (e.g. ``GRPO(train_models=[...])``); a
+    role mapped to None but left out of ``train_models`` is served by the trained model and not trained.
     Several trained models: ``algorithm={"planner": GRPO(...), "solver": GRPO(...)}`` (each role its own
     weights, optimizer and engine; ``roles`` then maps only the frozen roles; :mod:`tracerl.train.roles`).
     """
@@ -766,7 +767,13 @@ def _mode(name: str) -> Any:
 
 
 def _check_roles(roles: dict[str, str | None] | None, algorithm: Any) -> dict[str, str | None] | None:
-    """``roles`` if it names at least one trained role and agrees with the algorithm's ``train_models``."""
+    """``roles`` if it names at least one trained role and agrees with the algorithm's ``train_models``.
+
+    The roles mapped to None are served by the trained model; ``train_models`` must be some of them (a role
+    served by the trained model but left out of ``train_models`` is answered by the current weights and not
+    trained: e.g. a call whose text cannot change the reward). With frozen roles beside it, an algorithm that
+    selects calls by model must name the ones to train: training every call would train the trained model on
+    what the frozen ones wrote."""
     if roles is None:
         return None
     trained = sorted(name for name, model in roles.items() if model is None)
@@ -775,11 +782,18 @@ def _check_roles(roles: dict[str, str | None] | None, algorithm: Any) -> dict[st
             f"roles {roles!r} names no trained role: map the role(s) to train to None, e.g. "
             "roles={'solver': None, 'planner': 'smollm2-135m'}"
         )
-    selected = getattr(getattr(algorithm, "config", None), "train_models", None)
-    if selected is not None and sorted(selected) != trained:
+    config = getattr(algorithm, "config", None)
+    selected = getattr(config, "train_models", None)
+    frozen = sorted(name for name, model in roles.items() if model is not None)
+    if selected is None and frozen and hasattr(config, "train_models"):
+        raise ConfigError(
+            f"roles serves {frozen} with frozen models, and the algorithm would train every call, theirs too; "
+            f"set train_models to the roles to train, e.g. train_models={trained!r}"
+        )
+    if selected is not None and not set(selected) <= set(trained):
         raise ConfigError(
             f"the algorithm trains the calls of {sorted(selected)} but roles serves the trained model as {trained}; "
-            "make train_models the roles mapped to None"
+            "make train_models some of the roles mapped to None"
         )
     return dict(roles)
 
