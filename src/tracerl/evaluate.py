@@ -48,6 +48,8 @@ class Call:
     logprobs: list[float]
     finish_reason: str | None
     weights_version: int | None
+    #: the model name that answered (an agent with several roles names one per role)
+    model: str | None = None
 
     @classmethod
     def from_span(cls, span: Span) -> Call:
@@ -65,6 +67,7 @@ class Call:
             logprobs=list(span.logprobs or []),
             finish_reason=attrs.get("finish_reason"),
             weights_version=attrs.get("weights_version"),
+            model=attrs.get("model"),
         )
 
 
@@ -127,6 +130,7 @@ def evaluate(
     token: str | None = None,
     prompts_version: int | None = None,
     prompts: dict[str, Any] | None = None,
+    roles: dict[str, str | None] | None = None,
 ) -> EvalResults:
     """Run ``agent`` once on each of ``tasks`` with ``model`` (greedy) and return the :class:`EvalResults`.
 
@@ -136,6 +140,9 @@ def evaluate(
     (default: ``TRACERL_TOKEN``). ``prompts_version``: run with that version of the store's ``prompts``
     resource (the gateway substitutes matched system prompts: :mod:`tracerl.prompts`); ``prompts``: a
     ``prompts`` resource value (for example APO's exported ``best_prompt.json``) published first and run.
+    ``roles``: for an agent with several roles that each name their own ``model`` (as in ``Trainer(roles=...)``),
+    role name → None (served by ``model``) or a model name/folder served beside it; each call's ``model`` says
+    which role answered it.
     """
     from tracerl.agent import agent_ref
     from tracerl.engines.models import load_model
@@ -149,12 +156,13 @@ def evaluate(
         st: Store = connect(url, token=token)
         es.callback(st.close)
         metadata = _prompts_metadata(st, prompts_version, prompts)
+        served = _role_models(roles)  # checked (and the other roles' models loaded) before the evaluated one
         hf_model, tokenizer = load_model(model)
         stack = es.enter_context(
             serving(
                 st, url, ref, model=hf_model, tokenizer=tokenizer, model_name=model, runners=runner_cfg,
                 engine=engine or EngineConfig(), max_tokens=max_tokens, sampling={"max_tokens": max_tokens},
-                token=token,
+                token=token, roles=served,
             )
         )
         groups = run_rollouts(
@@ -166,6 +174,28 @@ def evaluate(
     out = EvalResults(results, url, time.monotonic() - t0)
     logger.info("evaluated %d tasks with %s: mean reward %.4f", len(out), model, out.mean_reward)
     return out
+
+
+def _role_models(roles: dict[str, str | None] | None) -> dict[str, Any] | None:
+    """``roles`` with each other model loaded (None: the evaluated model); at least one role must be None."""
+    from tracerl.engines.models import load_model
+
+    if roles is None:
+        return None
+    if not isinstance(roles, dict) or not roles or not all(
+        isinstance(name, str) and (m is None or isinstance(m, str)) for name, m in roles.items()
+    ):
+        raise ConfigError(f"roles must map role names to None or a model name, got {roles!r}")
+    if all(m is not None for m in roles.values()):
+        raise ConfigError(
+            f"roles {roles!r} names no role for the evaluated model: map its role(s) to None, e.g. "
+            "roles={'solver': None, 'planner': 'smollm2-135m'}"
+        )
+    loaded: dict[str, tuple[Any, Any]] = {}  # a model named by several roles is loaded once (one engine)
+    for m in roles.values():
+        if m is not None and m not in loaded:
+            loaded[m] = load_model(m)
+    return {name: None if m is None else loaded[m] for name, m in roles.items()}
 
 
 def _result(store: Store, task: dict[str, Any], rollout: Rollout) -> EvalResult:

@@ -221,3 +221,26 @@ def test_a_role_served_by_the_trained_model_is_not_trained_unless_selected(
     for s in calls:
         versions.setdefault(s.attributes["model"], set()).add(s.attributes["weights_version"])
     assert versions == {"planner": {0, 1}, "solver": {0, 1}}  # both served by the weights being trained
+
+
+def test_evaluate_serves_the_roles_of_an_agent(
+    tiny_model_dir: Path, agent_module: Callable[[str, str], Path]
+) -> None:
+    """``tracerl.evaluate(..., roles=...)`` serves each role name the trained agent uses (here both by the
+    evaluated model), records which role answered each call, and refuses roles with no place for the model."""
+    import tracerl
+    from tracerl.tasks import toy
+
+    agent_module("roles_test_agents_eval", AGENTS)
+    tasks = toy.make_tasks("val", 2)
+    res = tracerl.evaluate("roles_test_agents_eval:plan_then_solve", tasks, model=str(tiny_model_dir), runners=1,
+                           max_tokens=6, roles={"planner": None, "solver": None})  # fmt: skip
+    assert res.failed == 0 and len(res) == 2
+    assert all([c.model for c in r.calls] == ["planner", "solver"] for r in res)
+    # without roles the gateway serves one name, and the agent's "planner" call is refused: the rollout fails
+    plain = tracerl.evaluate("roles_test_agents_eval:plan_then_solve", tasks[:1], model=str(tiny_model_dir),
+                             runners=1, max_tokens=6)  # fmt: skip
+    assert plain.failed == 1 and "planner" in str(plain[0].error)
+    with pytest.raises(ConfigError, match="names no role for the evaluated model"):
+        tracerl.evaluate("roles_test_agents_eval:plan_then_solve", tasks, model=str(tiny_model_dir),
+                         roles={"planner": str(tiny_model_dir)})  # fmt: skip
