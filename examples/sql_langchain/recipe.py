@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     add_arguments(p, run_dir="runs/sql_recipe")
     # the best configuration measured (README, "With the credit fix"): every train question demonstrated, RL on
-    # the easy and medium ones with dynamic sampling for 15 minutes; about 28 minutes a seed on 2 cores
+    # the easy and medium ones with dynamic sampling for 15 minutes; 28–42 minutes a seed on 2 cores (host speed)
     p.set_defaults(demos=114, grpo_minutes=15.0, dynamic_sampling=True)
     p.add_argument("--questions", default=None, help="your JSONL questions (question, gold_sql, split)")
     p.add_argument("--db", default=None, help="your SQLite database file (default: Chinook)")
