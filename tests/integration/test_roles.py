@@ -21,13 +21,14 @@ import openai
 import pytest
 import torch
 
+from run_store import served_versions
 from tracerl.algorithms.grpo import GRPO
 from tracerl.engines.hf import HFEngine
 from tracerl.engines.models import load_model
 from tracerl.errors import ConfigError
 from tracerl.gateway import start_gateway
 from tracerl.store import connect
-from tracerl.types import AttemptStatus, RolloutQuery, RolloutSpec, SpanKind
+from tracerl.types import AttemptStatus, RolloutSpec, SpanKind
 
 TASKS = ["add two numbers", "name a colour"]
 GROUP = 4
@@ -158,16 +159,8 @@ def test_the_trainer_serves_a_frozen_role_beside_the_trained_one(
     )  # fmt: skip
     result = trainer.fit(toy.make_tasks("train", 4))
     assert result.steps == 2 and result.history[-1]["weights_version"] == 2
-    store = connect(f"sqlite:///{run_dir / 'store.db'}")
-    try:
-        rollouts = store.query_rollouts(RolloutQuery(limit=1000)).items
-        assert len(rollouts) == 8
-        calls = [s for r in rollouts for s in store.get_spans(rollout_id=r.rollout_id) if s.kind is SpanKind.LLM_CALL]
-    finally:
-        store.close()
-    versions: dict[str, set[int]] = {}
-    for s in calls:
-        versions.setdefault(s.attributes["model"], set()).add(s.attributes["weights_version"])
+    rollouts, versions = served_versions(run_dir)
+    assert rollouts == 8
     # the planner's engine never received weights; the solver's served each update (steps 1 and 2 sampled
     # with versions 0 and 1)
     assert versions == {"planner": {0}, "solver": {0, 1}}
@@ -211,16 +204,7 @@ def test_a_role_served_by_the_trained_model_is_not_trained_unless_selected(
     result = trainer.fit(toy.make_tasks("train", 4))
     train = [h for h in result.history if h.get("kind") == "train"]
     assert [h["transitions"] for h in train] == [4.0, 4.0]  # 4 rollouts × the solver's call (the planner's: not)
-    store = connect(f"sqlite:///{run_dir / 'store.db'}")
-    try:
-        rollouts = store.query_rollouts(RolloutQuery(limit=1000)).items
-        calls = [s for r in rollouts for s in store.get_spans(rollout_id=r.rollout_id) if s.kind is SpanKind.LLM_CALL]
-    finally:
-        store.close()
-    versions: dict[str, set[int]] = {}
-    for s in calls:
-        versions.setdefault(s.attributes["model"], set()).add(s.attributes["weights_version"])
-    assert versions == {"planner": {0, 1}, "solver": {0, 1}}  # both served by the weights being trained
+    assert served_versions(run_dir)[1] == {"planner": {0, 1}, "solver": {0, 1}}  # both served by the trained weights
 
 
 def test_evaluate_serves_the_roles_of_an_agent(

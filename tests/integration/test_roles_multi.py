@@ -24,6 +24,7 @@ import openai
 import pytest
 import torch
 
+from run_store import served_versions
 from tracerl.algorithms.grpo import GRPO
 from tracerl.engines.hf import HFEngine
 from tracerl.engines.models import load_model
@@ -31,7 +32,7 @@ from tracerl.errors import ConfigError
 from tracerl.gateway import start_gateway
 from tracerl.store import connect
 from tracerl.train.roles import RoleModels
-from tracerl.types import AttemptStatus, RolloutQuery, RolloutSpec, SpanKind
+from tracerl.types import AttemptStatus, RolloutSpec, SpanKind
 
 TASKS = ["add two numbers", "name a colour"]
 GROUP = 4
@@ -190,15 +191,7 @@ def test_the_trainer_trains_two_models_serves_each_its_weights_and_resumes(
     for role in ("planner", "solver"):
         assert record[f"{role}/transitions"] > 0 and record[f"{role}/loss"] is not None
     assert "critic/transitions" not in record and record["reward_mean"] is not None
-    store = connect(f"sqlite:///{run_dir / 'store.db'}")
-    try:
-        rollouts = store.query_rollouts(RolloutQuery(limit=1000)).items
-        calls = [s for r in rollouts for s in store.get_spans(rollout_id=r.rollout_id) if s.kind is SpanKind.LLM_CALL]
-    finally:
-        store.close()
-    versions: dict[str, set[int]] = {}
-    for s in calls:
-        versions.setdefault(s.attributes["model"], set()).add(s.attributes["weights_version"])
+    _, versions = served_versions(run_dir)
     # each trained model's engine served its own updates (step 2, after the resume, sampled with version 1
     # of each); the frozen critic's engine never received weights
     assert versions == {"planner": {0, 1}, "solver": {0, 1}, "critic": {0}}
