@@ -29,7 +29,7 @@ from tracerl.config import EngineConfig, RunnerConfig, StoreConfig
 from tracerl.errors import ConfigError, NotFound
 from tracerl.store import connect
 from tracerl.store.base import Store
-from tracerl.train.launcher import check_tasks, rollout_reward, run_rollouts, serving
+from tracerl.train.launcher import check_tasks, load_role_models, rollout_reward, run_rollouts, serving
 from tracerl.types import Mode, Rollout, Span, SpanKind
 
 logger = logging.getLogger(__name__)
@@ -178,8 +178,6 @@ def evaluate(
 
 def _role_models(roles: dict[str, str | None] | None) -> dict[str, Any] | None:
     """``roles`` with each other model loaded (None: the evaluated model); at least one role must be None."""
-    from tracerl.engines.models import load_model
-
     if roles is None:
         return None
     if not isinstance(roles, dict) or not roles or not all(
@@ -191,11 +189,7 @@ def _role_models(roles: dict[str, str | None] | None) -> dict[str, Any] | None:
             f"roles {roles!r} names no role for the evaluated model: map its role(s) to None, e.g. "
             "roles={'solver': None, 'planner': 'smollm2-135m'}"
         )
-    loaded: dict[str, tuple[Any, Any]] = {}  # a model named by several roles is loaded once (one engine)
-    for m in roles.values():
-        if m is not None and m not in loaded:
-            loaded[m] = load_model(m)
-    return {name: None if m is None else loaded[m] for name, m in roles.items()}
+    return load_role_models(roles)
 
 
 def _result(store: Store, task: dict[str, Any], rollout: Rollout) -> EvalResult:

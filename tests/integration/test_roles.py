@@ -184,6 +184,23 @@ def test_roles_must_name_a_trained_role_that_matches_train_models(tiny_model_dir
     trainer({"solver": None, "planner": None}, ["solver"])  # both served by the trained model, one trained
 
 
+def test_frozen_roles_that_name_one_model_share_its_engine(tiny_model_dir: Path) -> None:
+    """Two frozen roles naming the same model get the same loaded model, which :func:`serving` starts once
+    (one engine), in training and in evaluation alike."""
+    import tracerl
+    from tracerl.tasks import toy
+    from tracerl.train.launcher import load_role_models
+
+    roles: dict[str, str | None] = {"solver": None, "planner": str(tiny_model_dir), "critic": str(tiny_model_dir)}
+    trainer = tracerl.Trainer(agent=toy.digits_agent, roles=roles,
+                              algorithm=GRPO(model=str(tiny_model_dir), train_models=["solver"]))  # fmt: skip
+    served = trainer._role_models({})
+    assert served is not None and served["solver"] is None
+    assert served["planner"] is served["critic"] and served["planner"] is not None
+    loaded = load_role_models({"a": "tiny-random", "b": str(tiny_model_dir), "c": None})
+    assert loaded["a"] is not loaded["b"] and loaded["c"] is None
+
+
 def test_a_role_served_by_the_trained_model_is_not_trained_unless_selected(
     tiny_model_dir: Path, tmp_path: Path, agent_module: Callable[[str, str], Path]
 ) -> None:

@@ -167,6 +167,19 @@ def serving(
                     engines=dict(engines) if roles else {})  # fmt: skip
 
 
+def load_role_models(roles: Mapping[str, str | None]) -> dict[str, tuple[Any, Any] | None]:
+    """``roles`` (role name → None or a model name/folder) with each named model loaded as ``(model,
+    tokenizer)``, for :func:`serving`'s ``roles``; None stays None (the served model). A model named by several
+    roles is loaded once, so those roles share one engine."""
+    from tracerl.engines.models import load_model
+
+    loaded: dict[str, tuple[Any, Any]] = {}
+    for name in roles.values():
+        if name is not None and name not in loaded:
+            loaded[name] = load_model(name)
+    return {role: None if name is None else loaded[name] for role, name in roles.items()}
+
+
 def _start_engine(engine: EngineConfig, model: Any, tokenizer: Any, model_name: str, device: str) -> Any:
     """The engine of the trained model: an in-process :class:`HFEngine` on ``device``, or (``engine.kind =
     "vllm"``) a vLLM server started on a copy of ``model`` saved to the engine's work folder."""

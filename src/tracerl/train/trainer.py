@@ -52,7 +52,15 @@ from tracerl.config import STAGE_FIELDS, EngineConfig, RunnerConfig, StoreConfig
 from tracerl.errors import ConfigError, TracerlError
 from tracerl.metrics import METRICS_FILE, PLOT_FILE, MetricsLogger, plot_rewards
 from tracerl.train import checkpoints as ckpt
-from tracerl.train.launcher import RESOURCES_NAME, Stack, check_tasks, rollout_reward, run_rollouts, serving
+from tracerl.train.launcher import (
+    RESOURCES_NAME,
+    Stack,
+    check_tasks,
+    load_role_models,
+    rollout_reward,
+    run_rollouts,
+    serving,
+)
 from tracerl.train.pipeline import PendingUpdate
 from tracerl.train.progress import StepProgress
 from tracerl.train.roles import RoleModels, RolesResult, check_frozen_roles
@@ -276,9 +284,8 @@ class Trainer:
     def _role_models(self, trained: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any] | None] | None:
         """``roles`` with each frozen model loaded (None where the role is the trained model). With several
         trained models (``trained``: each key's engine copy), the first key's roles are the main engine's
-        (None) and every other trained role gets its key's copy (roles of one key share one engine)."""
-        from tracerl.engines.models import load_model
-
+        (None) and every other trained role gets its key's copy (roles of one key share one engine). Frozen roles
+        that name the same model share one engine too."""
         out: dict[str, tuple[Any, Any] | None] = {}
         multi = self.role_models
         if multi is not None:
@@ -286,7 +293,7 @@ class Trainer:
                 out |= {role: None if i == 0 else trained[key] for role in multi.served_roles(key)}
         if self.roles is None and not out:
             return None
-        return out | {name: None if path is None else load_model(path) for name, path in (self.roles or {}).items()}
+        return out | load_role_models(self.roles or {})
 
     def _load_model(self, seed: int) -> tuple[Any, Any]:
         """The model every stage starts from (kept unchanged) and its tokenizer (several trained models: the
