@@ -113,6 +113,10 @@ class Recipe:
     rl_train: list[JSON] | None = None
     #: a task field (e.g. ``"difficulty"``) whose values split the report's test numbers into one row per value
     breakdown: str | None = None
+    #: an agent whose calls name several models: role name → None (the model being trained or evaluated) or a
+    #: frozen model; passed to the RL stage's Trainer and to every evaluation (``grpo_options`` may then name
+    #: ``train_models``)
+    roles: dict[str, str | None] | None = None
 
     def settings(self) -> JSON:
         """What this recipe ran with (for ``results.json``): every setting, and task counts instead of tasks."""
@@ -175,7 +179,7 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
                 runners=recipe.runners, run_dir=str(folder / "grpo"), batch_size=recipe.batch_size,
                 time_budget_s=recipe.grpo_minutes * 60, max_steps=recipe.grpo_max_steps, val_every=recipe.val_every,
                 max_tokens=recipe.max_tokens, temperature=recipe.grpo_temperature, seed=seed, progress=False,
-                **recipe.grpo_trainer_options,
+                roles=recipe.roles, **recipe.grpo_trainer_options,
             ).fit(recipe.rl_train if recipe.rl_train is not None else recipe.train, val_tasks=recipe.val)
             train_s = time.monotonic() - t0
             done["grpo"] = {**_evaluate(recipe, str(fit.final_model)), "train_seconds": round(train_s, 1),
@@ -232,6 +236,7 @@ def write_configs(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> list[Path]:
             f"agent = {_toml(recipe.agent)}",
             f"train_tasks = {_toml(str(train_path.resolve()))}",
             f"val_tasks = {_toml(str(val_path.resolve()))}",
+            *_roles_table(recipe.roles),
             "", "[runners]", f"n = {recipe.runners}",
             "", "[trainer]", f"run_dir = {_toml(str((recipe.run_dir / f'seed{seed}' / 'train').resolve()))}",
             f"seed = {seed}", "progress = false",
@@ -250,21 +255,36 @@ def write_configs(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> list[Path]:
     return paths
 
 
+def _roles_table(roles: dict[str, str | None] | None) -> list[str]:
+    """The ``[roles]`` table of a config (no lines without roles): the trained roles, then the frozen ones."""
+    if not roles:
+        return []
+    trained = [name for name, model in roles.items() if model is None]
+    frozen = {name: model for name, model in roles.items() if model is not None}
+    lines = ["", "[roles]", f"trained = {_toml(trained)}"]
+    if frozen:
+        lines.append(f"frozen = {{ {', '.join(f'{_toml(k)} = {_toml(v)}' for k, v in frozen.items())} }}")
+    return lines
+
+
 def _toml(value: Any) -> str:
-    """A TOML literal for a string, number or boolean (TOML's basic strings read JSON's escapes)."""
+    """A TOML literal for a string, number, boolean or list of them (TOML's basic strings read JSON's escapes)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return f"[{', '.join(_toml(v) for v in value)}]"
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) to a recipe config")
 
 
 def _evaluate(recipe: Recipe, model: str) -> JSON:
     import tracerl
 
-    res = tracerl.evaluate(recipe.agent, recipe.test, model=model, runners=recipe.runners, max_tokens=recipe.max_tokens)
+    res = tracerl.evaluate(recipe.agent, recipe.test, model=model, runners=recipe.runners, max_tokens=recipe.max_tokens,
+                           roles=recipe.roles)
     rewards = [float(r.reward or 0.0) for r in res]
     return {"mean": sum(rewards) / len(rewards), "rewards": rewards, "eval_seconds": round(res.seconds, 1),
             "failed": res.failed}

@@ -23,6 +23,7 @@ if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))  # runner worker processes import the agent from here too
 
 import tracerl  # noqa: E402
+from sql_langchain.agent import ROLES  # noqa: E402
 from sql_langchain.data import DIFFICULTIES, load_tasks  # noqa: E402
 from tracerl.config import RunnerConfig  # noqa: E402
 from tracerl.types import SpanKind  # noqa: E402
@@ -38,7 +39,9 @@ def run(
     ``timeout_s`` bounds one question (all its calls); a question that runs out counts 0."""
     tasks = load_tasks(split, n)
     runner_cfg = RunnerConfig(n=runners, timeout_s=timeout_s, max_attempts=1)
-    results = tracerl.evaluate(AGENT, tasks, model=model, store=store, runners=runner_cfg, max_tokens=max_tokens)
+    # the agent's two roles (query writer, answer writer) are both served by ``model``
+    results = tracerl.evaluate(AGENT, tasks, model=model, store=store, runners=runner_cfg, max_tokens=max_tokens,
+                               roles=ROLES)
     st = tracerl.connect(store)
     try:
         ran = [

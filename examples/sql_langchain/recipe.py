@@ -6,9 +6,10 @@
 The gold policy answers the LangGraph agent's two kinds of call the way a good model would: the query
 writer's call with the task's ``gold_sql`` in a ```sql block (train split only), the answer writer's call
 with a sentence quoting the SQL result it was shown. :func:`tracerl.record_demonstrations` runs the unchanged
-agent against it, so the transcripts hold LangChain's own prompts. GRPO credits with ``returns="step"`` (the
-``valid_sql`` and ``result_overlap`` intermediate rewards count for the call that wrote the query). See
-``examples/recipes.py``.
+agent against it, so the transcripts hold LangChain's own prompts; the warm start trains on both kinds of call.
+GRPO credits with ``returns="step"`` (the ``valid_sql`` and ``result_overlap`` intermediate rewards count for the
+call that wrote the query) and trains only the query writer's calls (``--rl-roles``; the agent names its two
+models, see ``agent.py``): the answer's text cannot change the reward. See ``examples/recipes.py``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="difficulties of the RL stage's train questions (default: easy medium, a curriculum: "
                         "GRPO needs groups in which some samples succeed)")
     p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
+    p.add_argument("--rl-roles", nargs="+", default=["sql_writer"], choices=("sql_writer", "answer_writer"),
+                   help="the roles whose calls GRPO trains (default: sql_writer; both roles are served by the "
+                        "model being trained either way)")
     p.add_argument("--gamma", type=float, default=0.5,
                    help="discount of the RL stage's step returns: below 1, a query that failed gets less of the "
                         "reward its corrected retry earned (default: 0.5)")
@@ -61,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> Recipe:
     """The recipe ``args`` describe: its tasks (from your files if given), gold policy and settings."""
+    from sql_langchain.agent import ROLES
     from sql_langchain.data import load_tasks
 
     def tasks(split: str, n: int | None = None) -> list[JSON]:
@@ -75,7 +80,8 @@ def build(args: argparse.Namespace) -> Recipe:
         run_dir=Path(args.run_dir), model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr,
         grpo_temperature=args.rl_temperature, runners=args.runners,
-        max_tokens=128, grpo_options=rl_algorithm_options(args, returns="step", gamma=args.gamma),
+        max_tokens=128, roles=ROLES,
+        grpo_options=rl_algorithm_options(args, returns="step", gamma=args.gamma, train_models=list(args.rl_roles)),
         grpo_trainer_options=rl_trainer_options(args),
         rl_train=[t for t in train if t.get("difficulty", "easy") in args.rl_difficulty], breakdown="difficulty",
     )

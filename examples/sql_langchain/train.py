@@ -31,6 +31,7 @@ if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))  # runner worker processes import the agent from here too
 
 import tracerl  # noqa: E402
+from sql_langchain.agent import ROLES, TRAINED_ROLES  # noqa: E402
 from sql_langchain.data import load_tasks  # noqa: E402
 
 AGENT = "sql_langchain.agent:sql_agent"
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         agent=AGENT,
         algorithm=tracerl.GRPO(
             model=args.model, group_size=args.group_size, lr=args.lr, returns="step", gamma=args.gamma, lora=lora,
-            seed=0,
+            seed=0, train_models=TRAINED_ROLES,  # the query writer's calls; the answer's text cannot change the reward
         ),
+        roles=ROLES,  # both of the agent's roles are served by the model being trained
         runners=args.runners,
         run_dir=args.run_dir,
         experiment="sql-langchain",

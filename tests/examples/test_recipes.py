@@ -90,6 +90,28 @@ def test_recipe_configs_run_with_tracerl_train(tiny_model_dir: Path, tmp_path: P
     assert len(grpo_steps) == 2 and all(r["dropped"] == 0 for r in grpo_steps)  # trained at 1.5, nothing stale
 
 
+def test_recipe_configs_carry_the_roles_of_an_agent(tmp_path: Path) -> None:
+    """A recipe whose agent names several models writes them as the config's ``[roles]`` table, and the RL
+    stage's ``train_models`` as a list: what ``tracerl train`` reads back is what ``run_recipe`` passes."""
+    from recipes import write_configs
+
+    from tracerl.config import load_run_config
+
+    train = toy.make_tasks("train", 2)
+    recipe = Recipe(
+        name="toy", agent="tracerl.tasks.toy:digits_agent", train=train, val=train, test=train,
+        policy=lambda task, messages, tools: {"content": "4217"}, run_dir=tmp_path / "recipe", demos=2,
+        roles={"solver": None, "summary": None, "critic": "smollm2-135m"},
+        grpo_options={"train_models": ["solver"]},
+    )
+    (path,) = write_configs(recipe, seeds=[0])
+    run = load_run_config(path)
+    assert run.roles == {"solver": None, "summary": None, "critic": "smollm2-135m"}
+    assert run.stages[1].options["train_models"] == ["solver"]
+    plain = load_run_config(write_configs(Recipe(**{**vars(recipe), "roles": None, "grpo_options": {}}), seeds=[0])[0])
+    assert plain.roles is None
+
+
 def test_spread_takes_every_kind_in_turn() -> None:
     from recipes import spread
 

@@ -245,12 +245,13 @@ def test_the_agent_gives_up_after_max_attempts(db: Path) -> None:
 
 @needs_langchain
 def test_langchain_calls_are_recorded_through_the_gateway(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from sql_langchain.agent import MAX_ATTEMPTS
+    from sql_langchain.agent import MAX_ATTEMPTS, ROLES
 
     tasks = data.load_tasks("val", 1)
     url = f"sqlite:///{tmp_path}/eval.db"
     results = tracerl.evaluate(
         "sql_langchain.agent:sql_agent", tasks, model=str(tiny_model_dir), store=url, runners=1, max_tokens=12,
+        roles=ROLES,
     )
     assert [r.status for r in results] == ["succeeded"], [r.error for r in results]
     assert results.mean_reward == 0.0  # a random model writes no valid SQL
@@ -266,6 +267,7 @@ def test_langchain_calls_are_recorded_through_the_gateway(tiny_model_dir: Path, 
                 assert call.messages is not None and "The query failed" in call.messages[-1]["content"]
             for call in result.calls:
                 assert call.prompt_ids and len(call.response_ids) == len(call.logprobs) > 0
+                assert call.model == "sql_writer"  # the query writer's role, as its ChatOpenAI names it
             spans = store.get_spans(rollout_id=result.rollout_id)
             rewards = [(s.name, s.attributes["value"]) for s in spans if s.kind is SpanKind.REWARD]
             assert rewards == [("final", 0.0)]  # no query ran, so no valid_sql reward
@@ -275,10 +277,14 @@ def test_langchain_calls_are_recorded_through_the_gateway(tiny_model_dir: Path, 
 
 @needs_langchain
 def test_a_short_grpo_run_completes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sql_langchain.agent import ROLES, TRAINED_ROLES
+
     run_dir = tmp_path / "run"
     trainer = tracerl.Trainer(
         agent="sql_langchain.agent:sql_agent",
-        algorithm=tracerl.GRPO(model=str(tiny_model_dir), group_size=2, lr=1e-4, returns="step", seed=0),
+        algorithm=tracerl.GRPO(model=str(tiny_model_dir), group_size=2, lr=1e-4, returns="step", seed=0,
+                               train_models=TRAINED_ROLES),
+        roles=ROLES,
         runners=2,
         run_dir=str(run_dir),
         batch_size=1,
@@ -347,3 +353,6 @@ def test_the_recipe_validates_on_every_difficulty_and_reports_by_difficulty() ->
     assert {t["difficulty"] for t in recipe.rl_train or []} == {"easy", "medium"}  # the measured defaults
     assert (recipe.demos, recipe.grpo_minutes, recipe.grpo_options["gamma"]) == (114, 15.0, 0.5)
     assert recipe.grpo_trainer_options["dynamic_sampling"] is True
+    # both roles served by the model being trained, only the query writer's calls trained
+    assert recipe.roles == {"sql_writer": None, "answer_writer": None}
+    assert recipe.grpo_options["train_models"] == ["sql_writer"]
