@@ -306,9 +306,10 @@ def test_prompts_with_a_common_head_share_one_row_and_each_call_is_scored_as_if_
     model = micro_llama()
     ts = tree_batch()
     [mb] = build_micro_batches(ts, micro_batch_size=8)
-    # one row: the 20-token head once, then each prompt's tail and its responses
-    # (head alone: 1; +[5,6]: 2 + 2 + 1; +[5,6,10,11,9]: 5 + 2; +[7]: 1 + 3)
-    assert mb.input_ids.shape == (1, 20 + 1 + 5 + 7 + 4)
+    # one row, a prefix tree: the 20-token head once, then each call's tokens that no earlier call laid out
+    # (head alone: [18]; +[5,6]: [5,6,10,11] and [12]; question 1's second call reuses its first call's prompt
+    # and reply [10,11]: only [9,16,17]; +[7]: [7,13,14,15])
+    assert mb.input_ids.shape == (1, 20 + 1 + 5 + 3 + 4)
     got = GRPOLearner(model, config()).logprobs(mb)
     for b, row in enumerate(mb.rows):
         t = ts[row]
@@ -317,6 +318,12 @@ def test_prompts_with_a_common_head_share_one_row_and_each_call_is_scored_as_if_
     # packing identical prompts only: a row per distinct prompt, the longest 25 + 2 tokens (97 real in all)
     [alone] = build_micro_batches(ts, micro_batch_size=8, share_prefix_tokens=None)
     assert alone.input_ids.shape == (4, 27)
+    # a sample that drew the same reply as another adds no tokens; both read the same positions
+    twin = Transition(ts[0].prompt_ids, ts[0].response_ids, [0.0, 0.0], 1.0, "twin")
+    [mb] = build_micro_batches([*ts, twin], micro_batch_size=8)
+    assert mb.input_ids.shape == (1, 33)
+    first, second = (mb.rows.index(i) for i in (0, len(ts)))
+    assert torch.equal(mb.gather_index[first], mb.gather_index[second])
 
 
 def test_sharing_a_head_gives_the_same_gradient_as_packing_each_prompt_apart() -> None:
@@ -339,10 +346,10 @@ def test_sharing_a_head_gives_the_same_gradient_as_packing_each_prompt_apart() -
 def test_a_token_budget_bounds_every_micro_batch_and_leaves_the_update_unchanged() -> None:
     from tracerl.algorithms.batch import build_micro_batches, padded_tokens
 
-    ts = tree_batch()  # packed together: one 37-token row
+    ts = tree_batch()  # packed together: one 33-token row
     long = Transition(list(range(1, 31)), [5] * 10, [0.0] * 10, 1.0, "long")  # 40 tokens: over the budget alone
     ts.append(long)
-    assert padded_tokens(ts[:5]) == 37 and padded_tokens([long]) == 40
+    assert padded_tokens(ts[:5]) == 33 and padded_tokens([long]) == 40
     mbs = build_micro_batches(ts, micro_batch_size=8, micro_batch_tokens=30)
     assert sorted(r for mb in mbs for r in mb.rows) == list(range(len(ts)))  # every call, once
     assert [mb.rows for mb in mbs if 5 in mb.rows] == [[5]]  # the long call alone: a call is never split

@@ -11,17 +11,23 @@ only (never another response), so every response is computed exactly as if it we
 while the prompt's forward and backward run once per row instead of once per response. With a group of G
 responses of C tokens to a P-token prompt that is ``P + G·C`` tokens instead of ``G·(P + C)``.
 
-Different prompts with a long common head share a row too, as a tree: an agent sends the same system
-prompt and tool schemas on every call, and call k + 1 of a rollout repeats call k's whole conversation. The
-head they share (the trunk) comes once, then each prompt's own tail, each followed by its responses::
+Different calls with a long common head share a row too, as a prefix tree: an agent sends the same system
+prompt and tool schemas on every call, and call k + 1 of a rollout repeats call k's whole conversation —
+prompt *and* response — before its new messages. Each call's sequence (prompt + response) is laid out only
+from where it stops matching the sequences already in the row; the matched part is a path of the tree,
+which its new tokens see::
 
-    row  = [s1 s2 s3 | u1 u2 | a1 a2 | b1 | v1 | c1 c2 | pad]   trunk s; prompt 1 = s+u, prompt 2 = s+v
-    seg  = [0  0  0  | 1  1  | 2  2  | 3  | 4  | 5  5  | -1 ]
-    pos  = [0  1  2  | 3  4  | 5  6  | 5  | 3  | 4  5  | 0  ]
+    call 1: s1 s2 u1 → a1 a2       call 2: s1 s2 u1 a1 a2 t1 → c1       call 3: s1 s2 v1 → b1
+    row  = [s1 s2 u1 a1 a2 | t1 c1 | v1 b1 | pad]
+    pos  = [0  1  2  3  4  | 5  6  | 2  3  | 0  ]
+    sees   call 2's t1, c1: s1 s2 u1 a1 a2 and their own earlier tokens; call 3's v1, b1: s1 s2 and theirs
 
-A token sees the trunk, its prompt's tail and the earlier tokens of its own segment (a response: of its
-response), with its positions continuing its own prompt's, so each call is still computed exactly as if it
-were alone. With N calls whose prompts share a T-token trunk that is T fewer tokens for all but one of them.
+Call 2's prompt re-uses call 1's response tokens (one forward and backward for both calls), and each token
+keeps the position it has in its own sequence, so every call is still computed exactly as if it were alone.
+The gradient is the same too: a shared token's hidden state is a function of its prefix only, and the
+losses of every call through it add up in its backward. Calls join the row where their match is longest,
+when it covers at least ``share_prefix_tokens`` tokens and a quarter of their prompt (else a row of their
+own); ``share_prefix_tokens=None`` shares identical prompts only (the flat layout above).
 
 The learner scores only response tokens: ``gather_index`` (B, R) points, for response token j of call b,
 at the flattened row position whose hidden state predicts it (the last prompt token for j = 0, the
@@ -35,7 +41,7 @@ so summing the micro-batch losses gives exactly the full-batch loss.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -93,9 +99,9 @@ def build_micro_batches(
     """Pad ``transitions`` into micro-batches of at most ``micro_batch_size`` calls and, when
     ``micro_batch_tokens`` is set, at most that many padded tokens (rows × longest row) each.
 
-    Calls are sorted by their first ``share_prefix_tokens`` tokens, then by length, before splitting, so
-    calls that may share a head land in the same micro-batch (and row: see the module docstring;
-    ``share_prefix_tokens=None`` packs identical prompts only, sorted by length); a transition is
+    Calls are sorted by prompt (lexicographically) before splitting, so calls that may share a head, and a
+    rollout's later calls after its earlier ones, land in the same micro-batch (and row: see the module
+    docstring; ``share_prefix_tokens=None`` packs identical prompts only, sorted by length); a transition is
     ``on_policy`` when its ``weights_version`` equals ``current_version``. A micro-batch closes before the
     call that would take it past either bound; a call whose row alone exceeds ``micro_batch_tokens`` gets
     a micro-batch of its own (a call is never split).
@@ -111,16 +117,15 @@ def build_micro_batches(
     row_weight = torch.tensor([t.weight for t in transitions], dtype=torch.float32)
     weights = credit.token_weights(full_mask, rollout_index, norm=norm, row_weight=row_weight)  # (N, max_r)
 
-    # calls with the same head next to each other (they may share a row), then similar lengths together (less
-    # padding), the same prompt adjacent (its calls share a row)
-    head = share_prefix_tokens or 0
-    order = sorted(
-        range(len(transitions)),
-        key=lambda i: (
-            transitions[i].prompt_ids[:head], len(transitions[i].prompt_ids), transitions[i].prompt_ids,
-            len(transitions[i].response_ids),
-        ),
-    )  # fmt: skip
+    # tree packing: prompts in lexicographic order, so a call's later calls (whose prompts extend its prompt and
+    # response) and the other calls of its task (same head, same question) come next to it; identical prompts
+    # only: similar lengths together (less padding). Shorter responses first within a prompt.
+    if share_prefix_tokens is None:
+        order = sorted(range(len(transitions)), key=lambda i: (
+            len(transitions[i].prompt_ids), transitions[i].prompt_ids, len(transitions[i].response_ids)))
+    else:
+        order = sorted(range(len(transitions)),
+                       key=lambda i: (transitions[i].prompt_ids, len(transitions[i].response_ids)))
     return [
         _collate([transitions[i] for i in rows], rows, weights, current_version, pad_id, share_prefix_tokens)
         for rows in _split(order, transitions, micro_batch_size, micro_batch_tokens, share_prefix_tokens)
@@ -129,8 +134,10 @@ def build_micro_batches(
 
 def padded_tokens(ts: Sequence[Transition], share_prefix_tokens: int | None = DEFAULT_SHARE_PREFIX_TOKENS) -> int:
     """Size of ``ts`` packed into one micro-batch: packed rows × the longest row, padding included."""
-    by_prompt, prompts, groups = _layout(ts, share_prefix_tokens)
-    return len(groups) * max(_row_lengths(by_prompt, prompts, groups, ts))
+    packer = _Packer(share_prefix_tokens)
+    for t in ts:
+        packer.add(t)
+    return packer.padded_tokens()
 
 
 def _split(
@@ -145,74 +152,106 @@ def _split(
         return [order[s : s + micro_batch_size] for s in range(0, len(order), micro_batch_size)]
     out: list[list[int]] = []
     current: list[int] = []
+    packer = _Packer(share_prefix_tokens)
     for i in order:
-        grown = [*current, i]
-        if current and (
-            len(grown) > micro_batch_size
-            or padded_tokens([ts[j] for j in grown], share_prefix_tokens) > micro_batch_tokens
-        ):
+        if current and (len(current) >= micro_batch_size or packer.padded_tokens(ts[i]) > micro_batch_tokens):
             out.append(current)
-            grown = [i]
-        current = grown
+            current, packer = [], _Packer(share_prefix_tokens)
+        packer.add(ts[i])
+        current.append(i)
     if current:
         out.append(current)
     return out
 
 
-def _shared(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of ``a`` and ``b``."""
+def _common_prefix(a: Tensor, b: Tensor) -> int:
+    """Length of the longest common prefix of the token tensors ``a`` and ``b``."""
     n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0, 0]) if len(differ) else n
 
 
-def _rows(prompts: list[tuple[int, ...]], share_prefix_tokens: int | None) -> list[tuple[int, list[int]]]:
-    """Group distinct prompts (in order) into packed rows: ``(trunk length, prompt indices)`` per row.
+@dataclass
+class _Segment:
+    """Tokens ``tokens[skip:]`` of a call's sequence, laid out at row positions ``start`` onwards; they see
+    ``context`` (the row positions of ``tokens[:skip]``) and their own earlier tokens."""
 
-    A prompt joins the row before it when it shares at least ``share_prefix_tokens`` leading tokens with
-    every prompt there, at least a quarter of its own length (sharing a sliver would only lengthen the row)
-    and at least half the row's trunk (so a newcomer cannot take the sharing away from the others); the
-    row's trunk is then the prefix all its prompts share. ``None``: a row per distinct prompt.
+    start: int
+    tokens: Tensor
+    skip: int
+    context: Tensor
+
+
+@dataclass
+class _PackedRow:
+    """One packed row: a prefix tree of the calls' sequences (prompt + response), each token once."""
+
+    length: int = 0
+    sequences: list[Tensor] = field(default_factory=list[Tensor])  # each placed call's prompt + response
+    prompt_lengths: list[int] = field(default_factory=list[int])  # each placed call's prompt length
+    paths: list[Tensor] = field(default_factory=list[Tensor])  # the row position of each of its tokens
+    segments: list[_Segment] = field(default_factory=list[_Segment])
+
+
+class _Packer:
+    """Places calls into packed rows as prefix trees (see the module docstring), one call at a time.
+
+    A call's sequence (prompt + response) is matched against every sequence already in a row: the longest
+    common prefix is already laid out there (it is a prefix of one placed sequence, i.e. a path of the tree),
+    so only the rest is appended, seeing those positions as its context. A call joins the row where its match
+    is longest when the match covers its whole prompt, or — with ``share_prefix_tokens`` set — when it is at
+    least that many tokens and at least a quarter of the prompt (sharing a sliver would only lengthen the
+    row); otherwise it opens a row of its own. ``share_prefix_tokens=None``: only whole prompts are shared.
     """
-    rows: list[tuple[int, list[int]]] = []
-    for i, p in enumerate(prompts):
-        if rows and share_prefix_tokens is not None:
-            trunk, members = rows[-1]
-            common = min(trunk, _shared(prompts[members[0]], p))
-            if common >= max(share_prefix_tokens, 1) and 4 * common >= len(p) and 2 * common >= trunk:
-                rows[-1] = (common, [*members, i])
-                continue
-        rows.append((len(p), [i]))
-    return rows
 
+    def __init__(self, share_prefix_tokens: int | None) -> None:
+        self.share = share_prefix_tokens
+        self.rows: list[_PackedRow] = []
+        self.placed: list[tuple[int, Tensor]] = []  # per call added: its row and its path
 
-_Layout = tuple[dict[tuple[int, ...], list[int]], list[tuple[int, ...]], list[tuple[int, list[int]]]]
+    def _place(self, t: Transition) -> tuple[int, int, int, Tensor]:
+        """Where ``t`` goes: (row index, or len(rows) for a new row; the matched sequence's index there or
+        −1; the match length; the sequence)."""
+        seq = torch.tensor([*t.prompt_ids, *t.response_ids], dtype=torch.int64)
+        prompt = len(t.prompt_ids)
+        best = (len(self.rows), -1, 0)
+        for r, row in enumerate(self.rows):
+            for j, other in enumerate(row.sequences):
+                if self.share is None and row.prompt_lengths[j] != prompt:
+                    continue  # identical prompts only
+                n = _common_prefix(seq, other)
+                if n > best[2]:
+                    best = (r, j, n)
+        r, j, n = best
+        if n < prompt and (self.share is None or n < max(self.share, 1) or 4 * n < prompt):
+            return len(self.rows), -1, 0, seq
+        return r, j, n, seq
 
+    def padded_tokens(self, extra: Transition | None = None) -> int:
+        """Rows × the longest row, now or (``extra``) after adding that call."""
+        lengths = [row.length for row in self.rows]
+        if extra is not None:
+            r, _, n, seq = self._place(extra)
+            if r == len(lengths):
+                lengths.append(0)
+            lengths[r] += len(seq) - n
+        return len(lengths) * max(lengths, default=0)
 
-def _layout(ts: Sequence[Transition], share_prefix_tokens: int | None) -> _Layout:
-    """How ``ts`` pack: the calls (indices) per distinct prompt, the distinct prompts in order, and the
-    rows as ``(trunk length, prompt indices)`` (prompts with a long common head share a row)."""
-    by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for b, t in enumerate(ts):
-        by_prompt.setdefault(tuple(t.prompt_ids), []).append(b)
-    prompts = list(by_prompt)
-    return by_prompt, prompts, _rows(prompts, share_prefix_tokens)
-
-
-def _row_lengths(
-    by_prompt: dict[tuple[int, ...], list[int]],
-    prompts: list[tuple[int, ...]],
-    groups: list[tuple[int, list[int]]],
-    ts: Sequence[Transition],
-) -> list[int]:
-    """Tokens in each packed row: the trunk, then per prompt its tail and every response to it."""
-    return [
-        trunk + sum(len(prompts[i]) - trunk + sum(len(ts[b].response_ids) for b in by_prompt[prompts[i]])
-                    for i in members)
-        for trunk, members in groups
-    ]  # fmt: skip
+    def add(self, t: Transition) -> None:
+        r, j, n, seq = self._place(t)
+        if r == len(self.rows):
+            self.rows.append(_PackedRow())
+        row = self.rows[r]
+        context = row.paths[j][:n] if j >= 0 else torch.zeros(0, dtype=torch.int64)
+        own = torch.arange(row.length, row.length + len(seq) - n, dtype=torch.int64)
+        if len(own):
+            row.segments.append(_Segment(row.length, seq, n, context))
+        row.length += len(own)
+        path = torch.cat([context, own])
+        row.sequences.append(seq)
+        row.prompt_lengths.append(len(t.prompt_ids))
+        row.paths.append(path)
+        self.placed.append((r, path))
 
 
 def _collate(
@@ -223,57 +262,34 @@ def _collate(
     pad_id: int,
     share_prefix_tokens: int | None = DEFAULT_SHARE_PREFIX_TOKENS,
 ) -> MicroBatch:
-    by_prompt, prompts, groups = _layout(ts, share_prefix_tokens)
-    Bp, L = len(groups), max(_row_lengths(by_prompt, prompts, groups, ts))
+    packer = _Packer(share_prefix_tokens)
+    for t in ts:
+        packer.add(t)
+    Bp, L = len(packer.rows), max(row.length for row in packer.rows)
     B, R = len(ts), max(len(t.response_ids) for t in ts)
-    S = 1 + max(len(members) + sum(len(by_prompt[prompts[i]]) for i in members) for _, members in groups)
     input_ids = torch.full((Bp, L), pad_id, dtype=torch.int64)
     position_ids = torch.zeros(Bp, L, dtype=torch.int64)
-    segment = torch.full((Bp, L), -1, dtype=torch.int64)  # -1 pad, 0 trunk, 1.. prompt tails and responses
-    sees = torch.zeros(Bp, S, S, dtype=torch.bool)  # sees[row, s, s']: segment s attends to segment s'
+    allowed = torch.eye(L, dtype=torch.bool).repeat(Bp, 1, 1)  # padding attends to itself (no empty softmax row)
+    for r, row in enumerate(packer.rows):
+        for seg in row.segments:
+            n = len(seg.tokens) - seg.skip
+            span = slice(seg.start, seg.start + n)
+            input_ids[r, span] = seg.tokens[seg.skip :]
+            position_ids[r, span] = torch.arange(seg.skip, len(seg.tokens))
+            allowed[r, span, span] = torch.ones(n, n, dtype=torch.bool).tril()
+            if len(seg.context):
+                allowed[r, span, seg.context] = True
     gather = torch.zeros(B, R, dtype=torch.int64)
     response_ids = torch.full((B, R), pad_id, dtype=torch.int64)
     response_mask = torch.zeros(B, R, dtype=torch.bool)
     old = torch.zeros(B, R, dtype=torch.float32)
-    for row, (trunk, members) in enumerate(groups):
-        input_ids[row, :trunk] = torch.tensor(prompts[members[0]][:trunk], dtype=torch.int64)
-        position_ids[row, :trunk] = torch.arange(trunk)
-        segment[row, :trunk] = 0
-        sees[row, 0, 0] = True
-        offset, seg = trunk, 0
-        for i in members:
-            prompt = prompts[i]
-            P = len(prompt)
-            parent = 0
-            if trunk < P:  # the prompt's own tail, after the shared trunk
-                seg += 1
-                input_ids[row, offset : offset + P - trunk] = torch.tensor(prompt[trunk:], dtype=torch.int64)
-                position_ids[row, offset : offset + P - trunk] = torch.arange(trunk, P)
-                segment[row, offset : offset + P - trunk] = seg
-                sees[row, seg, 0] = sees[row, seg, seg] = True
-                parent, offset = seg, offset + P - trunk
-            last_prompt_token = offset - 1  # the trunk's last token when the prompt is the trunk
-            for b in by_prompt[prompt]:
-                resp = ts[b].response_ids
-                r = len(resp)
-                seg += 1
-                input_ids[row, offset : offset + r] = torch.tensor(resp)
-                position_ids[row, offset : offset + r] = torch.arange(P, P + r)
-                segment[row, offset : offset + r] = seg
-                sees[row, seg, 0] = sees[row, seg, parent] = sees[row, seg, seg] = True
-                # token 0 is predicted by the last prompt token, token j by the response's token j−1
-                predictors = torch.cat([torch.tensor([last_prompt_token]), torch.arange(offset, offset + r - 1)])
-                gather[b, :r] = row * L + predictors
-                response_ids[b, :r] = torch.tensor(resp)
-                response_mask[b, :r] = True
-                old[b, :r] = torch.tensor(ts[b].logprobs, dtype=torch.float32)
-                offset += r
-    q = segment.clamp(min=0)[:, :, None].expand(Bp, L, L)  # (Bp, L, L) the query's segment
-    k = segment.clamp(min=0)[:, None, :].expand(Bp, L, L)  # (Bp, L, L) the key's segment
-    causal = torch.ones(L, L, dtype=torch.bool).tril()  # (L, L)
-    rows_ix = torch.arange(Bp)[:, None, None]
-    allowed = causal & (segment[:, None, :] >= 0) & sees[rows_ix, q, k]  # (Bp, L, L)
-    allowed = allowed | torch.eye(L, dtype=torch.bool)  # padding attends to itself (no empty softmax row)
+    for b, (t, (r, path)) in enumerate(zip(ts, packer.placed, strict=True)):
+        P, n = len(t.prompt_ids), len(t.response_ids)
+        # token 0 is predicted by the last prompt token, token j by the response's token j−1
+        gather[b, :n] = r * L + path[P - 1 : P - 1 + n]
+        response_ids[b, :n] = torch.tensor(t.response_ids)
+        response_mask[b, :n] = True
+        old[b, :n] = torch.tensor(t.logprobs, dtype=torch.float32)
     return MicroBatch(
         input_ids=input_ids,
         position_ids=position_ids,
