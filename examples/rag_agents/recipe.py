@@ -20,7 +20,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, add_arguments, rl_algorithm_options, rl_trainer_options, run_recipe, write_configs
+from recipes import (
+    Recipe,
+    add_arguments,
+    rl_algorithm_options,
+    rl_trainer_options,
+    run_recipe,
+    spread,
+    write_configs,
+)
 
 import tracerl
 
@@ -47,11 +55,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{split}-questions", default=None, help=f"JSONL {split} questions (question, answers)")
     p.add_argument("--n-test", type=int, default=40, help="test questions (default: 40)")
     p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
+    p.add_argument("--balance-hops", action=argparse.BooleanOptionalAction, default=False,
+                   help="demonstrate, train and validate on 1-hop and 2-hop questions in turn, and run RL on as "
+                        "many of each (two thirds of the train questions are 2-hop: an RL model that always "
+                        "searches twice is paid on average and loses the 1-hop ones; default: off)")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> JSON:
-    args = parse_args(argv)
+def build(args: argparse.Namespace) -> Recipe:
+    """The recipe ``args`` describe: its questions (from your files if given), gold policy and settings."""
     from rag_agents.data import load_questions, make_tasks
 
     def tasks(split: str, n: int | None) -> list[JSON]:
@@ -62,15 +74,26 @@ def main(argv: list[str] | None = None) -> JSON:
             raise SystemExit(f"with --corpus, give your own --{split}-questions too")
         return make_tasks(split, n)
 
-    recipe = Recipe(
-        name="rag_agents", agent="rag_agents.agent:rag_agent", train=tasks("train", None),
-        val=tasks("val", args.n_val), test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir),
+    train, val, rl_train = tasks("train", None), tasks("val", args.n_val), None
+    if args.balance_hops:  # each kind in turn: demos (the first ``demos`` train questions), RL and validation
+        hops = [t.get("hops") for t in train]
+        train = spread(train, "hops", len(train))
+        rl_train = spread(train, "hops", len(set(hops)) * min(hops.count(h) for h in set(hops)))
+        val = spread(tasks("val", None), "hops", args.n_val)
+    return Recipe(
+        name="rag_agents", agent="rag_agents.agent:rag_agent", train=train,
+        val=val, test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir),
         model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes,
         group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
         max_tokens=64, grpo_options=rl_algorithm_options(args), grpo_trainer_options=rl_trainer_options(args),
-        breakdown="hops",
+        breakdown="hops", rl_train=rl_train,
     )
+
+
+def main(argv: list[str] | None = None) -> JSON:
+    args = parse_args(argv)
+    recipe = build(args)
     if args.write_config:
         for path in write_configs(recipe, seeds=args.seeds):
             print(f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}")

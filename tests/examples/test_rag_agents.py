@@ -407,3 +407,18 @@ def test_recipe_defaults_are_the_measured_ones_and_dynamic_sampling_can_be_turne
     assert rl_trainer_options(args) == {"dynamic_sampling": True, "max_sampled_groups": 4.0}
     assert rl_trainer_options(parse_args(["--no-dynamic-sampling", "--demos", "48"])) == {}
     assert parse_args(["--demos", "48"]).demos == 48
+
+
+def test_the_recipe_can_balance_hops_in_demos_rl_and_validation() -> None:
+    """Two thirds of the train questions are 2-hop; ``--balance-hops`` takes each kind in turn."""
+    from collections import Counter
+
+    from rag_agents.recipe import build, parse_args
+
+    plain = build(parse_args([]))
+    assert plain.rl_train is None and Counter(t["hops"] for t in plain.train) == {2: 133, 1: 67}
+    recipe = build(parse_args(["--balance-hops"]))
+    assert Counter(t["hops"] for t in recipe.train[: recipe.demos]) == {1: 12, 2: 12}
+    assert Counter(t["hops"] for t in recipe.rl_train or []) == {1: 67, 2: 67}
+    assert Counter(t["hops"] for t in recipe.val) == {1: 5, 2: 5}
+    assert len(recipe.train) == 200 and recipe.test == plain.test  # every question kept; the test set unchanged
