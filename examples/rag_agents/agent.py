@@ -14,6 +14,13 @@ the SDK's own input items, so each model sees it in its own tool-call format. Th
 against the gold answers (:mod:`rag_agents.reward`); a run that ends without an answer (too many turns, or
 a tool call the SDK cannot execute) scores 0.
 
+An intermediate reward, for training only: when the task lists its ``evidence`` (the articles the question
+needs), a search that first brings one of them into the conversation records ``evidence`` = 0.2 per new
+article (``tracerl.emit_reward``), credited to the call that asked for it under ``GRPO(returns="step")``.
+It gives a group of 2-hop rollouts that all answer wrongly a signal for the second search: measured, RL
+without it found no 2-hop success to learn from and stopped searching twice (README, *Balanced by hops*).
+It never enters the task's reward.
+
 What the SDK sends here, per turn: ``model``, ``messages`` (system instructions first, the tool results as
 ``tool`` messages), ``tools`` (the function's strict JSON schema) and the sampling settings; no ``stream``
 (``Runner.run`` is not streamed), no ``parallel_tool_calls`` or ``tool_choice`` unless ``ModelSettings``
@@ -23,6 +30,7 @@ sets them, no ``store`` (it is only sent to api.openai.com).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from agents import (
@@ -47,6 +55,7 @@ set_tracing_disabled(True)  # offline: do not export the SDK's traces to OpenAI
 
 MAX_TURNS = 4
 TOP_K = 3
+EVIDENCE_REWARD = 0.2  # the ``evidence`` intermediate reward per needed article a search first brings in
 
 INSTRUCTIONS = """\
 You answer questions about a fictional world. You know nothing about it yourself: find the facts with the \
@@ -76,8 +85,11 @@ EXAMPLE: list[TResponseInputItem] = [
 ]
 
 
-def search_tool(index: Index | None = None) -> FunctionTool:
-    """The ``search`` tool over ``index`` (default: the example's encyclopedia)."""
+def search_tool(index: Index | None = None, evidence: Sequence[str] | None = None) -> FunctionTool:
+    """The ``search`` tool over ``index`` (default: the example's encyclopedia). With ``evidence`` (the titles a
+    task needs), a search whose results hold needed articles not yet found records the ``evidence``
+    intermediate reward (:data:`EVIDENCE_REWARD` each)."""
+    needed, found = set(evidence or ()), set[str]()
 
     @function_tool
     def search(query: str) -> str:
@@ -87,6 +99,10 @@ def search_tool(index: Index | None = None) -> FunctionTool:
             query: A few keywords, for example the name of a person, a company or a city.
         """
         hits = (index or default_index()).search(query, k=TOP_K)
+        new = {doc.title for doc in hits} & needed - found
+        if new:
+            found.update(new)
+            tracerl.emit_reward(EVIDENCE_REWARD * len(new), name="evidence")
         if not hits:
             return f"No article matches {query!r}. Search for a name that appears in the question."
         return "\n\n".join(f"[{i}] {doc.title}\n{doc.text}" for i, doc in enumerate(hits, 1))
@@ -97,13 +113,20 @@ def search_tool(index: Index | None = None) -> FunctionTool:
 search = search_tool()
 
 
-def build_agent(client: AsyncOpenAI, model: str, settings: ModelSettings, index: Index | None = None) -> Agent[Any]:
+def build_agent(
+    client: AsyncOpenAI,
+    model: str,
+    settings: ModelSettings,
+    index: Index | None = None,
+    evidence: Sequence[str] | None = None,
+) -> Agent[Any]:
     """The research agent, talking to ``model`` through ``client``'s Chat Completions endpoint, searching
-    ``index`` (default: the example's encyclopedia)."""
+    ``index`` (default: the example's encyclopedia); ``evidence``: the task's needed titles (the ``evidence``
+    intermediate reward, see :func:`search_tool`)."""
     return Agent(
         name="Researcher",
         instructions=INSTRUCTIONS,
-        tools=[search if index is None else search_tool(index)],
+        tools=[search if index is None and not evidence else search_tool(index, evidence)],
         model=OpenAIChatCompletionsModel(model=model, openai_client=client),
         model_settings=settings,
     )
@@ -115,10 +138,15 @@ def conversation(question: str) -> list[TResponseInputItem]:
 
 
 async def answer(
-    question: str, client: AsyncOpenAI, model: str, settings: ModelSettings, index: Index | None = None
+    question: str,
+    client: AsyncOpenAI,
+    model: str,
+    settings: ModelSettings,
+    index: Index | None = None,
+    evidence: Sequence[str] | None = None,
 ) -> str:
     """Run the agent on ``question``; its final reply ("" when the run ended without one)."""
-    agent = build_agent(client, model, settings, index)
+    agent = build_agent(client, model, settings, index, evidence)
     try:
         result = await Runner.run(agent, conversation(question), max_turns=MAX_TURNS)
     except (MaxTurnsExceeded, ModelBehaviorError):
@@ -132,5 +160,6 @@ async def rag_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
     (optional) names your own corpus file to search."""
     index = index_for(task["corpus"]) if task.get("corpus") else None
     async with AsyncOpenAI(base_url=llm.base_url, api_key=llm.api_key) as client:
-        reply = await answer(task["question"], client, llm.model, ModelSettings(**llm.sampling), index)
+        reply = await answer(task["question"], client, llm.model, ModelSettings(**llm.sampling), index,
+                             task.get("evidence"))
     return score(reply, task["answers"])

@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="demonstrate, train and validate on 1-hop and 2-hop questions in turn, and run RL on as "
                         "many of each (two thirds of the train questions are 2-hop: an RL model that always "
                         "searches twice is paid on average and loses the 1-hop ones; default: off)")
+    p.add_argument("--step-rewards", action=argparse.BooleanOptionalAction, default=False,
+                   help="GRPO with returns='step': the agent's `evidence` intermediate reward (a search that brings "
+                        "in a needed article) counts for the call that asked for it (default: off, untried)")
     return p.parse_args(argv)
 
 
@@ -86,7 +89,8 @@ def build(args: argparse.Namespace) -> Recipe:
         model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes,
         group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
-        max_tokens=64, grpo_options=rl_algorithm_options(args), grpo_trainer_options=rl_trainer_options(args),
+        max_tokens=64, grpo_options=rl_algorithm_options(args, **({"returns": "step"} if args.step_rewards else {})),
+        grpo_trainer_options=rl_trainer_options(args),
         breakdown="hops", rl_train=rl_train,
     )
 

@@ -35,7 +35,7 @@ if str(EXAMPLES) not in sys.path:  # runner worker processes inherit this sys.pa
 from agents import ModelSettings, Runner  # noqa: E402
 from openai import AsyncOpenAI  # noqa: E402
 from rag_agents import data  # noqa: E402
-from rag_agents.agent import INSTRUCTIONS, answer, build_agent, conversation  # noqa: E402
+from rag_agents.agent import EVIDENCE_REWARD, INSTRUCTIONS, answer, build_agent, conversation  # noqa: E402
 from rag_agents.data import Document  # noqa: E402
 from rag_agents.retrieval import Index, default_index  # noqa: E402
 from rag_agents.reward import exact_match, extract_answer, f1, normalize_answer, score  # noqa: E402
@@ -124,6 +124,30 @@ def test_bm25_finds_nothing_for_unknown_words_and_refuses_bad_input() -> None:
         index.search("Osk", k=0)
     with pytest.raises(ValueError, match="empty corpus"):
         Index([])
+
+
+def test_a_search_that_brings_a_needed_article_earns_the_evidence_reward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2-hop task: the question's search brings the first evidence article (+0.2), searching it again earns
+    nothing, the bridge name brings the second (+0.2); a tool without the task's evidence records nothing."""
+    from agents.tool_context import ToolContext
+    from rag_agents.agent import search_tool
+
+    emitted: list[tuple[str | None, float]] = []
+    monkeypatch.setattr(tracerl, "emit_reward", lambda value, name=None: emitted.append((name, value)))
+    task = next(t for t in data.make_tasks("val") if t["hops"] == 2)
+    ctx = ToolContext(context=None, tool_name="search", tool_call_id="c1", tool_arguments="{}")
+
+    def run(tool: Any, *queries: str) -> list[tuple[str | None, float]]:
+        emitted.clear()
+        for q in queries:
+            asyncio.run(tool.on_invoke_tool(ctx, json.dumps({"query": q})))
+        return list(emitted)
+
+    tool = search_tool(evidence=task["evidence"])
+    got = run(tool, task["question"], task["question"], task["evidence"][1])
+    assert got == [("evidence", EVIDENCE_REWARD), ("evidence", EVIDENCE_REWARD)] and EVIDENCE_REWARD == 0.2
+    assert run(search_tool(evidence=task["evidence"]), "zeppelin") == []  # nothing needed found
+    assert run(search_tool(), task["question"], task["evidence"][1]) == []  # no evidence given: no reward
 
 
 def test_search_tool_returns_the_article_each_hop_needs() -> None:
@@ -312,11 +336,18 @@ def test_agent_runs_unchanged_in_runner_processes_and_every_call_is_recorded(env
     before = (first.prompt_ids or []) + (first.response_ids or [])
     assert (second.prompt_ids or [])[: len(before)] == before  # the second prompt extends the first exactly
 
-    # the reward the agent returned is the F1 of the random model's final text
+    # the search brought in the task's first evidence article: the `evidence` intermediate reward, recorded
+    # between the call that asked for it and the next one (so `returns="step"` credits that call)
     rewards = [s for s in spans if s.kind is SpanKind.REWARD]
-    assert [r.name for r in rewards] == ["final"]
+    assert [r.name for r in rewards] == ["evidence", "final"]
+    shown = {line.split("] ", 1)[1] for line in result["content"].splitlines() if line.startswith("[")}
+    assert env.query in shown
+    value = EVIDENCE_REWARD * len(shown & set(env.task["evidence"]))
+    assert rewards[0].attributes["value"] == pytest.approx(value)
+    assert (first.position or 0) < (rewards[0].position or 0) < (second.position or 0)
+    # the reward the agent returned is the F1 of the random model's final text
     reply = second.attributes["response"]["choices"][0]["message"]["content"] or ""
-    assert done.reward == rewards[0].attributes["value"] == pytest.approx(score(reply, env.task["answers"]))
+    assert done.reward == rewards[1].attributes["value"] == pytest.approx(score(reply, env.task["answers"]))
 
 
 def test_streamed_run_with_parallel_tool_calls_is_accepted_and_runs_the_tool(env: Env) -> None:
@@ -422,3 +453,5 @@ def test_the_recipe_can_balance_hops_in_demos_rl_and_validation() -> None:
     assert Counter(t["hops"] for t in recipe.rl_train or []) == {1: 67, 2: 67}
     assert Counter(t["hops"] for t in recipe.val) == {1: 5, 2: 5}
     assert len(recipe.train) == 200 and recipe.test == plain.test  # every question kept; the test set unchanged
+    assert "returns" not in plain.grpo_options
+    assert build(parse_args(["--step-rewards"])).grpo_options["returns"] == "step"  # the evidence reward counts
