@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "searches twice is paid on average and loses the 1-hop ones; default: off)")
     p.add_argument("--step-rewards", action=argparse.BooleanOptionalAction, default=False,
                    help="GRPO with returns='step': the agent's `evidence` intermediate reward (a search that brings "
-                        "in a needed article) counts for the call that asked for it (default: off, untried)")
+                        "in a needed article) counts for the call that asked for it (default: off; see the README)")
     return p.parse_args(argv)
 
 
