@@ -19,7 +19,9 @@ needs), a search that first brings one of them into the conversation records ``e
 article (``tracerl.emit_reward``), credited to the call that asked for it under ``GRPO(returns="step")``.
 It gives a group of 2-hop rollouts that all answer wrongly a signal for the second search: measured, RL
 without it found no 2-hop success to learn from and stopped searching twice (README, *Balanced by hops*).
-It never enters the task's reward.
+A search that brings in no needed article records ``search_cost`` = −(the task's ``search_cost``, default 0):
+with it, a second search on a 1-hop question costs something. The task may set both weights
+(``evidence_reward``, ``search_cost``). Neither enters the task's reward.
 
 What the SDK sends here, per turn: ``model``, ``messages`` (system instructions first, the tool results as
 ``tool`` messages), ``tools`` (the function's strict JSON schema) and the sampling settings; no ``stream``
@@ -85,10 +87,16 @@ EXAMPLE: list[TResponseInputItem] = [
 ]
 
 
-def search_tool(index: Index | None = None, evidence: Sequence[str] | None = None) -> FunctionTool:
+def search_tool(
+    index: Index | None = None,
+    evidence: Sequence[str] | None = None,
+    evidence_reward: float = EVIDENCE_REWARD,
+    search_cost: float = 0.0,
+) -> FunctionTool:
     """The ``search`` tool over ``index`` (default: the example's encyclopedia). With ``evidence`` (the titles a
     task needs), a search whose results hold needed articles not yet found records the ``evidence``
-    intermediate reward (:data:`EVIDENCE_REWARD` each)."""
+    intermediate reward (``evidence_reward`` each), and one that holds none records ``search_cost`` =
+    −``search_cost`` (when above 0)."""
     needed, found = set(evidence or ()), set[str]()
 
     @function_tool
@@ -102,7 +110,9 @@ def search_tool(index: Index | None = None, evidence: Sequence[str] | None = Non
         new = {doc.title for doc in hits} & needed - found
         if new:
             found.update(new)
-            tracerl.emit_reward(EVIDENCE_REWARD * len(new), name="evidence")
+            tracerl.emit_reward(evidence_reward * len(new), name="evidence")
+        elif needed and search_cost > 0:
+            tracerl.emit_reward(-search_cost, name="search_cost")
         if not hits:
             return f"No article matches {query!r}. Search for a name that appears in the question."
         return "\n\n".join(f"[{i}] {doc.title}\n{doc.text}" for i, doc in enumerate(hits, 1))
@@ -119,14 +129,15 @@ def build_agent(
     settings: ModelSettings,
     index: Index | None = None,
     evidence: Sequence[str] | None = None,
+    shaping: dict[str, float] | None = None,
 ) -> Agent[Any]:
     """The research agent, talking to ``model`` through ``client``'s Chat Completions endpoint, searching
-    ``index`` (default: the example's encyclopedia); ``evidence``: the task's needed titles (the ``evidence``
-    intermediate reward, see :func:`search_tool`)."""
+    ``index`` (default: the example's encyclopedia); ``evidence``: the task's needed titles, ``shaping``: the
+    weights ``evidence_reward`` and ``search_cost`` (the intermediate rewards, see :func:`search_tool`)."""
     return Agent(
         name="Researcher",
         instructions=INSTRUCTIONS,
-        tools=[search if index is None and not evidence else search_tool(index, evidence)],
+        tools=[search if index is None and not evidence else search_tool(index, evidence, **(shaping or {}))],
         model=OpenAIChatCompletionsModel(model=model, openai_client=client),
         model_settings=settings,
     )
@@ -144,9 +155,10 @@ async def answer(
     settings: ModelSettings,
     index: Index | None = None,
     evidence: Sequence[str] | None = None,
+    shaping: dict[str, float] | None = None,
 ) -> str:
     """Run the agent on ``question``; its final reply ("" when the run ended without one)."""
-    agent = build_agent(client, model, settings, index, evidence)
+    agent = build_agent(client, model, settings, index, evidence, shaping)
     try:
         result = await Runner.run(agent, conversation(question), max_turns=MAX_TURNS)
     except (MaxTurnsExceeded, ModelBehaviorError):
@@ -157,9 +169,11 @@ async def answer(
 @tracerl.agent
 async def rag_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
     """Answer ``task["question"]`` and return the answer's F1 against ``task["answers"]``; ``task["corpus"]``
-    (optional) names your own corpus file to search."""
+    (optional) names your own corpus file to search; ``evidence``, ``evidence_reward`` and ``search_cost``
+    (optional) set the intermediate rewards (module docstring)."""
     index = index_for(task["corpus"]) if task.get("corpus") else None
+    shaping = {k: float(task[k]) for k in ("evidence_reward", "search_cost") if k in task}
     async with AsyncOpenAI(base_url=llm.base_url, api_key=llm.api_key) as client:
         reply = await answer(task["question"], client, llm.model, ModelSettings(**llm.sampling), index,
-                             task.get("evidence"))
+                             task.get("evidence"), shaping)
     return score(reply, task["answers"])

@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-rewards", action=argparse.BooleanOptionalAction, default=False,
                    help="GRPO with returns='step': the agent's `evidence` intermediate reward (a search that brings "
                         "in a needed article) counts for the call that asked for it (default: off; see the README)")
+    p.add_argument("--evidence-reward", type=float, default=None,
+                   help="the `evidence` intermediate reward per needed article a search brings in, on the RL "
+                        "questions (default: the agent's EVIDENCE_REWARD, 0.2)")
+    p.add_argument("--search-cost", type=float, default=0.0,
+                   help="a search on an RL question that brings in no needed article records -this (default: 0)")
     return p.parse_args(argv)
 
 
@@ -83,6 +88,11 @@ def build(args: argparse.Namespace) -> Recipe:
         train = spread(train, "hops", len(train))
         rl_train = spread(train, "hops", len(set(hops)) * min(hops.count(h) for h in set(hops)))
         val = spread(tasks("val", None), "hops", args.n_val)
+    shaping = {"search_cost": args.search_cost} if args.search_cost else {}
+    if args.evidence_reward is not None:
+        shaping["evidence_reward"] = args.evidence_reward
+    if shaping:  # the intermediate rewards' weights travel in the RL questions (the agent reads them)
+        rl_train = [{**t, **shaping} for t in (rl_train or train)]
     return Recipe(
         name="rag_agents", agent="rag_agents.agent:rag_agent", train=train,
         val=val, test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir),

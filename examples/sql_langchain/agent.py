@@ -28,9 +28,10 @@ weight). Evaluation serves the same names: ``tracerl.evaluate(..., roles=ROLES)`
 
 Reward (the agent's return value): 1.0 if the last query that ran returns the same result set as the gold
 query (:func:`reward.execution_match`), else 0.0. Two intermediate rewards are recorded right after the call whose
-query ran, and ``GRPO(returns="step")`` credits them to that call: ``valid_sql`` (0.1) and, when the task has a
-gold query, ``result_overlap`` = 0.3 × the F1 of the query's rows against the gold rows (:func:`reward.row_f1`),
-which grades a near miss above a query that returns the wrong table. Neither enters the task's reward.
+query ran, and ``GRPO(returns="step")`` credits them to that call: ``valid_sql`` (0.1; a task may set its own
+``valid_sql_reward``, 0 for none) and, when the task has a gold query, ``result_overlap`` = 0.3 × the F1 of the
+query's rows against the gold rows (:func:`reward.row_f1`), which grades a near miss above a query that returns
+the wrong table. Neither enters the task's reward.
 
 What LangChain sends the gateway per call: ``model``, ``messages``, ``stream: false`` and the sampling
 settings given to ``ChatOpenAI`` (``temperature``, ``top_p``, ``max_completion_tokens``); no tools.
@@ -55,6 +56,7 @@ from .reward import QueryError, Row, execution_match, row_f1, run_query
 
 MAX_ATTEMPTS = 3  # queries written per question (the first one and at most two corrections)
 MAX_RESULT_ROWS_SHOWN = 20  # rows of the result put into the answer prompt
+VALID_SQL_REWARD = 0.1  # the ``valid_sql`` intermediate reward of a query that runs (a task may set its own)
 OVERLAP_WEIGHT = 0.3  # the ``result_overlap`` intermediate reward is this × the row F1 against the gold rows
 QUERY_MODEL = "sql_writer"  # the model name the query writer's calls send
 ANSWER_MODEL = "answer_writer"  # the model name the answer writer's calls send
@@ -110,11 +112,16 @@ def extract_sql(text: str) -> str:
 
 
 def build_graph(
-    model: BaseChatModel, db_path: Path, gold_rows: list[Row] | None = None, answer_model: BaseChatModel | None = None
+    model: BaseChatModel,
+    db_path: Path,
+    gold_rows: list[Row] | None = None,
+    answer_model: BaseChatModel | None = None,
+    valid_sql_reward: float = VALID_SQL_REWARD,
 ) -> Any:
     """The compiled LangGraph of the agent (see the module docstring): ``model`` writes the queries and
-    ``answer_model`` (default: ``model``) the answer, against the database file; with ``gold_rows``, a query that
-    runs also records the ``result_overlap`` intermediate reward."""
+    ``answer_model`` (default: ``model``) the answer, against the database file. A query that runs records the
+    ``valid_sql`` intermediate reward (``valid_sql_reward``, none when 0) and, with ``gold_rows``,
+    ``result_overlap``."""
 
     def write_query(state: SQLState) -> dict[str, Any]:
         reply = model.invoke(state["messages"])
@@ -127,7 +134,8 @@ def build_graph(
         except QueryError as e:
             retry = HumanMessage(RETRY_PROMPT.format(error=e))
             return {"rows": None, "error": str(e), "messages": [*state["messages"], retry]}
-        tracerl.emit_reward(0.1, name="valid_sql")
+        if valid_sql_reward:
+            tracerl.emit_reward(valid_sql_reward, name="valid_sql")
         if gold_rows is not None:
             tracerl.emit_reward(OVERLAP_WEIGHT * row_f1(rows, gold_rows), name="result_overlap")
         return {"rows": rows, "error": None}
@@ -163,26 +171,29 @@ def ask(
     db_path: Path | None = None,
     gold_rows: list[Row] | None = None,
     answer_model: BaseChatModel | None = None,
+    valid_sql_reward: float = VALID_SQL_REWARD,
 ) -> SQLState:
     """Run the agent on one question against ``db_path`` (default: Chinook); returns the final state
     (``query``, ``rows``, ``error``, ``answer``). ``gold_rows``: the reference query's result, for the graded
     ``result_overlap`` intermediate reward (training); the model never sees it. ``answer_model``: the model that
-    writes the answer (default: ``model``)."""
+    writes the answer (default: ``model``); ``valid_sql_reward``: the ``valid_sql`` intermediate reward (0: none)."""
     db = db_path or chinook_db()
     messages = QUERY_PROMPT.format_messages(schema=describe_schema(db_path), question=question)
     start = SQLState(question=question, messages=messages, query=None, attempts=0, rows=None, error=None, answer=None)
-    return build_graph(model, db, gold_rows, answer_model).invoke(start)
+    return build_graph(model, db, gold_rows, answer_model, valid_sql_reward).invoke(start)
 
 
 @tracerl.agent
 def sql_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
-    """Answer ``task["question"]`` and score the last query that ran against ``task["gold_sql"]``. Serve it with
+    """Answer ``task["question"]`` and score the last query that ran against ``task["gold_sql"]``
+    (``task["valid_sql_reward"]``, optional: the ``valid_sql`` intermediate reward's weight). Serve it with
     ``roles=ROLES`` (its two models' names)."""
     writer = ChatOpenAI(base_url=llm.base_url, api_key=llm.api_key, model=QUERY_MODEL, **llm.sampling)  # type: ignore[arg-type]
     answerer = ChatOpenAI(base_url=llm.base_url, api_key=llm.api_key, model=ANSWER_MODEL, **llm.sampling)  # type: ignore[arg-type]
     db = Path(task["db"]) if task.get("db") else chinook_db()  # your own SQLite file, or Chinook
     gold_rows = run_query(db, task["gold_sql"])  # a failing gold query is a bug in the data: let it raise
-    state = ask(writer, task["question"], db if task.get("db") else None, gold_rows, answerer)
+    valid_sql = float(task.get("valid_sql_reward", VALID_SQL_REWARD))
+    state = ask(writer, task["question"], db if task.get("db") else None, gold_rows, answerer, valid_sql)
     if state["error"] is not None or state["rows"] is None:
         return 0.0
     # the rows of the last query that ran, as reward.score would compute them, without running either query again

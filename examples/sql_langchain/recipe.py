@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gamma", type=float, default=0.5,
                    help="discount of the RL stage's step returns: below 1, a query that failed gets less of the "
                         "reward its corrected retry earned (default: 0.5)")
+    p.add_argument("--valid-sql-reward", type=float, default=None,
+                   help="the `valid_sql` intermediate reward of an RL question's query that runs, 0 for none: "
+                        "`result_overlap` already pays a query whose rows come close (default: the agent's, 0.1)")
     return p.parse_args(argv)
 
 
@@ -73,6 +76,8 @@ def build(args: argparse.Namespace) -> Recipe:
 
     train = tasks("train")
     train.sort(key=lambda t: ("easy", "medium", "hard").index(t.get("difficulty", "easy")))  # demos: easiest first
+    # the intermediate reward's weight travels in the RL questions (the agent reads it)
+    shaping = {} if args.valid_sql_reward is None else {"valid_sql_reward": args.valid_sql_reward}
     return Recipe(
         name="sql_langchain", agent="sql_langchain.agent:sql_agent", train=train,
         # the val file lists easy questions first: take the validation set from every difficulty in turn
@@ -83,7 +88,8 @@ def build(args: argparse.Namespace) -> Recipe:
         max_tokens=128, roles=ROLES,
         grpo_options=rl_algorithm_options(args, returns="step", gamma=args.gamma, train_models=list(args.rl_roles)),
         grpo_trainer_options=rl_trainer_options(args),
-        rl_train=[t for t in train if t.get("difficulty", "easy") in args.rl_difficulty], breakdown="difficulty",
+        rl_train=[{**t, **shaping} for t in train if t.get("difficulty", "easy") in args.rl_difficulty],
+        breakdown="difficulty",
     )
 
 

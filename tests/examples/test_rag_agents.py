@@ -148,6 +148,10 @@ def test_a_search_that_brings_a_needed_article_earns_the_evidence_reward(monkeyp
     assert got == [("evidence", EVIDENCE_REWARD), ("evidence", EVIDENCE_REWARD)] and EVIDENCE_REWARD == 0.2
     assert run(search_tool(evidence=task["evidence"]), "zeppelin") == []  # nothing needed found
     assert run(search_tool(), task["question"], task["evidence"][1]) == []  # no evidence given: no reward
+    # the task's weights: 0.05 per needed article, 0.1 off for a search that brings in none
+    weighted = search_tool(evidence=task["evidence"], evidence_reward=0.05, search_cost=0.1)
+    got = run(weighted, task["question"], task["question"], "zeppelin", task["evidence"][1])
+    assert got == [("evidence", 0.05), ("search_cost", -0.1), ("search_cost", -0.1), ("evidence", 0.05)]
 
 
 def test_search_tool_returns_the_article_each_hop_needs() -> None:
@@ -455,3 +459,8 @@ def test_the_recipe_can_balance_hops_in_demos_rl_and_validation() -> None:
     assert len(recipe.train) == 200 and recipe.test == plain.test  # every question kept; the test set unchanged
     assert "returns" not in plain.grpo_options
     assert build(parse_args(["--step-rewards"])).grpo_options["returns"] == "step"  # the evidence reward counts
+    # the intermediate rewards' weights travel in the RL questions only, where the agent reads them
+    shaped = build(parse_args(["--balance-hops", "--evidence-reward", "0.05", "--search-cost", "0.1"]))
+    assert all(t["evidence_reward"] == 0.05 and t["search_cost"] == 0.1 for t in shaped.rl_train or [])
+    assert [t["question"] for t in shaped.rl_train or []] == [t["question"] for t in recipe.rl_train or []]
+    assert not any("search_cost" in t for t in [*shaped.train, *shaped.val, *shaped.test])

@@ -229,6 +229,10 @@ def test_a_query_that_runs_earns_valid_sql_and_its_graded_overlap(db: Path, monk
     emitted.clear()
     ask(scripted(f"```sql\n{gold}\n```", "Five artists."), "Name the first five artists.", db)
     assert emitted == [("valid_sql", 0.1)]  # no gold query given: no overlap reward
+    emitted.clear()
+    ask(scripted(f"```sql\n{gold}\n```", "Five artists."), "Name the first five artists.", db, gold_rows,
+        valid_sql_reward=0.0)
+    assert emitted == [("result_overlap", pytest.approx(OVERLAP_WEIGHT))]  # valid_sql off: only the overlap
 
 
 @needs_langchain
@@ -356,3 +360,9 @@ def test_the_recipe_validates_on_every_difficulty_and_reports_by_difficulty() ->
     # both roles served by the model being trained, only the query writer's calls trained
     assert recipe.roles == {"sql_writer": None, "answer_writer": None}
     assert recipe.grpo_options["train_models"] == ["sql_writer"]
+    assert not any("valid_sql_reward" in t for t in recipe.rl_train or [])  # the agent's own weight
+    # --valid-sql-reward travels in the RL questions only, where the agent reads it
+    off = build(parse_args(["--valid-sql-reward", "0"]))
+    assert [t["question"] for t in off.rl_train or []] == [t["question"] for t in recipe.rl_train or []]
+    assert all(t["valid_sql_reward"] == 0.0 for t in off.rl_train or [])
+    assert not any("valid_sql_reward" in t for t in [*off.train, *off.val, *off.test])
