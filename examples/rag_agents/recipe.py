@@ -59,9 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="demonstrate, train and validate on 1-hop and 2-hop questions in turn, and run RL on as "
                         "many of each (two thirds of the train questions are 2-hop: an RL model that always "
                         "searches twice is paid on average and loses the 1-hop ones; default: off)")
-    p.add_argument("--step-rewards", action=argparse.BooleanOptionalAction, default=False,
-                   help="GRPO with returns='step': the agent's `evidence` intermediate reward (a search that brings "
-                        "in a needed article) counts for the call that asked for it (default: off; see the README)")
+    p.add_argument("--returns", choices=("uniform", "step", "total"), default="uniform",
+                   help="the RL stage's credit (tracerl.credit): uniform ignores the agent's intermediate rewards; "
+                        "step credits each to the call that searched; total adds them to the rollout's score "
+                        "(default: uniform; see the README)")
     p.add_argument("--evidence-reward", type=float, default=None,
                    help="the `evidence` intermediate reward per needed article a search brings in, on the RL "
                         "questions (default: the agent's EVIDENCE_REWARD, 0.2)")
@@ -99,7 +100,7 @@ def build(args: argparse.Namespace) -> Recipe:
         model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes,
         group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
-        max_tokens=64, grpo_options=rl_algorithm_options(args, **({"returns": "step"} if args.step_rewards else {})),
+        max_tokens=64, grpo_options=rl_algorithm_options(args, **({"returns": args.returns} if args.returns != "uniform" else {})),
         grpo_trainer_options=rl_trainer_options(args),
         breakdown="hops", rl_train=rl_train,
     )

@@ -5,10 +5,11 @@ batch of finished rollouts of several tasks, each task sampled ``group_size`` ti
 
 1. :func:`attach_rewards` places a rollout's intermediate rewards on its T llm calls.
 2. :func:`call_returns` turns them and the final reward R into one return ``G_t`` per call
-   (``uniform``, ``discounted`` or ``step``). With ``step`` and γ = 1, a call's return is everything earned
-   after it. So an agent that retries credits a failed attempt with all its corrected retry earned, as much as
-   a first attempt that was right. γ < 1 gives the failed attempt only γ^k of it, k calls later (the SQL
-   example uses γ = 0.5).
+   (``uniform``, ``discounted``, ``step`` or ``total``). With ``step`` and γ = 1, a call's return is everything
+   earned after it. So an agent that retries credits a failed attempt with all its corrected retry earned, as
+   much as a first attempt that was right. γ < 1 gives the failed attempt only γ^k of it, k calls later (the
+   SQL example uses γ = 0.5). ``total`` gives every call the rollout's whole return, intermediate rewards
+   included: they rank the group's rollouts without crediting one call above another (see 4 for why).
 3. :func:`group_baselines` computes, per rollout i, a baseline ``b_i`` and a divisor ``d_i`` from the
    rollout scores ``s_j = G_{j,1}`` (the return of each rollout's first call: the whole rollout's return)
    of its group (``grpo``, ``rloo``) or of the batch (``batch``), and marks rollouts of zero-variance
@@ -18,7 +19,12 @@ batch of finished rollouts of several tasks, each task sampled ``group_size`` ti
    so "call t" of two rollouts need not be comparable, while the rollout return always is. With
    ``uniform`` returns ``G_{i,t} = R_i`` and this is exactly GRPO's ``(R_i − mean_g R) / (std_g R + ε)``
    broadcast to the rollout's calls; with ``step`` returns a call followed by a rewarded step gets more
-   credit than the calls after it.
+   credit than the calls after it. The price: a call made after rewarded steps is compared with a baseline
+   that holds those rewards, so with ``step`` it sits below the baseline by about what was earned before it,
+   in every rollout (an agent's last call, its answer, is pushed down whenever its searches were rewarded).
+   That term does not depend on the call's own tokens, so the gradient stays unbiased, but it is noise of
+   one sign on every late call; ``total`` has none of it (for γ = 1 it is ``step`` with the baseline lowered
+   by what the rollout had earned before the call).
 5. :func:`token_weights` normalises the loss per rollout (or per token, DAPO-style), and
    :func:`ppo_clip_token_loss` / :func:`k3_kl` give the per-token terms the learner sums with those weights.
 
@@ -29,14 +35,15 @@ response tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from tracerl.errors import InvalidInput
 
-ReturnsMode = Literal["uniform", "discounted", "step"]
+ReturnsMode = Literal["uniform", "discounted", "step", "total"]
+RETURNS_MODES: tuple[ReturnsMode, ...] = get_args(ReturnsMode)
 AdvantageMode = Literal["grpo", "rloo", "batch"]
 ScaleMode = Literal["std", "none"]
 LossNorm = Literal["rollout", "token"]
@@ -75,6 +82,7 @@ def call_returns(rewards: Tensor, final_reward: float, *, mode: ReturnsMode = "u
     * ``discounted``: ``G_t = γ^(T−t) · R`` (calls far from the end get less of the final reward).
     * ``step``:       ``G_t = Σ_{k=t}^{T} γ^(k−t) · r_k + γ^(T−t) · R`` (the call's own reward plus the
       discounted return-to-go, the final reward counting as arriving with the last call).
+    * ``total``:      ``G_t = Σ_{k=1}^{T} r_k + R`` (the rollout's whole return, for every call; γ unused).
 
     ``rewards``: (T,) intermediate rewards from :func:`attach_rewards`. Returns (T,) float64.
     """
@@ -92,7 +100,9 @@ def call_returns(rewards: Tensor, final_reward: float, *, mode: ReturnsMode = "u
         diff = t[None, :] - t[:, None]  # (T, T) k − t
         m = torch.where(diff >= 0, gamma ** diff.clamp(min=0), torch.zeros_like(diff))
         return m @ rewards.to(torch.float64) + to_end * float(final_reward)
-    raise InvalidInput(f"returns mode {mode!r} is not one of 'uniform', 'discounted', 'step'")
+    if mode == "total":
+        return torch.full((T,), float(rewards.to(torch.float64).sum()) + float(final_reward), dtype=torch.float64)
+    raise InvalidInput(f"returns mode {mode!r} is not one of {', '.join(map(repr, RETURNS_MODES))}")
 
 
 @dataclass(frozen=True)

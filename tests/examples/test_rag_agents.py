@@ -458,7 +458,8 @@ def test_the_recipe_can_balance_hops_in_demos_rl_and_validation() -> None:
     assert Counter(t["hops"] for t in recipe.val) == {1: 5, 2: 5}
     assert len(recipe.train) == 200 and recipe.test == plain.test  # every question kept; the test set unchanged
     assert "returns" not in plain.grpo_options
-    assert build(parse_args(["--step-rewards"])).grpo_options["returns"] == "step"  # the evidence reward counts
+    assert build(parse_args(["--returns", "step"])).grpo_options["returns"] == "step"  # the evidence reward counts
+    assert build(parse_args(["--returns", "total"])).grpo_options["returns"] == "total"
     # the intermediate rewards' weights travel in the RL questions only, where the agent reads them
     shaped = build(parse_args(["--balance-hops", "--evidence-reward", "0.05", "--search-cost", "0.1"]))
     assert all(t["evidence_reward"] == 0.05 and t["search_cost"] == 0.1 for t in shaped.rl_train or [])

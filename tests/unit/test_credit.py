@@ -49,6 +49,8 @@ def test_uniform_discounted_and_step_returns() -> None:
     assert call_returns(r, R, mode="step", gamma=g).tolist() == [0.5, 1.0, 1.0]
     # step with γ = 1: G_t = Σ_{k≥t} r_k + R → [1.5, 1.5, 1.0]
     assert call_returns(r, R, mode="step").tolist() == [1.5, 1.5, 1.0]
+    # total: every call Σ_k r_k + R = 0.5 + 1, whatever γ
+    assert call_returns(r, R, mode="total", gamma=g).tolist() == [1.5, 1.5, 1.5]
 
 
 def test_returns_refuse_bad_gamma_and_mode() -> None:
@@ -109,7 +111,7 @@ def test_step_and_uniform_give_different_advantages_with_intermediate_rewards() 
     r2 = attach_rewards(ids(0, 1), ids(), t())  # [0, 0]
     returns = {
         mode: torch.cat([call_returns(r1, 1.0, mode=mode), call_returns(r2, 0.0, mode=mode)])
-        for mode in ("uniform", "step")
+        for mode in ("uniform", "step", "total")
     }
     calls = ids(0, 0, 1, 1)
     adv = {}
@@ -122,6 +124,25 @@ def test_step_and_uniform_give_different_advantages_with_intermediate_rewards() 
     # step: rollout 1 G = [0.5 + 1, 1] = [1.5, 1]; rollout 2 G = [0, 0]; scores (1.5, 0) → b = 0.75
     # A = [1.5 − 0.75, 1 − 0.75 | −0.75, −0.75] = [0.75, 0.25, −0.75, −0.75]
     assert adv["step"] == [0.75, 0.25, -0.75, -0.75]
+    # total: G = [1.5, 1.5 | 0, 0], b = 0.75 → the rewarded rollout's later call is not ranked below its first
+    assert adv["total"] == [0.75, 0.75, -0.75, -0.75]
+
+
+def test_step_returns_push_every_late_call_below_the_baseline_and_total_does_not() -> None:
+    """A group of 4 rollouts of 3 calls (search, search, answer), all answering wrongly (R = 0); the searches
+    earn 0.2, 0.2 / 0.2, 0 / 0, 0 / 0.2, 0.2 (γ = 1, scale="none"). Scores 0.4, 0.2, 0, 0.4 → b = 0.25.
+    step: the answer calls' return is 0 in every rollout → A = −0.25 on all four, whatever its rollout did;
+    total: the answer call shares its rollout's score → A = 0.15, −0.05, −0.25, 0.15 (sum 0)."""
+    earned = [(0.2, 0.2), (0.2, 0.0), (0.0, 0.0), (0.2, 0.2)]
+    adv = {}
+    for mode in ("step", "total"):
+        g = [call_returns(t(a, b, 0.0), 0.0, mode=mode) for a, b in earned]  # type: ignore[arg-type]
+        st = group_baselines(torch.stack([x[0] for x in g]), ids(0, 0, 0, 0), scale="none")
+        adv[mode] = call_advantages(torch.cat(g), ids(*[i for i in range(4) for _ in range(3)]), st)
+    answers = [2, 5, 8, 11]
+    assert adv["step"][answers].tolist() == pytest.approx([-0.25] * 4)
+    assert adv["total"][answers].tolist() == pytest.approx([0.15, -0.05, -0.25, 0.15])
+    assert float(adv["total"][answers].sum()) == pytest.approx(0.0)
 
 
 def test_rollout_normalisation_weighs_rollouts_equally_and_token_mode_weighs_tokens() -> None:

@@ -127,8 +127,8 @@ def build_micro_batches(
         order = sorted(range(len(transitions)),
                        key=lambda i: (transitions[i].prompt_ids, len(transitions[i].response_ids)))
     return [
-        _collate([transitions[i] for i in rows], rows, weights, current_version, pad_id, share_prefix_tokens)
-        for rows in _split(order, transitions, micro_batch_size, micro_batch_tokens, share_prefix_tokens)
+        _collate([transitions[i] for i in rows], rows, packer, weights, current_version, pad_id)
+        for rows, packer in _split(order, transitions, micro_batch_size, micro_batch_tokens, share_prefix_tokens)
     ]
 
 
@@ -136,7 +136,7 @@ def padded_tokens(ts: Sequence[Transition], share_prefix_tokens: int | None = DE
     """Size of ``ts`` packed into one micro-batch: packed rows × the longest row, padding included."""
     packer = _Packer(share_prefix_tokens)
     for t in ts:
-        packer.add(t)
+        packer.add(packer.place(t))
     return packer.padded_tokens()
 
 
@@ -146,21 +146,25 @@ def _split(
     micro_batch_size: int,
     micro_batch_tokens: int | None,
     share_prefix_tokens: int | None,
-) -> list[list[int]]:
-    """Cut the sorted call indices ``order`` into micro-batches within both bounds (greedy, in order)."""
-    if micro_batch_tokens is None:
-        return [order[s : s + micro_batch_size] for s in range(0, len(order), micro_batch_size)]
-    out: list[list[int]] = []
+) -> list[tuple[list[int], _Packer]]:
+    """Cut the sorted call indices ``order`` into micro-batches within both bounds (greedy, in order); each
+    with its calls already packed into rows."""
+    out: list[tuple[list[int], _Packer]] = []
     current: list[int] = []
     packer = _Packer(share_prefix_tokens)
     for i in order:
-        if current and (len(current) >= micro_batch_size or packer.padded_tokens(ts[i]) > micro_batch_tokens):
-            out.append(current)
+        where = packer.place(ts[i])
+        if current and (
+            len(current) >= micro_batch_size
+            or (micro_batch_tokens is not None and packer.padded_tokens(where) > micro_batch_tokens)
+        ):
+            out.append((current, packer))
             current, packer = [], _Packer(share_prefix_tokens)
-        packer.add(ts[i])
+            where = packer.place(ts[i])
+        packer.add(where)
         current.append(i)
     if current:
-        out.append(current)
+        out.append((current, packer))
     return out
 
 
@@ -180,6 +184,18 @@ class _Segment:
     tokens: Tensor
     skip: int
     context: Tensor
+
+
+@dataclass
+class _Placement:
+    """Where a call goes: ``row`` (``len(rows)`` for a new one), the index ``match`` of the placed sequence it
+    shares its first ``shared`` tokens with (−1: none), and its sequence ``seq`` (prompt + response)."""
+
+    row: int
+    match: int
+    shared: int
+    seq: Tensor
+    prompt_length: int
 
 
 @dataclass
@@ -207,11 +223,10 @@ class _Packer:
     def __init__(self, share_prefix_tokens: int | None) -> None:
         self.share = share_prefix_tokens
         self.rows: list[_PackedRow] = []
-        self.placed: list[tuple[int, Tensor]] = []  # per call added: its row and its path
+        self.placed: list[tuple[int, int]] = []  # per call added: its row and its index among the row's paths
 
-    def _place(self, t: Transition) -> tuple[int, int, int, Tensor]:
-        """Where ``t`` goes: (row index, or len(rows) for a new row; the matched sequence's index there or
-        −1; the match length; the sequence)."""
+    def place(self, t: Transition) -> _Placement:
+        """Where ``t`` would go now (nothing changes until :meth:`add`)."""
         seq = torch.tensor([*t.prompt_ids, *t.response_ids], dtype=torch.int64)
         prompt = len(t.prompt_ids)
         best = (len(self.rows), -1, 0)
@@ -224,21 +239,21 @@ class _Packer:
                     best = (r, j, n)
         r, j, n = best
         if n < prompt and (self.share is None or n < max(self.share, 1) or 4 * n < prompt):
-            return len(self.rows), -1, 0, seq
-        return r, j, n, seq
+            return _Placement(len(self.rows), -1, 0, seq, prompt)
+        return _Placement(r, j, n, seq, prompt)
 
-    def padded_tokens(self, extra: Transition | None = None) -> int:
-        """Rows × the longest row, now or (``extra``) after adding that call."""
+    def padded_tokens(self, extra: _Placement | None = None) -> int:
+        """Rows × the longest row, now or (``extra``) after adding that placement."""
         lengths = [row.length for row in self.rows]
         if extra is not None:
-            r, _, n, seq = self._place(extra)
-            if r == len(lengths):
+            if extra.row == len(lengths):
                 lengths.append(0)
-            lengths[r] += len(seq) - n
+            lengths[extra.row] += len(extra.seq) - extra.shared
         return len(lengths) * max(lengths, default=0)
 
-    def add(self, t: Transition) -> None:
-        r, j, n, seq = self._place(t)
+    def add(self, where: _Placement) -> None:
+        """Lay out the call :meth:`place` placed (``where``, computed since the last :meth:`add`)."""
+        r, j, n, seq = where.row, where.match, where.shared, where.seq
         if r == len(self.rows):
             self.rows.append(_PackedRow())
         row = self.rows[r]
@@ -249,22 +264,20 @@ class _Packer:
         row.length += len(own)
         path = torch.cat([context, own])
         row.sequences.append(seq)
-        row.prompt_lengths.append(len(t.prompt_ids))
+        row.prompt_lengths.append(where.prompt_length)
         row.paths.append(path)
-        self.placed.append((r, path))
+        self.placed.append((r, len(row.paths) - 1))
 
 
 def _collate(
     ts: list[Transition],
     rows: list[int],
+    packer: _Packer,
     weights: Tensor,
     current_version: int | None,
     pad_id: int,
-    share_prefix_tokens: int | None = DEFAULT_SHARE_PREFIX_TOKENS,
 ) -> MicroBatch:
-    packer = _Packer(share_prefix_tokens)
-    for t in ts:
-        packer.add(t)
+    """The micro-batch of calls ``ts`` (indices ``rows`` of the whole batch), laid out as ``packer`` packed them."""
     Bp, L = len(packer.rows), max(row.length for row in packer.rows)
     B, R = len(ts), max(len(t.response_ids) for t in ts)
     input_ids = torch.full((Bp, L), pad_id, dtype=torch.int64)
@@ -283,8 +296,8 @@ def _collate(
     response_ids = torch.full((B, R), pad_id, dtype=torch.int64)
     response_mask = torch.zeros(B, R, dtype=torch.bool)
     old = torch.zeros(B, R, dtype=torch.float32)
-    for b, (t, (r, path)) in enumerate(zip(ts, packer.placed, strict=True)):
-        P, n = len(t.prompt_ids), len(t.response_ids)
+    for b, (t, (r, k)) in enumerate(zip(ts, packer.placed, strict=True)):
+        P, n, path = len(t.prompt_ids), len(t.response_ids), packer.rows[r].paths[k]
         # token 0 is predicted by the last prompt token, token j by the response's token j−1
         gather[b, :n] = r * L + path[P - 1 : P - 1 + n]
         response_ids[b, :n] = torch.tensor(t.response_ids)

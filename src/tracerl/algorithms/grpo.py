@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GRPO", "GRPOConfig", "LoRAConfig"]
 
-_RETURNS = ("uniform", "discounted", "step")
+_RETURNS = ("uniform", "discounted", "step", "total")  # credit.RETURNS_MODES, without importing torch
 _ADVANTAGES = ("grpo", "rloo", "batch")
 _SCALES = ("std", "none")
 
@@ -47,7 +47,7 @@ class GRPOConfig(ClipConfig):
     :class:`~tracerl.algorithms.config.PolicyConfig`'s; group size, epochs, clipping, KL, staleness, truncated
     importance sampling and ``train_models`` are :class:`~tracerl.algorithms.config.ClipConfig`'s.
 
-    * ``returns`` (``uniform``/``discounted``/``step``), ``gamma``, ``advantage`` (``grpo``/``rloo``/
+    * ``returns`` (``uniform``/``discounted``/``step``/``total``), ``gamma``, ``advantage`` (``grpo``/``rloo``/
       ``batch``), ``scale`` (``std``/``none``), ``adv_eps``, ``loss_norm`` (``rollout``/``token``): credit
       assignment, see :mod:`tracerl.credit`.
     * ``kl_coef``: β of the k3 KL penalty to the frozen initial policy (0: no reference model is kept).

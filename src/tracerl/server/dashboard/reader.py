@@ -35,6 +35,8 @@ from tracerl.metrics import CONFIG_FILE, METRICS_FILE, read_metrics
 from tracerl.store.base import MAX_QUERY_LIMIT, Store, validate_id
 from tracerl.types import Mode, Rollout, RolloutQuery, RolloutStatus, Span, SpanKind
 
+_RETURNS = ("uniform", "discounted", "step", "total")  # tracerl.credit.RETURNS_MODES, without importing torch
+
 SORT_KEYS = ("created", "reward", "attempts", "duration", "status", "version")
 """Columns the rollouts table sorts by; ``created`` is the store's own order."""
 MAX_PAGE = 500
@@ -293,10 +295,10 @@ def call_credit(store: Store, rollout: Rollout, *, returns: str, gamma: float, a
 
     Returns ``{"mode", "calls": [{"seq", "return", "advantage"}], "note"}``; ``note`` says why a rollout
     has no credit (not finished, no reward, zero-variance group)."""
-    if returns not in ("uniform", "discounted", "step") or advantage not in ("grpo", "rloo", "batch"):
+    if returns not in _RETURNS or advantage not in ("grpo", "rloo", "batch"):
         raise InvalidInput(
-            f"credit mode returns={returns!r}, advantage={advantage!r}: returns must be uniform, discounted or "
-            "step and advantage grpo, rloo or batch"
+            f"credit mode returns={returns!r}, advantage={advantage!r}: returns must be one of "
+            f"{', '.join(_RETURNS)} and advantage grpo, rloo or batch"
         )
     if not 0.0 < gamma <= 1.0:
         raise InvalidInput(f"gamma must be in (0, 1], got {gamma}")

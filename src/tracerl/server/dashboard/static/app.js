@@ -227,7 +227,7 @@ async function viewRollout(parts, params, polling) {
     for (const [k, v] of f.entries()) next.set(k, v);
     go(["rollout", id], next);
   }, onsubmit: (ev) => ev.preventDefault() },
-    el("label", {}, "returns", el("select", { name: "returns" }, ["uniform", "discounted", "step"].map((m) =>
+    el("label", {}, "returns", el("select", { name: "returns" }, ["uniform", "discounted", "step", "total"].map((m) =>
       el("option", { value: m, selected: d.credit.mode.returns === m, text: m })))),
     el("label", {}, "γ", el("input", { name: "gamma", value: d.credit.mode.gamma, size: 4 })),
     el("label", {}, "advantage", el("select", { name: "advantage" }, ["grpo", "rloo", "batch"].map((m) =>
