@@ -16,7 +16,8 @@ a tool call the SDK cannot execute) scores 0.
 
 An intermediate reward, for training only: when the task lists its ``evidence`` (the articles the question
 needs), a search that first brings one of them into the conversation records ``evidence`` = 0.2 per new
-article (``tracerl.emit_reward``), credited to the call that asked for it under ``GRPO(returns="step")``.
+article (``tracerl.emit_reward``), credited to the call that asked for it under ``GRPO(returns="step")`` and
+added to the rollout's score under ``returns="total"``.
 It gives a group of 2-hop rollouts that all answer wrongly a signal for the second search: measured, RL
 without it found no 2-hop success to learn from and stopped searching twice (README, *Balanced by hops*).
 A search that brings in no needed article records ``search_cost`` = −(the task's ``search_cost``, default 0):
