@@ -100,7 +100,7 @@ def build(args: argparse.Namespace) -> Recipe:
         model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes,
         group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
-        max_tokens=64, grpo_options=rl_algorithm_options(args, **({"returns": args.returns} if args.returns != "uniform" else {})),
+        max_tokens=64, grpo_options=rl_algorithm_options(args, returns=args.returns),
         grpo_trainer_options=rl_trainer_options(args),
         breakdown="hops", rl_train=rl_train,
     )

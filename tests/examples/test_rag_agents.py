@@ -457,7 +457,7 @@ def test_the_recipe_can_balance_hops_in_demos_rl_and_validation() -> None:
     assert Counter(t["hops"] for t in recipe.rl_train or []) == {1: 67, 2: 67}
     assert Counter(t["hops"] for t in recipe.val) == {1: 5, 2: 5}
     assert len(recipe.train) == 200 and recipe.test == plain.test  # every question kept; the test set unchanged
-    assert "returns" not in plain.grpo_options
+    assert plain.grpo_options["returns"] == "uniform"
     assert build(parse_args(["--returns", "step"])).grpo_options["returns"] == "step"  # the evidence reward counts
     assert build(parse_args(["--returns", "total"])).grpo_options["returns"] == "total"
     # the intermediate rewards' weights travel in the RL questions only, where the agent reads them
