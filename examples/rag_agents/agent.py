@@ -128,17 +128,14 @@ def build_agent(
     client: AsyncOpenAI,
     model: str,
     settings: ModelSettings,
-    index: Index | None = None,
-    evidence: Sequence[str] | None = None,
-    shaping: dict[str, float] | None = None,
+    tool: FunctionTool | None = None,
 ) -> Agent[Any]:
-    """The research agent, talking to ``model`` through ``client``'s Chat Completions endpoint, searching
-    ``index`` (default: the example's encyclopedia); ``evidence``: the task's needed titles, ``shaping``: the
-    weights ``evidence_reward`` and ``search_cost`` (the intermediate rewards, see :func:`search_tool`)."""
+    """The research agent, talking to ``model`` through ``client``'s Chat Completions endpoint, with ``tool``
+    (default: :data:`search`, the example's encyclopedia without intermediate rewards; see :func:`search_tool`)."""
     return Agent(
         name="Researcher",
         instructions=INSTRUCTIONS,
-        tools=[search if index is None and not evidence else search_tool(index, evidence, **(shaping or {}))],
+        tools=[tool or search],
         model=OpenAIChatCompletionsModel(model=model, openai_client=client),
         model_settings=settings,
     )
@@ -154,12 +151,11 @@ async def answer(
     client: AsyncOpenAI,
     model: str,
     settings: ModelSettings,
-    index: Index | None = None,
-    evidence: Sequence[str] | None = None,
-    shaping: dict[str, float] | None = None,
+    tool: FunctionTool | None = None,
 ) -> str:
-    """Run the agent on ``question``; its final reply ("" when the run ended without one)."""
-    agent = build_agent(client, model, settings, index, evidence, shaping)
+    """Run the agent (with ``tool``, see :func:`build_agent`) on ``question``; its final reply ("" when the run
+    ended without one)."""
+    agent = build_agent(client, model, settings, tool)
     try:
         result = await Runner.run(agent, conversation(question), max_turns=MAX_TURNS)
     except (MaxTurnsExceeded, ModelBehaviorError):
@@ -172,9 +168,10 @@ async def rag_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
     """Answer ``task["question"]`` and return the answer's F1 against ``task["answers"]``; ``task["corpus"]``
     (optional) names your own corpus file to search; ``evidence``, ``evidence_reward`` and ``search_cost``
     (optional) set the intermediate rewards (module docstring)."""
-    index = index_for(task["corpus"]) if task.get("corpus") else None
-    shaping = {k: float(task[k]) for k in ("evidence_reward", "search_cost") if k in task}
+    tool = None  # the shared `search`, unless the task names a corpus or its evidence (a tool of its own)
+    if task.get("corpus") or task.get("evidence"):
+        shaping = {k: float(task[k]) for k in ("evidence_reward", "search_cost") if k in task}
+        tool = search_tool(index_for(task["corpus"]) if task.get("corpus") else None, task.get("evidence"), **shaping)
     async with AsyncOpenAI(base_url=llm.base_url, api_key=llm.api_key) as client:
-        reply = await answer(task["question"], client, llm.model, ModelSettings(**llm.sampling), index,
-                             task.get("evidence"), shaping)
+        reply = await answer(task["question"], client, llm.model, ModelSettings(**llm.sampling), tool)
     return score(reply, task["answers"])
