@@ -340,3 +340,17 @@ def spread(tasks: Sequence[JSON], key: str, n: int) -> list[JSON]:
             if queue and len(out) < n:
                 out.append(queue.pop(0))
     return out
+
+
+def interleave(tasks: Sequence[JSON], key: str) -> list[JSON]:
+    """``tasks`` reordered so that every prefix holds each value of ``tasks[i][key]`` in its share of the whole
+    (within a value, the original order): the first half of 39 easy, 43 medium and 32 hard questions holds about
+    20, 21 and 16, where :func:`spread` would take 19 of each."""
+    by_value: dict[Any, list[JSON]] = {}
+    for task in tasks:
+        by_value.setdefault(task.get(key), []).append(task)
+    # the i-th task of a value with n tasks sits at (i + 0.5) / n of the way through; ties keep first appearance
+    placed = [((i + 0.5) / len(group), v, task) for v, group in enumerate(by_value.values())
+              for i, task in enumerate(group)]
+    return [task for *_, task in sorted(placed, key=lambda p: (p[0], p[1]))]
+

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recipes import (
     Recipe,
     add_arguments,
+    interleave,
     rl_algorithm_options,
     rl_trainer_options,
     run_recipe,
@@ -60,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gamma", type=float, default=0.5,
                    help="discount of the RL stage's step returns: below 1, a query that failed gets less of the "
                         "reward its corrected retry earned (default: 0.5)")
+    p.add_argument("--rl-undemonstrated", action=argparse.BooleanOptionalAction, default=False,
+                   help="run RL on the train questions that were not demonstrated (with --demos below 114: the "
+                        "demonstrations then take every difficulty in its share). With every question "
+                        "demonstrated, RL's sampled reward measures recall of the demonstrated SQL, not what the "
+                        "test questions need (default: off)")
     p.add_argument("--valid-sql-reward", type=float, default=None,
                    help="the `valid_sql` intermediate reward of an RL question's query that runs, 0 for none: "
                         "`result_overlap` already pays a query whose rows come close (default: the agent's, 0.1)")
@@ -76,6 +82,13 @@ def build(args: argparse.Namespace) -> Recipe:
 
     train = tasks("train")
     train.sort(key=lambda t: ("easy", "medium", "hard").index(t.get("difficulty", "easy")))  # demos: easiest first
+    rl_pool = train
+    if args.rl_undemonstrated:  # demos take each difficulty in its share; RL gets the questions after them
+        train = interleave(train, "difficulty")
+        rl_pool = train[args.demos:]
+        if not rl_pool:
+            raise SystemExit(f"--rl-undemonstrated leaves no RL question with --demos {args.demos} of "
+                             f"{len(train)} train questions: demonstrate fewer (e.g. --demos {len(train) // 2})")
     # the intermediate reward's weight travels in the RL questions (the agent reads it)
     shaping = {} if args.valid_sql_reward is None else {"valid_sql_reward": args.valid_sql_reward}
     return Recipe(
@@ -88,7 +101,7 @@ def build(args: argparse.Namespace) -> Recipe:
         max_tokens=128, roles=ROLES,
         grpo_options=rl_algorithm_options(args, returns="step", gamma=args.gamma, train_models=list(args.rl_roles)),
         grpo_trainer_options=rl_trainer_options(args),
-        rl_train=[{**t, **shaping} for t in train if t.get("difficulty", "easy") in args.rl_difficulty],
+        rl_train=[{**t, **shaping} for t in rl_pool if t.get("difficulty", "easy") in args.rl_difficulty],
         breakdown="difficulty",
     )
 

@@ -122,6 +122,17 @@ def test_spread_takes_every_kind_in_turn() -> None:
     assert len(spread(tasks, "difficulty", 50)) == 8  # asking for more than there are gives them all
 
 
+def test_interleave_gives_every_prefix_each_kind_in_its_share() -> None:
+    from recipes import interleave
+
+    tasks = [{"id": f"e{i}", "difficulty": "easy"} for i in range(6)] + [
+        {"id": f"h{i}", "difficulty": "hard"} for i in range(3)]
+    order = [t["id"] for t in interleave(tasks, "difficulty")]
+    # easy i at (i + .5) / 6, hard i at (i + .5) / 3
+    assert order == ["e0", "h0", "e1", "e2", "h1", "e3", "e4", "h2", "e5"]
+    assert sorted(order) == sorted(t["id"] for t in tasks)  # a reordering: nothing lost or repeated
+
+
 def test_report_breaks_the_test_reward_down_by_a_task_field() -> None:
     """Per-kind means on hand-computed numbers: 2 easy and 2 hard test tasks, 2 seeds."""
     results = {

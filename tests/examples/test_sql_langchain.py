@@ -366,3 +366,12 @@ def test_the_recipe_validates_on_every_difficulty_and_reports_by_difficulty() ->
     assert [t["question"] for t in off.rl_train or []] == [t["question"] for t in recipe.rl_train or []]
     assert all(t["valid_sql_reward"] == 0.0 for t in off.rl_train or [])
     assert not any("valid_sql_reward" in t for t in [*off.train, *off.val, *off.test])
+
+    # --rl-undemonstrated: RL on the easy and medium train questions the warm start was not shown
+    half = build(parse_args(["--demos", "57", "--rl-undemonstrated"]))
+    shown = {t["question"] for t in half.train[:57]}
+    assert Counter(t["difficulty"] for t in half.train[:57]) == {"easy": 20, "medium": 21, "hard": 16}
+    rl = [t["question"] for t in half.rl_train or []]
+    assert rl and not shown & set(rl) and len(rl) == 39 + 43 - 20 - 21
+    with pytest.raises(SystemExit, match="--demos 57"):
+        build(parse_args(["--rl-undemonstrated"]))  # 114 demonstrations leave none
