@@ -353,4 +353,3 @@ def interleave(tasks: Sequence[JSON], key: str) -> list[JSON]:
     placed = [((i + 0.5) / len(group), v, task) for v, group in enumerate(by_value.values())
               for i, task in enumerate(group)]
     return [task for *_, task in sorted(placed, key=lambda p: (p[0], p[1]))]
-
