@@ -327,14 +327,19 @@ def breakdown_table(groups: JSON, base: Sequence[float], sft: Sequence[float] | 
     return lines
 
 
-def spread(tasks: Sequence[JSON], key: str, n: int) -> list[JSON]:
-    """``n`` of ``tasks`` taken in turn from each value of ``tasks[i][key]`` (in order of first appearance), so a
-    small validation set holds every kind instead of the first kind of a sorted file."""
+def _groups(tasks: Sequence[JSON], key: str) -> list[list[JSON]]:
+    """``tasks`` grouped by ``tasks[i][key]``: one list per value, in order of first appearance, each in file order."""
     by_value: dict[Any, list[JSON]] = {}
     for task in tasks:
         by_value.setdefault(task.get(key), []).append(task)
+    return list(by_value.values())
+
+
+def spread(tasks: Sequence[JSON], key: str, n: int) -> list[JSON]:
+    """``n`` of ``tasks`` taken in turn from each value of ``tasks[i][key]`` (in order of first appearance), so a
+    small validation set holds every kind instead of the first kind of a sorted file."""
     out: list[JSON] = []
-    queues = [list(group) for group in by_value.values()]
+    queues = _groups(tasks, key)
     while len(out) < n and any(queues):
         for queue in queues:
             if queue and len(out) < n:
@@ -346,10 +351,7 @@ def interleave(tasks: Sequence[JSON], key: str) -> list[JSON]:
     """``tasks`` reordered so that every prefix holds each value of ``tasks[i][key]`` in its share of the whole
     (within a value, the original order): the first half of 39 easy, 43 medium and 32 hard questions holds about
     20, 21 and 16, where :func:`spread` would take 19 of each."""
-    by_value: dict[Any, list[JSON]] = {}
-    for task in tasks:
-        by_value.setdefault(task.get(key), []).append(task)
     # the i-th task of a value with n tasks sits at (i + 0.5) / n of the way through; ties keep first appearance
-    placed = [((i + 0.5) / len(group), v, task) for v, group in enumerate(by_value.values())
+    placed = [((i + 0.5) / len(group), v, task) for v, group in enumerate(_groups(tasks, key))
               for i, task in enumerate(group)]
     return [task for *_, task in sorted(placed, key=lambda p: (p[0], p[1]))]

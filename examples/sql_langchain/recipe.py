@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="discount of the RL stage's step returns: below 1, a query that failed gets less of the "
                         "reward its corrected retry earned (default: 0.5)")
     p.add_argument("--rl-undemonstrated", action=argparse.BooleanOptionalAction, default=False,
-                   help="run RL on the train questions that were not demonstrated (with --demos below 114: the "
+                   help="run RL on the train questions that were not demonstrated (with --demos below the number of "
+                        "train questions, 114 in Chinook's file: the "
                         "demonstrations then take every difficulty in its share). With every question "
                         "demonstrated, RL's sampled reward measures recall of the demonstrated SQL, not what the "
                         "test questions need (default: off)")
