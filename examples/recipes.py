@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str, lr: float = 
                    help="RL steps keep sampling until they hold groups with reward variance (DAPO; default: off)")
     p.add_argument("--max-sampled-groups", type=float, default=4.0,
                    help="with --dynamic-sampling: at most this many × the step's groups (default: 4)")
+    p.add_argument("--balance-by", default=None, metavar="FIELD",
+                   help="a task field: every RL step takes each of its values in turn, and with --dynamic-sampling "
+                        "waits for each value's share of groups with reward variance (Trainer balance_by; "
+                        "default: off)")
     p.add_argument("--rl-temperature", type=float, default=1.0,
                    help="the RL stage's sampling temperature; GRPO trains the policy at it (default: 1.0)")
     p.add_argument("--advantage-scale", choices=("std", "none"), default="std",
@@ -74,10 +78,12 @@ def rl_algorithm_options(args: argparse.Namespace, **options: Any) -> JSON:
 
 
 def rl_trainer_options(args: argparse.Namespace) -> JSON:
-    """The RL stage's Trainer settings from the shared options: dynamic sampling and its cap, when on."""
-    if not args.dynamic_sampling:
-        return {}
-    return {"dynamic_sampling": True, "max_sampled_groups": args.max_sampled_groups}
+    """The RL stage's Trainer settings from the shared options: dynamic sampling and its cap, when on, and the
+    field steps balance by."""
+    out: JSON = {"balance_by": args.balance_by} if args.balance_by else {}
+    if args.dynamic_sampling:
+        out |= {"dynamic_sampling": True, "max_sampled_groups": args.max_sampled_groups}
+    return out
 
 
 @dataclass
@@ -351,7 +357,6 @@ def interleave(tasks: Sequence[JSON], key: str) -> list[JSON]:
     """``tasks`` reordered so that every prefix holds each value of ``tasks[i][key]`` in its share of the whole
     (within a value, the original order): the first half of 39 easy, 43 medium and 32 hard questions holds about
     20, 21 and 16, where :func:`spread` would take 19 of each."""
-    # the i-th task of a value with n tasks sits at (i + 0.5) / n of the way through; ties keep first appearance
-    placed = [((i + 0.5) / len(group), v, task) for v, group in enumerate(_groups(tasks, key))
-              for i, task in enumerate(group)]
-    return [task for *_, task in sorted(placed, key=lambda p: (p[0], p[1]))]
+    from tracerl.train.data import interleaved_order
+
+    return [tasks[i] for i in interleaved_order([t.get(key) for t in tasks])]

@@ -9,10 +9,11 @@ records every call anyway.
 
 The tool ``search(query)`` returns the 3 best BM25 matches (:mod:`rag_agents.retrieval`) as text. A 2-hop
 question takes two searches (the person, then their city), then the answer. Before the question, the
-conversation holds one worked example (a question, two searches with their results, the answer), given as
-the SDK's own input items, so each model sees it in its own tool-call format. The reward is the answer F1
-against the gold answers (:mod:`rag_agents.reward`); a run that ends without an answer (too many turns, or
-a tool call the SDK cannot execute) scores 0.
+conversation holds two worked examples, given as the SDK's own input items so each model sees them in its own
+tool-call format: one whose first article states the answer (one search, the answer) and one whose first
+article only names where to look next (two searches, the answer), so the model is shown when to stop. The
+reward is the answer F1 against the gold answers (:mod:`rag_agents.reward`); a run that ends without an answer
+(too many turns, or a tool call the SDK cannot execute) scores 0.
 
 An intermediate reward, for training only: when the task lists its ``evidence`` (the articles the question
 needs), a search that first brings one of them into the conversation records ``evidence`` = 0.2 per new
@@ -62,8 +63,9 @@ EVIDENCE_REWARD = 0.2  # the ``evidence`` intermediate reward per needed article
 
 INSTRUCTIONS = """\
 You answer questions about a fictional world. You know nothing about it yourself: find the facts with the \
-search tool, which returns articles of the world's encyclopedia. A question may need two searches: first \
-search the person or company the question names, then search the city or company that article mentions.
+search tool, which returns articles of the world's encyclopedia. First search the person, company or city \
+the question names. If that article states the answer, answer. If it does not, search the city or company \
+that article mentions, then answer.
 When you know the answer, reply with one last line "Answer: <the name or year>"."""
 
 
@@ -78,12 +80,17 @@ def _example_call(call_id: str, query: str, article: str) -> list[TResponseInput
     return [call, output]
 
 
-#: one worked exchange shown before the question (small models rarely call a tool without one); its world
-#: is not the corpus's, so it gives the strategy away but no answer
+#: two worked exchanges shown before the question (small models rarely call a tool without one): one whose
+#: first article states the answer (one search), one whose first article names where to look next (two); their
+#: world is not the corpus's, so they give the strategy away but no answer
 EXAMPLE: list[TResponseInputItem] = [
+    {"role": "user", "content": "Which company does Oskar Lund work for?"},
+    *_example_call("example_1", "Oskar Lund", "[1] Oskar Lund\nOskar Lund is a baker born in 1964 in Brem. "
+                                              "He works for Halvi Foods."),
+    {"role": "assistant", "content": "Answer: Halvi Foods"},
     {"role": "user", "content": "In which country was Ana Berg born?"},
-    *_example_call("example_1", "Ana Berg", "[1] Ana Berg\nAna Berg is a pilot born in 1971 in Tolva."),
-    *_example_call("example_2", "Tolva", "[1] Tolva\nTolva is a city in Marsland, on the river Ebro."),
+    *_example_call("example_2", "Ana Berg", "[1] Ana Berg\nAna Berg is a pilot born in 1971 in Tolva."),
+    *_example_call("example_3", "Tolva", "[1] Tolva\nTolva is a city in Marsland, on the river Ebro."),
     {"role": "assistant", "content": "Answer: Marsland"},
 ]
 

@@ -220,6 +220,11 @@ class TrainerConfig:
     * ``dynamic_sampling``: a step keeps sampling groups of new tasks until it holds ``batch_size`` groups
       with reward variance (the ones that carry a learning signal), up to ``max_sampled_groups ×
       batch_size`` groups in all (DAPO's dynamic sampling); metrics show sampled vs used groups.
+    * ``balance_by``: a task field (e.g. ``"hops"`` or ``"difficulty"``). Each epoch's shuffled order is
+      interleaved so that every step takes each value of the field in its share, and with ``dynamic_sampling``
+      a step is full only when every value also holds its share of the informative groups (⌈batch_size / number
+      of values⌉ each, under the same cap). Without it, a run whose informative groups come mostly from one kind
+      of task can train several steps in a row on that kind alone.
     * ``async_updates``: the update of a step runs while the next step's rollouts are sampled with the
       previous weights (one update stale, corrected by importance sampling; see :mod:`tracerl.train.pipeline`).
     """
@@ -240,6 +245,7 @@ class TrainerConfig:
     keep_checkpoints: int = 1
     dynamic_sampling: bool = False
     max_sampled_groups: float = 3.0
+    balance_by: str | None = None
     rollout_timeout_s: float = 900.0
     tensorboard: bool = False
     wandb: bool = False
@@ -262,6 +268,9 @@ class TrainerConfig:
                 f"trainer.max_sampled_groups = {self.max_sampled_groups} must be ≥ 1 (it caps the groups sampled "
                 "per step at that multiple of batch_size)"
             )
+        if self.balance_by is not None and (not isinstance(self.balance_by, str) or not self.balance_by):
+            raise ConfigError(f"trainer.balance_by must be the name of a task field (e.g. 'difficulty'), got "
+                              f"{self.balance_by!r}")
         _positive_int("trainer", "max_tokens", self.max_tokens)
         _positive_float("trainer", "rollout_timeout_s", self.rollout_timeout_s)
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):

@@ -318,11 +318,15 @@ def test_agent_runs_unchanged_in_runner_processes_and_every_call_is_recorded(env
     messages = request["messages"]
     assert messages[0] == {"role": "system", "content": INSTRUCTIONS}
     assert messages[-1] == {"role": "user", "content": env.task["question"]}
-    # the worked example, converted by the SDK into Chat Completions tool-call turns
+    # the worked examples (one search, then two), converted by the SDK into Chat Completions tool-call turns
     roles = [m["role"] for m in messages]
-    assert roles == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant", "user"]
-    assert messages[2]["tool_calls"][0]["function"] == {"name": "search", "arguments": '{"query": "Ana Berg"}'}
+    one_search = ["user", "assistant", "tool", "assistant"]
+    two_searches = ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert roles == ["system", *one_search, *two_searches, "user"]
+    assert messages[2]["tool_calls"][0]["function"] == {"name": "search", "arguments": '{"query": "Oskar Lund"}'}
     assert messages[3]["tool_call_id"] == messages[2]["tool_calls"][0]["id"] == "example_1"
+    assert messages[6]["tool_calls"][0]["function"] == {"name": "search", "arguments": '{"query": "Ana Berg"}'}
+    assert messages[4] == {"role": "assistant", "content": "Answer: Halvi Foods"}
     [tool] = request["tools"]
     assert tool["type"] == "function" and tool["function"]["name"] == "search"
     assert tool["function"]["parameters"]["required"] == ["query"]
@@ -441,6 +445,8 @@ def test_recipe_defaults_are_the_measured_ones_and_dynamic_sampling_can_be_turne
     assert (args.demos, args.grpo_minutes, args.n_test, args.n_val) == (24, 8.0, 40, 10)
     assert rl_trainer_options(args) == {"dynamic_sampling": True, "max_sampled_groups": 4.0}
     assert rl_trainer_options(parse_args(["--no-dynamic-sampling", "--demos", "48"])) == {}
+    assert rl_trainer_options(parse_args(["--balance-by", "hops"])) == {
+        "balance_by": "hops", "dynamic_sampling": True, "max_sampled_groups": 4.0}
     assert parse_args(["--demos", "48"]).demos == 48
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
 import tracerl
 from tracerl.algorithms.base import StepResult
 from tracerl.algorithms.sft_data import examples_from_transcripts
 from tracerl.engines.models import load_model
+from tracerl.errors import ConfigError
 from tracerl.gateway import start_gateway
 from tracerl.store import connect
 from tracerl.store.base import Store
@@ -206,3 +208,50 @@ def test_dynamic_sampling_fills_the_step_with_informative_groups_and_stops_at_it
         assert h["generated_rollouts"] == 4 * h["sampled_groups"]
     assert sum(h["sampled_groups"] for h in result.history) > 4 * 2  # it did sample beyond batch_size
 
+
+
+KIND_AGENT = '''
+import random
+
+from openai import OpenAI
+import tracerl
+
+
+@tracerl.agent
+def by_kind(task, llm):
+    """One LLM call, then a reward with variance within a group only on tasks marked ``informative``."""
+    client = OpenAI(base_url=llm.base_url, api_key=llm.api_key)
+    client.chat.completions.create(model=llm.model, messages=[{"role": "user", "content": task["id"]}], **llm.sampling)
+    return random.random() if task["informative"] else 0.0
+'''
+
+
+def test_balance_by_makes_every_step_wait_for_each_kinds_informative_group(
+    tiny_model_dir: Path, tmp_path: Path, agent_module: Callable[[str, str], Path]
+) -> None:
+    """Every "a" task is informative, one "b" task in four: without ``balance_by`` most steps would train on two "a"
+    groups; with it, each step samples until a "b" group with variance is in (or the cap of 4 × 2 groups)."""
+    agent_module("kind_agent", KIND_AGENT)
+    tasks = [{"id": f"a{i}", "kind": "a", "informative": True} for i in range(16)]
+    tasks += [{"id": f"b{i}", "kind": "b", "informative": i % 4 == 0} for i in range(16)]
+    trainer = tracerl.Trainer(
+        agent="kind_agent:by_kind", algorithm=tracerl.GRPO(str(tiny_model_dir), group_size=2, lr=1e-3, seed=0),
+        runners=2, run_dir=str(tmp_path / "run"), batch_size=2, max_steps=3, val_every=0, max_tokens=2,
+        progress=False, dynamic_sampling=True, max_sampled_groups=4.0, balance_by="kind",
+    )
+    result = trainer.fit(tasks)
+    with connect(f"sqlite:///{tmp_path / 'run' / 'store.db'}") as store:
+        rollouts = store.query_rollouts(RolloutQuery(limit=1000)).items
+    versions = sorted({r.resources_version for r in rollouts})  # one per step: the weights before its update
+    assert len(versions) == len(result.history) == 3
+    for version, record in zip(versions, result.history, strict=True):
+        groups = {r.task["id"]: r.task for r in rollouts if r.resources_version == version}
+        assert len(groups) == record["sampled_groups"]
+        kinds = [t["kind"] for t in groups.values()]
+        assert abs(kinds.count("a") - kinds.count("b")) <= 1  # the order takes the kinds in turn
+        informative_b = [t for t in groups.values() if t["kind"] == "b" and t["informative"]]
+        assert informative_b or record["sampled_groups"] == 8
+        assert record["used_groups"] >= 2
+    with pytest.raises(ConfigError, match=r"balance_by = 'kinds'.*'informative', 'kind'"):
+        tracerl.Trainer(agent="kind_agent:by_kind", algorithm=tracerl.GRPO(str(tiny_model_dir), group_size=2),
+                        run_dir=str(tmp_path / "typo"), balance_by="kinds").fit(tasks)

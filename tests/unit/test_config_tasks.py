@@ -9,6 +9,7 @@ import pytest
 from tracerl.errors import ConfigError
 from tracerl.tasks.arithmetic import breakdown, messages_for, score
 from tracerl.tasks.toy import digit_fraction
+from tracerl.train.data import interleaved_order
 
 
 def test_tasks_load_from_jsonl_or_a_builtin_name(tmp_path: Path) -> None:
@@ -85,3 +86,10 @@ def test_toy_reward_is_the_digit_share() -> None:
     assert digit_fraction("123") == 1.0
     assert digit_fraction("12 ab") == 0.5  # spaces do not count
     assert digit_fraction("") == 0.0
+
+
+def test_interleaved_order_puts_each_kind_in_its_share_of_every_prefix() -> None:
+    # 4 a at 1/8, 3/8, 5/8, 7/8 of the way; 2 b at 1/4, 3/4: a b a a b a
+    assert interleaved_order(["a", "a", "b", "a", "a", "b"]) == [0, 2, 1, 3, 5, 4]
+    assert interleaved_order([2, 2, 2, 1, 1, 1]) == [0, 3, 1, 4, 2, 5]  # equal shares alternate, first seen first
+    assert interleaved_order(["x", "x"]) == [0, 1] and interleaved_order([]) == []

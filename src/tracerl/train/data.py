@@ -7,12 +7,14 @@ Built-in names are ``DATASET:SPLIT`` or ``DATASET:SPLIT:N`` (the first N tasks o
 
 The same reader loads SFT demonstrations (a JSONL file of ``{"messages": [...], "tools": [...]}`` objects):
 :func:`read_jsonl`; the examples' own question and document files use :func:`read_jsonl_lines`, which keeps
-each object's line number for their messages.
+each object's line number for their messages. :func:`interleaved_order` orders tasks so that every prefix holds
+each kind in its share (the Trainer's ``balance_by``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, cast
@@ -70,3 +72,19 @@ def read_jsonl_lines(path: str | PathLike[str], *, what: str = "task") -> list[t
     if not out:
         raise ConfigError(f"{what} file {str(path)!r} is empty")
     return out
+
+
+def interleaved_order(values: Sequence[Hashable]) -> list[int]:
+    """The indices of ``values`` reordered so that every prefix holds each distinct value in its share of the
+    whole, each value's indices in their original order.
+
+    The i-th of a value's n indices is placed at (i + ½)/n of the way through (ties: the value that appears first
+    comes first), so for ``["a", "a", "b", "a", "a", "b"]`` (4 a, 2 b) the order is a, b, a, a, b, a: indices
+    0, 2, 1, 3, 5, 4.
+    """
+    by_value: dict[Hashable, list[int]] = {}
+    for i, value in enumerate(values):
+        by_value.setdefault(value, []).append(i)
+    placed = [((k + 0.5) / len(group), rank, i) for rank, group in enumerate(by_value.values())
+              for k, i in enumerate(group)]
+    return [i for *_, i in sorted(placed)]

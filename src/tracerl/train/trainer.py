@@ -20,7 +20,9 @@ The Trainer knows only the :class:`~tracerl.algorithms.base.Algorithm` protocol.
    in-process gateway to the engine and are recorded; wait until every rollout ended;
 2. ``algorithm.make_batch`` turns them into a batch (credit assignment). With ``dynamic_sampling`` a step
    that holds fewer informative groups (reward variance > 0) than ``batch_size`` samples more groups, up to
-   ``max_sampled_groups × batch_size`` in all, and trains on the informative ones it got;
+   ``max_sampled_groups × batch_size`` in all, and trains on the informative ones it got. ``balance_by`` (a
+   task field) interleaves each epoch's order so every step takes each kind of task in its share, and makes a
+   dynamic-sampling step wait for each kind's share of informative groups;
 3. ``algorithm.update``; new weights go into the engine and a new version of the ``resources`` bundle
    (model, stage, weights version, checkpoint, sampling) is published, so every later rollout and LLM call
    is tagged with the weights that produced it.
@@ -37,12 +39,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -52,6 +55,7 @@ from tracerl.config import STAGE_FIELDS, EngineConfig, RunnerConfig, StoreConfig
 from tracerl.errors import ConfigError, TracerlError
 from tracerl.metrics import METRICS_FILE, PLOT_FILE, MetricsLogger, plot_rewards
 from tracerl.train import checkpoints as ckpt
+from tracerl.train.data import interleaved_order
 from tracerl.train.launcher import (
     RESOURCES_NAME,
     Stack,
@@ -236,6 +240,7 @@ class Trainer:
         val = check_tasks(val_tasks, "val_tasks") if val_tasks is not None else None
         for i, stage in enumerate(self.stages):
             match_temperature(stage.algorithm, stage.config(cfg), i)
+            _check_balance_by(train, stage.config(cfg).balance_by)
         cfg.run_path.mkdir(parents=True, exist_ok=True)
         from tracerl.train import distributed
 
@@ -539,6 +544,8 @@ class _Run:
                     break
             order = list(range(len(items)))
             random.Random(self.base_cfg.seed * 1_000_003 + pos.stage * 7919 + pos.epoch).shuffle(order)
+            if self.cfg.balance_by is not None:  # each kind in its share of every prefix, shuffled within a kind
+                order = [order[j] for j in interleaved_order([_value(items[i], self.cfg.balance_by) for i in order])]
             chunk = order[pos.batch : pos.batch + n - len(out)]
             out.extend(items[i] for i in chunk)
             pos.batch += len(chunk)
@@ -635,6 +642,7 @@ class _Run:
         wanted, cap = cfg.batch_size, math.ceil(cfg.max_sampled_groups * cfg.batch_size)
         used: list[dict[str, Any]] = []
         rollouts: list[Rollout] = []
+        groups_of: list[list[Rollout]] = []  # one group per item of ``used``
         todo = chunk
         while True:
             self.progress.status(f"{label}: rollouts")
@@ -645,18 +653,40 @@ class _Run:
                 on_progress=self.progress.rollouts,
             )
             used.extend(todo)
+            groups_of.extend(groups)
             rollouts.extend(r for g in groups for r in g)
             batch = algorithm.make_batch(self.store, used, [r.rollout_id for r in rollouts])
             if not cfg.dynamic_sampling:
                 return rollouts, used, batch
             found = batch.informative_groups
             self.informative_rate = 0.5 * self.informative_rate + 0.5 * max(found / len(used), 0.05)
-            if found >= wanted or len(used) >= cap:
+            missing = max(wanted - found, self.kinds_missing(items, used, groups_of) if cfg.balance_by else 0)
+            if missing <= 0 or len(used) >= cap:
                 return rollouts, used, batch
-            more = min(cap - len(used), math.ceil((wanted - found) / self.informative_rate))
+            more = min(cap - len(used), math.ceil(missing / self.informative_rate))
             todo = self.take(items, more)
             if not todo:
                 return rollouts, used, batch
+
+    def kinds_missing(
+        self, items: list[dict[str, Any]], used: list[dict[str, Any]], groups: list[list[Rollout]]
+    ) -> int:
+        """How many informative groups the groups sampled for ``used`` lack: every value of ``balance_by`` among
+        the stage's ``items`` wants ⌈batch_size / number of values⌉, counted by the algorithm's own batch of that
+        value's groups (so shaped rewards count as they do in the update)."""
+        key = self.cfg.balance_by
+        assert key is not None
+        kinds = {_value(item, key) for item in items}
+        share, missing = math.ceil(self.cfg.batch_size / len(kinds)), 0
+        for kind in kinds:
+            mine = [i for i, item in enumerate(used) if _value(item, key) == kind]
+            if not mine:
+                missing += share
+                continue
+            ids = [r.rollout_id for i in mine for r in groups[i]]
+            found = self.algorithm.make_batch(self.store, [used[i] for i in mine], ids).informative_groups
+            missing += max(share - found, 0)
+        return missing
 
     def run_own_rollouts(self, tasks: list[dict[str, Any]], metadata: list[dict[str, Any]]) -> list[Rollout]:
         """One greedy (``val``) rollout per task with its metadata, for an algorithm's own scoring."""
@@ -771,6 +801,20 @@ def _mode(name: str) -> Any:
     from tracerl.types import Mode
 
     return Mode(name)
+
+
+def _value(item: dict[str, Any], key: str) -> Hashable:
+    """``item[key]`` as a kind for ``balance_by`` (None when absent; a list or object by its JSON text)."""
+    value = item.get(key)
+    return value if isinstance(value, Hashable) else json.dumps(value, sort_keys=True)
+
+
+def _check_balance_by(tasks: list[dict[str, Any]], key: str | None) -> None:
+    """A ``balance_by`` field that no training task has is a typo, not a single kind: say so before loading."""
+    if key is not None and not any(key in task for task in tasks):
+        fields = sorted({k for task in tasks[:100] for k in task})
+        raise ConfigError(f"trainer.balance_by = {key!r}, but no training task has that field; the tasks have "
+                          f"{fields}: name one of them, or unset balance_by")
 
 
 def _check_roles(roles: dict[str, str | None] | None, algorithm: Any) -> dict[str, str | None] | None:
