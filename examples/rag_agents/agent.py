@@ -100,11 +100,14 @@ def search_tool(
     evidence: Sequence[str] | None = None,
     evidence_reward: float = EVIDENCE_REWARD,
     search_cost: float = 0.0,
+    top_k: int = TOP_K,
 ) -> FunctionTool:
-    """The ``search`` tool over ``index`` (default: the example's encyclopedia). With ``evidence`` (the titles a
-    task needs), a search whose results hold needed articles not yet found records the ``evidence``
-    intermediate reward (``evidence_reward`` each), and one that holds none records ``search_cost`` =
-    −``search_cost`` (when above 0)."""
+    """The ``search`` tool over ``index`` (default: the example's encyclopedia), returning the ``top_k`` best
+    articles. With ``evidence`` (the titles a task needs), a search whose results hold needed articles not yet
+    found records the ``evidence`` intermediate reward (``evidence_reward`` each), and one that holds none
+    records ``search_cost`` = −``search_cost`` (when above 0)."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1 (articles a search returns), got {top_k}")
     needed, found = set(evidence or ()), set[str]()
 
     @function_tool
@@ -114,7 +117,7 @@ def search_tool(
         Args:
             query: A few keywords, for example the name of a person, a company or a city.
         """
-        hits = (index or default_index()).search(query, k=TOP_K)
+        hits = (index or default_index()).search(query, k=top_k)
         new = {doc.title for doc in hits} & needed - found
         if new:
             found.update(new)
@@ -173,12 +176,14 @@ async def answer(
 @tracerl.agent
 async def rag_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
     """Answer ``task["question"]`` and return the answer's F1 against ``task["answers"]``; ``task["corpus"]``
-    (optional) names your own corpus file to search; ``evidence``, ``evidence_reward`` and ``search_cost``
-    (optional) set the intermediate rewards (module docstring)."""
-    tool = None  # the shared `search`, unless the task names a corpus or its evidence (a tool of its own)
-    if task.get("corpus") or task.get("evidence"):
+    (optional) names your own corpus file to search, ``top_k`` how many articles a search returns (default 3);
+    ``evidence``, ``evidence_reward`` and ``search_cost`` (optional) set the intermediate rewards (module
+    docstring)."""
+    tool = None  # the shared `search`, unless the task names a corpus, its evidence or top_k (a tool of its own)
+    if task.get("corpus") or task.get("evidence") or "top_k" in task:
         shaping = {k: float(task[k]) for k in ("evidence_reward", "search_cost") if k in task}
-        tool = search_tool(index_for(task["corpus"]) if task.get("corpus") else None, task.get("evidence"), **shaping)
+        tool = search_tool(index_for(task["corpus"]) if task.get("corpus") else None, task.get("evidence"),
+                           top_k=int(task.get("top_k", TOP_K)), **shaping)
     async with AsyncOpenAI(base_url=llm.base_url, api_key=llm.api_key) as client:
         reply = await answer(task["question"], client, llm.model, ModelSettings(**llm.sampling), tool)
     return score(reply, task["answers"])

@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--evidence-reward", type=float, default=None,
                    help="the `evidence` intermediate reward per needed article a search brings in, on the RL "
                         "questions (default: the agent's EVIDENCE_REWARD, 0.2)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="articles a search returns, in every split's questions (default: the agent's TOP_K, 3)")
     p.add_argument("--search-cost", type=float, default=0.0,
                    help="a search on an RL question that brings in no needed article records -this (default: 0)")
     return p.parse_args(argv)
@@ -75,13 +77,20 @@ def build(args: argparse.Namespace) -> Recipe:
     """The recipe ``args`` describe: its questions (from your files if given), gold policy and settings."""
     from rag_agents.data import load_questions, make_tasks
 
-    def tasks(split: str, n: int | None) -> list[JSON]:
+    def questions(split: str, n: int | None) -> list[JSON]:
         path = getattr(args, f"{split}_questions")
         if path:
             return load_questions(path, corpus=args.corpus)[:n]
         if args.corpus:
             raise SystemExit(f"with --corpus, give your own --{split}-questions too")
         return make_tasks(split, n)
+
+    if args.top_k is not None and args.top_k < 1:
+        raise SystemExit(f"--top-k {args.top_k}: a search must return at least 1 article")
+    setting = {"top_k": args.top_k} if args.top_k is not None else {}
+
+    def tasks(split: str, n: int | None) -> list[JSON]:  # every split's questions carry top_k
+        return [{**t, **setting} for t in questions(split, n)]
 
     train, val, rl_train = tasks("train", None), tasks("val", args.n_val), None
     if args.balance_hops:  # each kind in turn: demos (the first ``demos`` train questions), RL and validation

@@ -158,7 +158,7 @@ def test_search_tool_returns_the_article_each_hop_needs() -> None:
     """Through the SDK's own tool invocation: the question finds the first article, the bridge name the
     second, for every question of the corpus."""
     from agents.tool_context import ToolContext
-    from rag_agents.agent import search
+    from rag_agents.agent import search, search_tool
 
     async def call(query: str) -> str:
         ctx = ToolContext(context=None, tool_name="search", tool_call_id="c1", tool_arguments="{}")
@@ -171,6 +171,12 @@ def test_search_tool_returns_the_article_each_hop_needs() -> None:
     second = asyncio.run(call(task["evidence"][1]))
     assert second.startswith(f"[1] {task['evidence'][1]}\n")
     assert "No article matches" in asyncio.run(call("zeppelin"))
+    assert second.count("\n\n[") == 2  # three articles by default (TOP_K)
+    ctx = ToolContext(context=None, tool_name="search", tool_call_id="c2", tool_arguments="{}")
+    only = asyncio.run(search_tool(top_k=1).on_invoke_tool(ctx, json.dumps({"query": task["evidence"][1]})))
+    assert only == f"[1] {task['evidence'][1]}\n{articles[task['evidence'][1]]}"  # the needed article alone
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        search_tool(top_k=0)
     index = default_index()
     for split in data.SPLITS:
         for t in data.make_tasks(split):
@@ -471,3 +477,8 @@ def test_the_recipe_can_balance_hops_in_demos_rl_and_validation() -> None:
     assert all(t["evidence_reward"] == 0.05 and t["search_cost"] == 0.1 for t in shaped.rl_train or [])
     assert [t["question"] for t in shaped.rl_train or []] == [t["question"] for t in recipe.rl_train or []]
     assert not any("search_cost" in t for t in [*shaped.train, *shaped.val, *shaped.test])
+    # the search depth is the agent's, so every split carries it (demonstrations, RL and evaluation alike)
+    one = build(parse_args(["--balance-hops", "--top-k", "1"]))
+    assert all(t["top_k"] == 1 for t in [*one.train, *one.val, *one.test, *(one.rl_train or [])])
+    with pytest.raises(SystemExit, match="--top-k 0"):
+        build(parse_args(["--top-k", "0"]))
