@@ -68,9 +68,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "questions (default: the agent's EVIDENCE_REWARD, 0.2)")
     p.add_argument("--top-k", type=int, default=None,
                    help="articles a search returns, in every split's questions (default: the agent's TOP_K, 3)")
+    p.add_argument("--demo-hops", type=int, nargs=2, default=None, metavar=("ONE_HOP", "TWO_HOP"),
+                   help="demonstrate on this many 1-hop and 2-hop train questions (replaces --demos; the first of "
+                        "each kind in the train order; default: the first --demos train questions)")
     p.add_argument("--search-cost", type=float, default=0.0,
                    help="a search on an RL question that brings in no needed article records -this (default: 0)")
     return p.parse_args(argv)
+
+
+def demo_first(train: list[JSON], counts: dict[int, int]) -> list[JSON]:
+    """``train`` reordered so that its first ``sum(counts)`` questions hold ``counts[h]`` of each hop count ``h``,
+    taken in turn (the first of each kind), followed by the rest in their order. Within a kind the order is
+    unchanged, so the RL questions picked by kind are the same questions as without it."""
+    have = {h: sum(1 for t in train if t.get("hops") == h) for h in counts}
+    for h, n in counts.items():
+        if not 0 <= n <= have[h]:
+            raise SystemExit(f"--demo-hops: {n} demonstrations of {h}-hop questions asked for; the train split has "
+                             f"{have[h]} (give 0 to {have[h]})")
+    chosen = spread([t for t in train if t.get("hops") in counts], "hops", len(train))
+    taken = {h: 0 for h in counts}
+    first: list[JSON] = []
+    for t in chosen:
+        if taken[t["hops"]] < counts[t["hops"]]:
+            taken[t["hops"]] += 1
+            first.append(t)
+    picked = {id(t) for t in first}
+    return first + [t for t in train if id(t) not in picked]
 
 
 def build(args: argparse.Namespace) -> Recipe:
@@ -98,6 +121,9 @@ def build(args: argparse.Namespace) -> Recipe:
         train = spread(train, "hops", len(train))
         rl_train = spread(train, "hops", len(set(hops)) * min(hops.count(h) for h in set(hops)))
         val = spread(tasks("val", None), "hops", args.n_val)
+    demos = args.demos
+    if args.demo_hops is not None:
+        train, demos = demo_first(train, dict(zip((1, 2), args.demo_hops, strict=True))), sum(args.demo_hops)
     shaping = {"search_cost": args.search_cost} if args.search_cost else {}
     if args.evidence_reward is not None:
         shaping["evidence_reward"] = args.evidence_reward
@@ -106,7 +132,7 @@ def build(args: argparse.Namespace) -> Recipe:
     return Recipe(
         name="rag_agents", agent="rag_agents.agent:rag_agent", train=train,
         val=val, test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir),
-        model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
+        model=args.model, demos=demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
         grpo_minutes=args.grpo_minutes,
         group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
         max_tokens=64, grpo_options=rl_algorithm_options(args, returns=args.returns),

@@ -482,3 +482,24 @@ def test_the_recipe_can_balance_hops_in_demos_rl_and_validation() -> None:
     assert all(t["top_k"] == 1 for t in [*one.train, *one.val, *one.test, *(one.rl_train or [])])
     with pytest.raises(SystemExit, match="--top-k 0"):
         build(parse_args(["--top-k", "0"]))
+
+
+def test_the_recipe_can_choose_how_many_demonstrations_of_each_hop_count() -> None:
+    """``--demo-hops 8 16`` demonstrates 8 1-hop and 16 2-hop questions; the RL, val and test questions stay."""
+    from collections import Counter
+
+    from rag_agents.recipe import build, parse_args
+
+    balanced = build(parse_args(["--balance-hops"]))
+    mixed = build(parse_args(["--balance-hops", "--demo-hops", "8", "16"]))
+    assert mixed.demos == 24 and Counter(t["hops"] for t in mixed.train[:24]) == {1: 8, 2: 16}
+    # the first of each kind: the balanced recipe's 12 + 12 demonstrations minus 4 1-hop, plus the next 4 2-hop
+    first_two_hop = [t["question"] for t in balanced.train if t["hops"] == 2][:16]
+    assert [t["question"] for t in mixed.train[:24] if t["hops"] == 2] == first_two_hop
+    assert [t["question"] for t in mixed.rl_train or []] == [t["question"] for t in balanced.rl_train or []]
+    assert sorted(t["question"] for t in mixed.train) == sorted(t["question"] for t in balanced.train)
+    assert (mixed.val, mixed.test) == (balanced.val, balanced.test)
+    only_two = build(parse_args(["--demo-hops", "0", "5"]))
+    assert Counter(t["hops"] for t in only_two.train[: only_two.demos]) == {2: 5}
+    with pytest.raises(SystemExit, match="80 demonstrations of 1-hop questions asked for; the train split has 67"):
+        build(parse_args(["--demo-hops", "80", "1"]))
