@@ -80,19 +80,13 @@ def demo_first(train: list[JSON], counts: dict[int, int]) -> list[JSON]:
     """``train`` reordered so that its first ``sum(counts)`` questions hold ``counts[h]`` of each hop count ``h``,
     taken in turn (the first of each kind), followed by the rest in their order. Within a kind the order is
     unchanged, so the RL questions picked by kind are the same questions as without it."""
-    have = {h: sum(1 for t in train if t.get("hops") == h) for h in counts}
+    of_kind = {h: [t for t in train if t.get("hops") == h] for h in counts}
     for h, n in counts.items():
-        if not 0 <= n <= have[h]:
+        if not 0 <= n <= len(of_kind[h]):
             raise SystemExit(f"--demo-hops: {n} demonstrations of {h}-hop questions asked for; the train split has "
-                             f"{have[h]} (give 0 to {have[h]})")
-    chosen = spread([t for t in train if t.get("hops") in counts], "hops", len(train))
-    taken = {h: 0 for h in counts}
-    first: list[JSON] = []
-    for t in chosen:
-        if taken[t["hops"]] < counts[t["hops"]]:
-            taken[t["hops"]] += 1
-            first.append(t)
-    picked = {id(t) for t in first}
+                             f"{len(of_kind[h])} (give 0 to {len(of_kind[h])})")
+    picked = {id(t) for h, n in counts.items() for t in of_kind[h][:n]}
+    first = spread([t for t in train if id(t) in picked], "hops", len(picked))
     return first + [t for t in train if id(t) not in picked]
 
 
