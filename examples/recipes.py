@@ -49,10 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str, lr: float = 
                    help="record the demonstrations and write one `tracerl train` config per seed, then stop")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default: 0 1)")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--demos", type=int, default=48, help="train tasks turned into demonstrations (default: 48)")
+    p.add_argument("--demos", type=int, default=48,
+                   help="train tasks turned into demonstrations (default: %(default)s)")
     p.add_argument("--sft-lr", type=float, default=1e-4, help="SFT learning rate (default: 1e-4)")
     p.add_argument("--sft-epochs", type=int, default=2)
-    p.add_argument("--grpo-minutes", type=float, default=10.0)
+    p.add_argument("--grpo-minutes", type=float, default=10.0, help="the RL stage's budget (default: %(default)s)")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=lr, help=f"GRPO learning rate (default: {lr:g})")
     p.add_argument("--runners", type=int, default=8)
@@ -63,7 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str, lr: float = 
     p.add_argument("--balance-by", default=None, metavar="FIELD",
                    help="a task field: every RL step takes each of its values in turn, and with --dynamic-sampling "
                         "waits for each value's share of groups with reward variance (Trainer balance_by; "
-                        "default: off)")
+                        "'' for off; default: %(default)s)")
+    p.add_argument("--balance-trim", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --balance-by: each RL update uses as many groups with reward variance of every value "
+                        "as the scarcest value holds (Trainer balance_trim; default: %(default)s)")
     p.add_argument("--rl-temperature", type=float, default=1.0,
                    help="the RL stage's sampling temperature; GRPO trains the policy at it (default: 1.0)")
     p.add_argument("--advantage-scale", choices=("std", "none"), default="std",
@@ -79,8 +83,10 @@ def rl_algorithm_options(args: argparse.Namespace, **options: Any) -> JSON:
 
 def rl_trainer_options(args: argparse.Namespace) -> JSON:
     """The RL stage's Trainer settings from the shared options: dynamic sampling and its cap, when on, and the
-    field steps balance by."""
+    field steps balance by (and whether they trim to it)."""
     out: JSON = {"balance_by": args.balance_by} if args.balance_by else {}
+    if args.balance_by and args.balance_trim:
+        out["balance_trim"] = True
     if args.dynamic_sampling:
         out |= {"dynamic_sampling": True, "max_sampled_groups": args.max_sampled_groups}
     return out

@@ -225,6 +225,10 @@ class TrainerConfig:
       a step is full only when every value also holds its share of the informative groups (⌈batch_size / number
       of values⌉ each, under the same cap). Without it, a run whose informative groups come mostly from one kind
       of task can train several steps in a row on that kind alone.
+    * ``balance_trim`` (with ``balance_by``): each update uses as many informative groups of every value as the
+      scarcest value holds; the surplus was sampled and is left out (``trimmed_groups`` in the metrics). A step
+      in which one kind gave no signal then makes no update, instead of one that moves behaviour all kinds share
+      (e.g. how often an agent searches) by the other kinds' signal alone.
     * ``async_updates``: the update of a step runs while the next step's rollouts are sampled with the
       previous weights (one update stale, corrected by importance sampling; see :mod:`tracerl.train.pipeline`).
     """
@@ -246,6 +250,7 @@ class TrainerConfig:
     dynamic_sampling: bool = False
     max_sampled_groups: float = 3.0
     balance_by: str | None = None
+    balance_trim: bool = False
     rollout_timeout_s: float = 900.0
     tensorboard: bool = False
     wandb: bool = False
@@ -271,6 +276,9 @@ class TrainerConfig:
         if self.balance_by is not None and (not isinstance(self.balance_by, str) or not self.balance_by):
             raise ConfigError(f"trainer.balance_by must be the name of a task field (e.g. 'difficulty'), got "
                               f"{self.balance_by!r}")
+        if self.balance_trim and self.balance_by is None:
+            raise ConfigError("trainer.balance_trim = true trims each step to the same number of informative groups "
+                              "per value of balance_by, but balance_by is unset: name the task field to balance by")
         _positive_int("trainer", "max_tokens", self.max_tokens)
         _positive_float("trainer", "rollout_timeout_s", self.rollout_timeout_s)
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):

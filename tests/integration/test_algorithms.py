@@ -255,3 +255,38 @@ def test_balance_by_makes_every_step_wait_for_each_kinds_informative_group(
     with pytest.raises(ConfigError, match=r"balance_by = 'kinds'.*'informative', 'kind'"):
         tracerl.Trainer(agent="kind_agent:by_kind", algorithm=tracerl.GRPO(str(tiny_model_dir), group_size=2),
                         run_dir=str(tmp_path / "typo"), balance_by="kinds").fit(tasks)
+
+
+def test_balance_trim_updates_on_as_many_informative_groups_of_each_kind_and_not_at_all_when_one_gave_none(
+    tiny_model_dir: Path, tmp_path: Path, agent_module: Callable[[str, str], Path]
+) -> None:
+    """With ``balance_trim``, a step whose "a" groups all have variance and whose "b" groups have it one time in four
+    trains on min(a, b) informative groups of each kind; when no "b" task is ever informative, no step updates
+    the weights (the "a" signal alone would move what both kinds share)."""
+    agent_module("kind_agent", KIND_AGENT)
+    tasks = [{"id": f"a{i}", "kind": "a", "informative": True} for i in range(16)]
+    mixed = tasks + [{"id": f"b{i}", "kind": "b", "informative": i % 4 == 0} for i in range(16)]
+    silent = tasks + [{"id": f"b{i}", "kind": "b", "informative": False} for i in range(16)]
+    for name, train in (("mixed", mixed), ("silent", silent)):
+        run_dir = tmp_path / name
+        result = tracerl.Trainer(
+            agent="kind_agent:by_kind", algorithm=tracerl.GRPO(str(tiny_model_dir), group_size=2, lr=1e-3, seed=0),
+            runners=2, run_dir=str(run_dir), batch_size=2, max_steps=3, val_every=0, max_tokens=2, progress=False,
+            dynamic_sampling=True, max_sampled_groups=4.0, balance_by="kind", balance_trim=True,
+        ).fit(train)
+        with connect(f"sqlite:///{run_dir / 'store.db'}") as store:
+            rollouts = store.query_rollouts(RolloutQuery(limit=1000)).items
+        rollouts.sort(key=lambda r: r.created_at)  # each step's rollouts, in step order (a step without an
+        assert len(result.history) == 3  # update publishes no new weights version to tell them apart by)
+        for record in result.history:
+            mine, rollouts = rollouts[: record["generated_rollouts"]], rollouts[record["generated_rollouts"] :]
+            groups = {r.task["id"]: r.task for r in mine}
+            assert len(groups) == record["sampled_groups"]
+            found = {kind: sum(t["kind"] == kind and t["informative"] for t in groups.values()) for kind in "ab"}
+            assert record["used_groups"] == 2 * min(found.values()), (found, record)
+            assert record["trimmed_groups"] == sum(found.values()) - record["used_groups"]
+        assert not rollouts
+        if name == "silent":  # every step sampled "a" groups with variance, and none of them moved the weights
+            assert all(h["trimmed_groups"] >= 1 and h["weights_version"] == 0 for h in result.history)
+        else:
+            assert result.history[-1]["weights_version"] >= 1

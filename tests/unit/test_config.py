@@ -38,6 +38,7 @@ from tracerl.errors import ConfigError
         (lambda: StageSpec("sft", trainer={"run_dir": "x"}), ["run_dir", "time_budget_s"]),
         (lambda: TrainerConfig(max_sampled_groups=0.5), ["max_sampled_groups", "≥ 1"]),
         (lambda: TrainerConfig(balance_by=""), ["balance_by", "task field"]),
+        (lambda: TrainerConfig(balance_trim=True), ["balance_trim", "balance_by is unset"]),
         (lambda: EngineConfig(dtype="int8"), ["engine.dtype", "bfloat16"]),
     ],
 )

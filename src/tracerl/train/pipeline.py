@@ -24,8 +24,9 @@ class PendingUpdate:
     """``algorithm.update(batch)`` running in a daemon thread, with what the step's record needs later."""
 
     def __init__(self, algorithm: Any, batch: Any, rollouts: list[Any], used_items: list[Any], t0: float,
-                 rollout_s: float) -> None:  # fmt: skip
+                 rollout_s: float, extra: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.batch, self.rollouts, self.used_items, self.t0, self.rollout_s = batch, rollouts, used_items, t0, rollout_s
+        self.extra = extra or {}  # the step's own metrics, logged with its record
         self.result: Any = None
         self.error: BaseException | None = None
         self.update_s = 0.0

@@ -356,6 +356,7 @@ class _Run:
         self.stage_results: list[StageResult] = []
         self.version = 0
         self.informative_rate = 1.0  # running estimate of the informative fraction of sampled groups
+        self.trimmed_groups = 0  # informative groups the step's ``balance_trim`` left out
         self.stage_weights: dict[str, Any] | None = None  # the weights the current stage started from
         self.resource_versions: dict[str, int] = {}  # resources an algorithm published -> latest version
         self.pending: PendingUpdate | None = None  # async_updates: the update running in the background
@@ -557,17 +558,19 @@ class _Run:
         assert self.stack is not None
         t0 = time.monotonic()
         label = f"step {pos.stage_step + 1 + (self.pending is not None)}"
+        self.trimmed_groups = 0
         rollouts, used_items, batch = self.sample(chunk, items, label)
         rollout_s = time.monotonic() - t0
+        extra = {"trimmed_groups": self.trimmed_groups} if self.cfg.balance_trim else {}
         if self.cfg.async_updates:  # collect the update that ran while these rollouts were sampled, start this one
             self.finish_update()
-            self.pending = PendingUpdate(algorithm, batch, rollouts, used_items, t0, rollout_s)
+            self.pending = PendingUpdate(algorithm, batch, rollouts, used_items, t0, rollout_s, extra)
             return
         self.progress.status(f"{label}: update")
         t1 = time.monotonic()
         in_update[0] = True
         result = algorithm.update(batch)
-        self.apply_update(result, batch, rollouts, used_items, t0, rollout_s, t1, in_update)
+        self.apply_update(result, batch, rollouts, used_items, t0, rollout_s, t1, in_update, extra)
 
     def finish_update(self) -> None:
         """Wait for the update running in the background (``async_updates``), then serve, publish and log it."""
@@ -579,11 +582,11 @@ class _Run:
         result = pending.join()
         self.update_wait_s = time.monotonic() - waited  # the part of the update the rollouts did not hide
         self.apply_update(result, pending.batch, pending.rollouts, pending.used_items, pending.t0, pending.rollout_s,
-                          time.monotonic() - pending.update_s, [True])  # fmt: skip
+                          time.monotonic() - pending.update_s, [True], pending.extra)  # fmt: skip
 
     def apply_update(
         self, result: Any, batch: Any, rollouts: list[Rollout], used_items: list[dict[str, Any]], t0: float,
-        rollout_s: float, t1: float, in_update: list[bool],
+        rollout_s: float, t1: float, in_update: list[bool], extra: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         """Serve and publish an update's weights, count the step, log its record and call the callbacks."""
         pos, algorithm = self.pos, self.algorithm
@@ -614,6 +617,7 @@ class _Run:
             **result.metrics,
             "sampled_groups": len(used_items) if algorithm.group_size else None,
             "used_groups": batch.informative_groups if algorithm.group_size else None,
+            **(extra or {}),
             "generated_rollouts": len(rollouts),
             "failed_rollouts": sum(r.status.value == "failed" for r in rollouts),
             "tokens_per_s": round(batch.response_tokens / rollout_s, 1) if rollout_s > 0 and rollouts else None,
@@ -657,16 +661,37 @@ class _Run:
             rollouts.extend(r for g in groups for r in g)
             batch = algorithm.make_batch(self.store, used, [r.rollout_id for r in rollouts])
             if not cfg.dynamic_sampling:
-                return rollouts, used, batch
+                return rollouts, used, self.trim(items, used, groups_of, batch) if cfg.balance_trim else batch
             found = batch.informative_groups
             self.informative_rate = 0.5 * self.informative_rate + 0.5 * max(found / len(used), 0.05)
             missing = max(wanted - found, self.kinds_missing(items, used, groups_of) if cfg.balance_by else 0)
-            if missing <= 0 or len(used) >= cap:
-                return rollouts, used, batch
-            more = min(cap - len(used), math.ceil(missing / self.informative_rate))
-            todo = self.take(items, more)
+            more = min(cap - len(used), math.ceil(missing / self.informative_rate)) if missing > 0 else 0
+            todo = self.take(items, more) if more > 0 else []
             if not todo:
-                return rollouts, used, batch
+                return rollouts, used, self.trim(items, used, groups_of, batch) if cfg.balance_trim else batch
+
+    def trim(
+        self, items: list[dict[str, Any]], used: list[dict[str, Any]], groups: list[list[Rollout]], batch: Any
+    ) -> Any:
+        """``batch`` with as many informative groups of every value of ``balance_by`` as the scarcest value holds
+        (the first ones sampled; the groups without reward variance stay, they carry no gradient). The surplus
+        is counted in ``self.trimmed_groups``. A value that gave no informative group leaves the step without an
+        update, rather than one that moves the policy by the other values' signal alone."""
+        key = self.cfg.balance_by
+        assert key is not None
+        informative: dict[Any, list[int]] = {_value(item, key): [] for item in items}
+        for i, (item, group) in enumerate(zip(used, groups, strict=True)):
+            ids = [r.rollout_id for r in group]
+            if self.algorithm.make_batch(self.store, [item], ids).informative_groups:
+                informative.setdefault(_value(item, key), []).append(i)
+        share = min(len(found) for found in informative.values())
+        dropped = {i for found in informative.values() for i in found[share:]}
+        self.trimmed_groups = len(dropped)
+        if not dropped:
+            return batch
+        keep = [i for i in range(len(used)) if i not in dropped]
+        ids = [r.rollout_id for i in keep for r in groups[i]]
+        return self.algorithm.make_batch(self.store, [used[i] for i in keep], ids)
 
     def kinds_missing(
         self, items: list[dict[str, Any]], used: list[dict[str, Any]], groups: list[list[Rollout]]
