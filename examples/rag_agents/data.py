@@ -287,7 +287,8 @@ def load_corpus(path: str | Path) -> tuple[Document, ...]:
 
 def load_questions(path: str | Path, *, corpus: str | Path | None = None) -> list[dict[str, Any]]:
     """Tasks from a JSONL file, one ``{"question", "answers"}`` object a line (``answers`` a string or a
-    list of strings; ``id``, ``evidence`` optional); with ``corpus``, each task names that corpus file."""
+    list of strings; ``id``, ``evidence`` optional: the titles of the articles to read, in order, which also give
+    the task's ``hops``); with ``corpus``, each task names that corpus file."""
     tasks = []
     for n, item in read_jsonl_lines(path, what="question"):
         answers = item.get("answers")
@@ -296,6 +297,8 @@ def load_questions(path: str | Path, *, corpus: str | Path | None = None) -> lis
             raise ValueError(f"{path}:{n} needs a 'question' string and 'answers' (a string or a list)")
         task = {"id": str(item.get("id", f"q{n:04d}")), "question": item["question"],
                 "answers": list(answers), "evidence": list(item.get("evidence") or [])}
+        if task["evidence"]:  # the articles to read, in order: their number is the question's hop count
+            task["hops"] = len(task["evidence"])
         if corpus is not None:
             task["corpus"] = str(Path(corpus).resolve())
         tasks.append(task)

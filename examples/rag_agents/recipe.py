@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from recipes import (
 import tracerl
 
 JSON = dict[str, Any]
+DEMO_HOPS: tuple[int, int] = (16, 32)  # demonstrated 1-hop and 2-hop questions, unless --demos or --demo-hops
+DEMOS_WITHOUT_HOPS = 48  # demonstrated questions when yours carry no hop count (no evidence lists)
 
 
 def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
@@ -45,32 +48,37 @@ def gold(task: JSON, messages: list[JSON], tools: list[JSON]) -> JSON:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0], conflict_handler="resolve")
     add_arguments(p, run_dir="runs/rag_recipe")
-    # 24 demonstrations + dynamic sampling: 48 left a warm start whose groups GRPO mostly found all-0 or all-1
-    # (8 of 36 informative), 12 one too weak to find a success in 8 groups (README, "What RL adds")
-    p.set_defaults(grpo_minutes=8.0, demos=24, dynamic_sampling=True)
+    p.add_argument("--demos", type=int, default=None,  # replaces the shared option: by default, --demo-hops
+                   help="demonstrate on the first N train questions instead of --demo-hops' mix")
+    # measured in the README ("Twice the demonstrations, and updates trimmed to balance"): 16 + 32 demonstrations,
+    # one article a search, credit by the rollout's total with a 0.1 evidence reward, 16 minutes of RL on steps
+    # balanced by hops, each update with as many informative groups of either kind
+    p.set_defaults(grpo_minutes=16.0, dynamic_sampling=True, balance_by="hops", balance_trim=True)
     p.add_argument("--corpus", default=None, help="your JSONL documents (id, title, text)")
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}-questions", default=None, help=f"JSONL {split} questions (question, answers)")
     p.add_argument("--n-test", type=int, default=40, help="test questions (default: 40)")
     p.add_argument("--n-val", type=int, default=10, help="validation questions during GRPO (default: 10)")
-    p.add_argument("--balance-hops", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--balance-hops", action=argparse.BooleanOptionalAction, default=True,
                    help="demonstrate, train and validate on 1-hop and 2-hop questions in turn, and run RL on as "
                         "many of each (two thirds of the train questions are 2-hop: an RL model that always "
-                        "searches twice is paid on average and loses the 1-hop ones; default: off)")
-    p.add_argument("--returns", choices=("uniform", "step", "total"), default="uniform",
+                        "searches twice is paid on average and loses the 1-hop ones; default: on)")
+    p.add_argument("--returns", choices=("uniform", "step", "total"), default="total",
                    help="the RL stage's credit (tracerl.credit): uniform ignores the agent's intermediate rewards; "
                         "step credits each to the call that searched; total adds them to the rollout's score "
-                        "(default: uniform; see the README)")
-    p.add_argument("--evidence-reward", type=float, default=None,
+                        "(default: total; see the README)")
+    p.add_argument("--evidence-reward", type=float, default=0.1,
                    help="the `evidence` intermediate reward per needed article a search brings in, on the RL "
-                        "questions (default: the agent's EVIDENCE_REWARD, 0.2)")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="articles a search returns, in every split's questions (default: the agent's TOP_K, 3)")
+                        "questions (default: 0.1; the agent's own EVIDENCE_REWARD is 0.2)")
+    p.add_argument("--top-k", type=int, default=1,
+                   help="articles a search returns, in every split's questions (default: 1; the agent's own TOP_K "
+                        "is 3)")
     p.add_argument("--demo-hops", type=int, nargs=2, default=None, metavar=("ONE_HOP", "TWO_HOP"),
-                   help="demonstrate on this many 1-hop and 2-hop train questions (replaces --demos; the first of "
-                        "each kind in the train order; default: the first --demos train questions)")
+                   help="demonstrate on this many 1-hop and 2-hop train questions, the first of each kind in the "
+                        "train order (default: 16 32, or as many as the train split has; --demos N takes the "
+                        "first N train questions instead)")
     p.add_argument("--search-cost", type=float, default=0.0,
                    help="a search on an RL question that brings in no needed article records -this (default: 0)")
     return p.parse_args(argv)
@@ -110,19 +118,37 @@ def build(args: argparse.Namespace) -> Recipe:
         return [{**t, **setting} for t in questions(split, n)]
 
     train, val, rl_train = tasks("train", None), tasks("val", args.n_val), None
-    if args.balance_hops:  # each kind in turn: demos (the first ``demos`` train questions), RL and validation
-        hops = [t.get("hops") for t in train]
+    if args.demos is not None and args.demo_hops is not None:
+        raise SystemExit(f"--demos {args.demos} and --demo-hops {' '.join(map(str, args.demo_hops))}: give one "
+                         "(the first N train questions, or N of each hop count)")
+    demos, balance_by = args.demos, args.balance_by
+    if not all(isinstance(t.get("hops"), int) for t in train):  # no evidence lists, so no hop count to balance
+        if args.demo_hops is not None:
+            raise SystemExit("--demo-hops needs train questions with 'evidence' (the articles to read, which give "
+                             "the hop count); some of yours have none: give --demos N instead")
+        print(f"[rag_agents] some train questions have no 'evidence' (so no hop count): demonstrating the first "
+              f"{demos or DEMOS_WITHOUT_HOPS} of them, with no balancing by hops")
+        demos, balance_by = demos or DEMOS_WITHOUT_HOPS, None if balance_by == "hops" else balance_by
+    elif args.balance_hops:  # each kind in turn: demos (the first ``demos`` train questions), RL and validation
+        hops = [t["hops"] for t in train]
         train = spread(train, "hops", len(train))
         rl_train = spread(train, "hops", len(set(hops)) * min(hops.count(h) for h in set(hops)))
         val = spread(tasks("val", None), "hops", args.n_val)
-    demos = args.demos
-    if args.demo_hops is not None:
-        train, demos = demo_first(train, dict(zip((1, 2), args.demo_hops, strict=True))), sum(args.demo_hops)
+    if demos is None:  # the first of each kind: by default 16 1-hop and 32 2-hop, as far as your questions have them
+        counts: dict[int, int] = dict(zip((1, 2), args.demo_hops or DEMO_HOPS, strict=True))
+        if args.demo_hops is None:
+            have = Counter(t["hops"] for t in train)
+            counts = {h: min(n, have[h]) for h, n in counts.items()}
+        train, demos = demo_first(train, counts), sum(counts.values())
     shaping = {"search_cost": args.search_cost} if args.search_cost else {}
     if args.evidence_reward is not None:
         shaping["evidence_reward"] = args.evidence_reward
     if shaping:  # the intermediate rewards' weights travel in the RL questions (the agent reads them)
         rl_train = [{**t, **shaping} for t in (rl_train or train)]
+    trainer_options = rl_trainer_options(args)
+    if balance_by is None:
+        trainer_options.pop("balance_by", None)
+        trainer_options.pop("balance_trim", None)
     return Recipe(
         name="rag_agents", agent="rag_agents.agent:rag_agent", train=train,
         val=val, test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir),
@@ -130,7 +156,7 @@ def build(args: argparse.Namespace) -> Recipe:
         grpo_minutes=args.grpo_minutes,
         group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
         max_tokens=64, grpo_options=rl_algorithm_options(args, returns=args.returns),
-        grpo_trainer_options=rl_trainer_options(args),
+        grpo_trainer_options=trainer_options,
         breakdown="hops", rl_train=rl_train,
     )
 

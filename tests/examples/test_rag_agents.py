@@ -429,7 +429,7 @@ def test_your_own_corpus_and_questions(tmp_path: Path) -> None:
     questions.write_text(json.dumps({"question": "When was the planet Zorblat orbits discovered?",
                                      "answers": "2087", "evidence": ["Zorblat", "Quenta"]}) + "\n")
     [task] = load_questions(questions, corpus=corpus_file)
-    assert task["answers"] == ["2087"] and task["evidence"] == ["Zorblat", "Quenta"]
+    assert task["answers"] == ["2087"] and task["evidence"] == ["Zorblat", "Quenta"] and task["hops"] == 2
     assert task["corpus"] == str(corpus_file.resolve()) and task["id"] == "q0001"
     assert [d.title for d in load_corpus(corpus_file)] == ["Zorblat", "Quenta"]
 
@@ -444,16 +444,56 @@ def test_your_own_corpus_and_questions(tmp_path: Path) -> None:
 
 
 def test_recipe_defaults_are_the_measured_ones_and_dynamic_sampling_can_be_turned_off() -> None:
-    from rag_agents.recipe import parse_args
+    from collections import Counter
+
+    from rag_agents.recipe import build, parse_args
     from recipes import rl_trainer_options
 
     args = parse_args([])
-    assert (args.demos, args.grpo_minutes, args.n_test, args.n_val) == (24, 8.0, 40, 10)
-    assert rl_trainer_options(args) == {"dynamic_sampling": True, "max_sampled_groups": 4.0}
-    assert rl_trainer_options(parse_args(["--no-dynamic-sampling", "--demos", "48"])) == {}
-    assert rl_trainer_options(parse_args(["--balance-by", "hops"])) == {
-        "balance_by": "hops", "dynamic_sampling": True, "max_sampled_groups": 4.0}
+    assert (args.grpo_minutes, args.n_test, args.n_val, args.returns, args.top_k) == (16.0, 40, 10, "total", 1)
+    assert rl_trainer_options(args) == {"balance_by": "hops", "balance_trim": True, "dynamic_sampling": True,
+                                        "max_sampled_groups": 4.0}
+    assert rl_trainer_options(parse_args(["--no-dynamic-sampling", "--balance-by", ""])) == {}
+    assert "balance_trim" not in rl_trainer_options(parse_args(["--no-balance-trim"]))
     assert parse_args(["--demos", "48"]).demos == 48
+    # the default warm start: the first 16 1-hop and 32 2-hop train questions, taken in turn
+    recipe = build(args)
+    assert recipe.demos == 48 and Counter(t["hops"] for t in recipe.train[:48]) == {1: 16, 2: 32}
+    assert recipe.grpo_options["returns"] == "total" and recipe.grpo_trainer_options["balance_by"] == "hops"
+    assert all(t["evidence_reward"] == 0.1 for t in recipe.rl_train or [])
+    assert all(t["top_k"] == 1 for t in [*recipe.train, *recipe.val, *recipe.test])
+    with pytest.raises(SystemExit, match="--demos 24 and --demo-hops 8 16: give one"):
+        build(parse_args(["--demos", "24", "--demo-hops", "8", "16"]))
+
+
+def test_the_recipe_takes_questions_without_hop_counts_and_caps_the_default_mix(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Your questions without ``evidence`` have no hop count: the recipe demonstrates the first 48 and does not
+    balance by hops (the Trainer would refuse a ``balance_by`` field no task has); with evidence lists of two
+    titles only, the default mix takes what there is: no 1-hop demonstrations, 32 2-hop ones."""
+    from rag_agents.recipe import build, parse_args
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(json.dumps({"id": "1", "title": "Quenta", "text": "Quenta was discovered in 2087."}) + "\n")
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(
+            json.dumps({"question": f"When was Quenta discovered? ({split} {i})", "answers": "2087"}) + "\n"
+            for i in range(60)))
+    files = ["--corpus", str(corpus), *(a for split in ("train", "val", "test")
+                                         for a in (f"--{split}-questions", str(tmp_path / f"{split}.jsonl")))]
+    recipe = build(parse_args(files))
+    assert recipe.demos == 48 and not {"balance_by", "balance_trim"} & set(recipe.grpo_trainer_options)
+    assert "some train questions have no 'evidence'" in capsys.readouterr().out
+    assert [t["question"] for t in recipe.train] == [f"When was Quenta discovered? (train {i})" for i in range(60)]
+    kept = build(parse_args([*files, "--demos", "10", "--balance-by", "source"])).grpo_trainer_options
+    assert kept["balance_by"] == "source" and kept["balance_trim"]  # a field of yours is kept
+    with pytest.raises(SystemExit, match="--demo-hops needs train questions with 'evidence'"):
+        build(parse_args([*files, "--demo-hops", "4", "4"]))
+    (tmp_path / "train.jsonl").write_text("".join(
+        json.dumps({"question": f"q{i}", "answers": "2087", "evidence": ["Zorblat", "Quenta"]}) + "\n"
+        for i in range(40)))
+    two_hop = build(parse_args(files))
+    assert two_hop.demos == 32 and all(t["hops"] == 2 for t in two_hop.train)
 
 
 def test_the_recipe_can_balance_hops_in_demos_rl_and_validation() -> None:
@@ -462,9 +502,10 @@ def test_the_recipe_can_balance_hops_in_demos_rl_and_validation() -> None:
 
     from rag_agents.recipe import build, parse_args
 
-    plain = build(parse_args([]))
-    assert plain.rl_train is None and Counter(t["hops"] for t in plain.train) == {2: 133, 1: 67}
-    recipe = build(parse_args(["--balance-hops"]))
+    plain = build(parse_args(["--no-balance-hops", "--demos", "24", "--returns", "uniform"]))
+    assert Counter(t["hops"] for t in plain.train) == {2: 133, 1: 67}
+    assert [t["question"] for t in plain.rl_train or []] == [t["question"] for t in plain.train]
+    recipe = build(parse_args(["--demos", "24"]))
     assert Counter(t["hops"] for t in recipe.train[: recipe.demos]) == {1: 12, 2: 12}
     assert Counter(t["hops"] for t in recipe.rl_train or []) == {1: 67, 2: 67}
     assert Counter(t["hops"] for t in recipe.val) == {1: 5, 2: 5}
@@ -473,13 +514,13 @@ def test_the_recipe_can_balance_hops_in_demos_rl_and_validation() -> None:
     assert build(parse_args(["--returns", "step"])).grpo_options["returns"] == "step"  # the evidence reward counts
     assert build(parse_args(["--returns", "total"])).grpo_options["returns"] == "total"
     # the intermediate rewards' weights travel in the RL questions only, where the agent reads them
-    shaped = build(parse_args(["--balance-hops", "--evidence-reward", "0.05", "--search-cost", "0.1"]))
+    shaped = build(parse_args(["--demos", "24", "--evidence-reward", "0.05", "--search-cost", "0.1"]))
     assert all(t["evidence_reward"] == 0.05 and t["search_cost"] == 0.1 for t in shaped.rl_train or [])
     assert [t["question"] for t in shaped.rl_train or []] == [t["question"] for t in recipe.rl_train or []]
     assert not any("search_cost" in t for t in [*shaped.train, *shaped.val, *shaped.test])
     # the search depth is the agent's, so every split carries it (demonstrations, RL and evaluation alike)
-    one = build(parse_args(["--balance-hops", "--top-k", "1"]))
-    assert all(t["top_k"] == 1 for t in [*one.train, *one.val, *one.test, *(one.rl_train or [])])
+    three = build(parse_args(["--top-k", "3"]))
+    assert all(t["top_k"] == 3 for t in [*three.train, *three.val, *three.test, *(three.rl_train or [])])
     with pytest.raises(SystemExit, match="--top-k 0"):
         build(parse_args(["--top-k", "0"]))
 
@@ -490,8 +531,8 @@ def test_the_recipe_can_choose_how_many_demonstrations_of_each_hop_count() -> No
 
     from rag_agents.recipe import build, parse_args
 
-    balanced = build(parse_args(["--balance-hops"]))
-    mixed = build(parse_args(["--balance-hops", "--demo-hops", "8", "16"]))
+    balanced = build(parse_args(["--demos", "24"]))
+    mixed = build(parse_args(["--demo-hops", "8", "16"]))
     assert mixed.demos == 24 and Counter(t["hops"] for t in mixed.train[:24]) == {1: 8, 2: 16}
     # the first of each kind: the balanced recipe's 12 + 12 demonstrations minus 4 1-hop, plus the next 4 2-hop
     first_two_hop = [t["question"] for t in balanced.train if t["hops"] == 2][:16]
