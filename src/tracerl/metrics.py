@@ -12,6 +12,9 @@ since this ``fit`` started; a resumed run counts from 0 again) and the values of
 baseline); ``sampled_nll`` is the mean −log p of the sampled response tokens. Many zero-variance groups with
 a ``sampled_nll`` near 0 mean the sampler has become near-deterministic (typical after a warm start): a
 group's samples come out the same, so their rewards do too, and more steps of the same sampling will not help.
+With dynamic sampling, ``sampled_groups`` counts the groups rolled out and ``used_groups`` the informative ones
+the update used; with ``balance_trim``, ``trimmed_groups`` counts the informative ones left out to keep every
+kind of task even.
 
 A resumed run appends to the file (``append=True``), so it continues the same curve; a fresh run replaces
 it. :func:`plot_rewards` turns it into a PNG of train reward (per step and smoothed) and validation reward
