@@ -45,6 +45,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,7 +357,6 @@ class _Run:
         self.stage_results: list[StageResult] = []
         self.version = 0
         self.informative_rate = 1.0  # running estimate of the informative fraction of sampled groups
-        self.trimmed_groups = 0  # informative groups the step's ``balance_trim`` left out
         self.stage_weights: dict[str, Any] | None = None  # the weights the current stage started from
         self.resource_versions: dict[str, int] = {}  # resources an algorithm published -> latest version
         self.pending: PendingUpdate | None = None  # async_updates: the update running in the background
@@ -558,10 +558,9 @@ class _Run:
         assert self.stack is not None
         t0 = time.monotonic()
         label = f"step {pos.stage_step + 1 + (self.pending is not None)}"
-        self.trimmed_groups = 0
-        rollouts, used_items, batch = self.sample(chunk, items, label)
+        rollouts, used_items, batch, trimmed = self.sample(chunk, items, label)
         rollout_s = time.monotonic() - t0
-        extra = {"trimmed_groups": self.trimmed_groups} if self.cfg.balance_trim else {}
+        extra = {"trimmed_groups": trimmed} if self.cfg.balance_trim else {}
         if self.cfg.async_updates:  # collect the update that ran while these rollouts were sampled, start this one
             self.finish_update()
             self.pending = PendingUpdate(algorithm, batch, rollouts, used_items, t0, rollout_s, extra)
@@ -636,17 +635,19 @@ class _Run:
 
     def sample(
         self, chunk: list[dict[str, Any]], items: list[dict[str, Any]], label: str
-    ) -> tuple[list[Rollout], list[dict[str, Any]], Any]:
+    ) -> tuple[list[Rollout], list[dict[str, Any]], Any, int]:
         """Run the step's rollouts and make the batch; with dynamic sampling, keep sampling groups of new
         items until ``batch_size`` informative groups are in or ``max_sampled_groups × batch_size`` groups
-        were sampled. Returns (every rollout sampled, the items rolled out, the batch)."""
+        were sampled. Returns (every rollout sampled, the items rolled out, the batch, the informative groups
+        ``balance_trim`` left out of it)."""
         cfg, algorithm = self.cfg, self.algorithm
         if not algorithm.group_size:
-            return [], chunk, algorithm.make_batch(self.store, chunk, [])
+            return [], chunk, algorithm.make_batch(self.store, chunk, []), 0
         wanted, cap = cfg.batch_size, math.ceil(cfg.max_sampled_groups * cfg.batch_size)
         used: list[dict[str, Any]] = []
         rollouts: list[Rollout] = []
         groups_of: list[list[Rollout]] = []  # one group per item of ``used``
+        informative: list[bool] = []  # per group of ``used``, with ``balance_by``: does it carry a gradient?
         todo = chunk
         while True:
             self.progress.status(f"{label}: rollouts")
@@ -659,59 +660,56 @@ class _Run:
             used.extend(todo)
             groups_of.extend(groups)
             rollouts.extend(r for g in groups for r in g)
+            if cfg.balance_by is not None and (cfg.dynamic_sampling or cfg.balance_trim):  # each group once
+                informative.extend(
+                    algorithm.make_batch(self.store, [item], [r.rollout_id for r in group]).informative_groups > 0
+                    for item, group in zip(todo, groups, strict=True)
+                )
             batch = algorithm.make_batch(self.store, used, [r.rollout_id for r in rollouts])
-            if not cfg.dynamic_sampling:
-                return rollouts, used, self.trim(items, used, groups_of, batch) if cfg.balance_trim else batch
-            found = batch.informative_groups
-            self.informative_rate = 0.5 * self.informative_rate + 0.5 * max(found / len(used), 0.05)
-            missing = max(wanted - found, self.kinds_missing(items, used, groups_of) if cfg.balance_by else 0)
-            more = min(cap - len(used), math.ceil(missing / self.informative_rate)) if missing > 0 else 0
+            more = 0
+            if cfg.dynamic_sampling:
+                found = batch.informative_groups
+                self.informative_rate = 0.5 * self.informative_rate + 0.5 * max(found / len(used), 0.05)
+                missing = max(wanted - found, self.kinds_missing(items, used, informative) if cfg.balance_by else 0)
+                more = min(cap - len(used), math.ceil(missing / self.informative_rate)) if missing > 0 else 0
             todo = self.take(items, more) if more > 0 else []
             if not todo:
-                return rollouts, used, self.trim(items, used, groups_of, batch) if cfg.balance_trim else batch
+                if not cfg.balance_trim:
+                    return rollouts, used, batch, 0
+                return rollouts, used, *self.trim(items, used, groups_of, informative, batch)
 
     def trim(
-        self, items: list[dict[str, Any]], used: list[dict[str, Any]], groups: list[list[Rollout]], batch: Any
-    ) -> Any:
+        self, items: list[dict[str, Any]], used: list[dict[str, Any]], groups: list[list[Rollout]],
+        informative: list[bool], batch: Any,
+    ) -> tuple[Any, int]:  # fmt: skip
         """``batch`` with as many informative groups of every value of ``balance_by`` as the scarcest value holds
-        (the first ones sampled; the groups without reward variance stay, they carry no gradient). The surplus
-        is counted in ``self.trimmed_groups``. A value that gave no informative group leaves the step without an
-        update, rather than one that moves the policy by the other values' signal alone."""
+        (the first ones sampled; the groups without reward variance stay, they carry no gradient), and how many
+        it left out. A value that gave no informative group leaves the step without an update, rather than one
+        that moves the policy by the other values' signal alone."""
         key = self.cfg.balance_by
         assert key is not None
-        informative: dict[Any, list[int]] = {_value(item, key): [] for item in items}
-        for i, (item, group) in enumerate(zip(used, groups, strict=True)):
-            ids = [r.rollout_id for r in group]
-            if self.algorithm.make_batch(self.store, [item], ids).informative_groups:
-                informative.setdefault(_value(item, key), []).append(i)
-        share = min(len(found) for found in informative.values())
-        dropped = {i for found in informative.values() for i in found[share:]}
-        self.trimmed_groups = len(dropped)
+        of_value: dict[Any, list[int]] = {_value(item, key): [] for item in items}
+        for i, item in enumerate(used):
+            if informative[i]:
+                of_value.setdefault(_value(item, key), []).append(i)
+        share = min(len(found) for found in of_value.values())
+        dropped = {i for found in of_value.values() for i in found[share:]}
         if not dropped:
-            return batch
+            return batch, 0
         keep = [i for i in range(len(used)) if i not in dropped]
         ids = [r.rollout_id for i in keep for r in groups[i]]
-        return self.algorithm.make_batch(self.store, [used[i] for i in keep], ids)
+        return self.algorithm.make_batch(self.store, [used[i] for i in keep], ids), len(dropped)
 
-    def kinds_missing(
-        self, items: list[dict[str, Any]], used: list[dict[str, Any]], groups: list[list[Rollout]]
-    ) -> int:
+    def kinds_missing(self, items: list[dict[str, Any]], used: list[dict[str, Any]], informative: list[bool]) -> int:
         """How many informative groups the groups sampled for ``used`` lack: every value of ``balance_by`` among
-        the stage's ``items`` wants ⌈batch_size / number of values⌉, counted by the algorithm's own batch of that
-        value's groups (so shaped rewards count as they do in the update)."""
+        the stage's ``items`` wants ⌈batch_size / number of values⌉ (``informative``: per group of ``used``,
+        whether the algorithm's own batch of it carries a gradient, so shaped rewards count as in the update)."""
         key = self.cfg.balance_by
         assert key is not None
+        found = Counter(_value(item, key) for item, useful in zip(used, informative, strict=True) if useful)
         kinds = {_value(item, key) for item in items}
-        share, missing = math.ceil(self.cfg.batch_size / len(kinds)), 0
-        for kind in kinds:
-            mine = [i for i, item in enumerate(used) if _value(item, key) == kind]
-            if not mine:
-                missing += share
-                continue
-            ids = [r.rollout_id for i in mine for r in groups[i]]
-            found = self.algorithm.make_batch(self.store, [used[i] for i in mine], ids).informative_groups
-            missing += max(share - found, 0)
-        return missing
+        share = math.ceil(self.cfg.batch_size / len(kinds))
+        return sum(max(share - found[kind], 0) for kind in kinds)
 
     def run_own_rollouts(self, tasks: list[dict[str, Any]], metadata: list[dict[str, Any]]) -> list[Rollout]:
         """One greedy (``val``) rollout per task with its metadata, for an algorithm's own scoring."""
