@@ -140,11 +140,10 @@ def build(args: argparse.Namespace) -> Recipe:
             have = Counter(t["hops"] for t in train)
             counts = {h: min(n, have[h]) for h, n in counts.items()}
         train, demos = demo_first(train, counts), sum(counts.values())
-    shaping = {"search_cost": args.search_cost} if args.search_cost else {}
-    if args.evidence_reward is not None:
-        shaping["evidence_reward"] = args.evidence_reward
-    if shaping:  # the intermediate rewards' weights travel in the RL questions (the agent reads them)
-        rl_train = [{**t, **shaping} for t in (rl_train or train)]
+    shaping = {"evidence_reward": args.evidence_reward}  # the intermediate rewards' weights, read by the agent
+    if args.search_cost:
+        shaping["search_cost"] = args.search_cost
+    rl_train = [{**t, **shaping} for t in (rl_train or train)]  # in the RL questions only
     trainer_options = rl_trainer_options(args)
     if balance_by is None:
         trainer_options.pop("balance_by", None)
