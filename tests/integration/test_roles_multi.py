@@ -36,7 +36,7 @@ from tracerl.types import AttemptStatus, RolloutSpec, SpanKind
 
 TASKS = ["add two numbers", "name a colour"]
 GROUP = 4
-STEPS = 16
+STEPS = 24  # 16 left a slow role at +0.03 once in CI; with 24, 20 local runs all ended at +0.45 or more
 ROLES = ["planner", "solver", "critic"]
 
 
@@ -59,11 +59,18 @@ def share(ids: list[int], parity: int) -> float:
     return sum(t % 2 == parity for t in ids) / max(1, len(ids))
 
 
-def p_first(model: Any, prompts: list[list[int]], parity: int) -> float:
-    """Mean probability that the first reply token after each prompt has the given parity."""
+def p_parity(model: Any, replies: list[tuple[list[int], list[int]]], parity: int) -> float:
+    """Mean probability, over every position of each sampled reply, that the next token has the given parity.
+
+    Teacher-forced on the replies the engines sampled (prompt ids, reply ids): the reward counts all the reply's
+    tokens, so every position is measured, not only the first (8 first tokens alone were a noisy measure).
+    """
     vocab = torch.arange(parity, int(model.config.vocab_size), 2)
+    ps = []
     with torch.no_grad():
-        ps = [model(torch.tensor([p])).logits[0, -1].softmax(-1)[vocab].sum() for p in prompts]
+        for prompt, reply in replies:
+            logits = model(torch.tensor([prompt + reply[:-1]])).logits[0, len(prompt) - 1 :]
+            ps.append(logits.softmax(-1)[:, vocab].sum(-1).mean())
     return float(torch.stack(ps).mean())
 
 
@@ -81,7 +88,7 @@ def test_two_roles_train_separate_models_and_each_learns_its_own_reward(tiny_mod
     engines = {role: HFEngine(served[role], tokenizer, role, max_batch_size=8) for role in ROLES}
     store = connect("memory://")
     gateway = start_gateway(store, engines)
-    prompts: dict[str, list[list[int]]] = {"planner": [], "solver": []}  # of the last step
+    replies: dict[str, list[tuple[list[int], list[int]]]] = {"planner": [], "solver": []}  # of the last step
     shares: dict[str, list[float]] = {"planner": [], "solver": []}  # each role's part of the reward, per step
     try:
         torch.manual_seed(0)
@@ -99,7 +106,8 @@ def test_two_roles_train_separate_models_and_each_learns_its_own_reward(tiny_mod
                 parts = {"planner": share(list(calls[0].response_ids or []), 0),
                          "solver": share(list(calls[1].response_ids or []), 1)}  # fmt: skip
                 for role, call in zip(("planner", "solver"), calls, strict=False):
-                    prompts[role] = [*prompts[role][-len(claims) + 1 :], list(call.prompt_ids or [])]
+                    replies[role] = [*replies[role][-len(claims) + 1 :],
+                                     (list(call.prompt_ids or []), list(call.response_ids or []))]
                     shares[role].append(parts[role] / len(claims))
                 store.finish(c.attempt.attempt_id, AttemptStatus.SUCCEEDED, reward=sum(parts.values()) / 2)
             if step == 0:
@@ -123,19 +131,19 @@ def test_two_roles_train_separate_models_and_each_learns_its_own_reward(tiny_mod
         for engine in engines.values():
             asyncio.run(engine.aclose())
     # the frozen role's weights are the ones it started with; the two trained models moved apart, each
-    # towards its own reward: on the last step's prompts, the start weights (the critic's, unchanged) vs each
+    # towards its own reward: on the last step's sampled replies, the start weights (the critic's, unchanged) vs each
     # trained model's chance of its own reward's parity
     assert all(torch.equal(critic_start[k], v) for k, v in served["critic"].state_dict().items())
-    before = {"planner": p_first(served["critic"], prompts["planner"], 0),
-              "solver": p_first(served["critic"], prompts["solver"], 1)}  # fmt: skip
-    after = {"planner": p_first(served["planner"], prompts["planner"], 0),
-             "solver": p_first(served["solver"], prompts["solver"], 1)}  # fmt: skip
+    before = {"planner": p_parity(served["critic"], replies["planner"], 0),
+              "solver": p_parity(served["critic"], replies["solver"], 1)}  # fmt: skip
+    after = {"planner": p_parity(served["planner"], replies["planner"], 0),
+             "solver": p_parity(served["solver"], replies["solver"], 1)}  # fmt: skip
     planner_w, solver_w = served["planner"].state_dict(), served["solver"].state_dict()
     assert any(not torch.equal(planner_w[k], critic_start[k]) for k in planner_w)
     assert any(not torch.equal(planner_w[k], solver_w[k]) for k in planner_w)
     for role in ("planner", "solver"):
         assert algo.algorithms[role].weights_version >= STEPS // 2
-        assert after[role] > before[role] + 0.05, (role, before, after, shares)
+        assert after[role] > before[role] + 0.2, (role, before, after, shares)
         # and each role's own part of the sampled reward rose (first four steps vs last four: a step holds
         # 8 replies of 4 tokens, so one step's share is noisy, and the two models chase a moving target)
         assert sum(shares[role][-4:]) > sum(shares[role][:4]), (role, shares)
