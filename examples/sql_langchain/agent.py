@@ -31,7 +31,9 @@ query (:func:`reward.execution_match`), else 0.0. Two intermediate rewards are r
 query ran, and ``GRPO(returns="step")`` credits them to that call: ``valid_sql`` (0.1; a task may set its own
 ``valid_sql_reward``, 0 for none) and, when the task has a gold query, ``result_overlap`` = 0.3 × the F1 of the
 query's rows against the gold rows (:func:`reward.row_f1`), which grades a near miss above a query that returns
-the wrong table. Neither enters the task's reward.
+the wrong table. A task may also set ``schema_reward`` (default 0: off): then ``schema_overlap`` = that weight × the
+F1 of the tables and columns the query mentions against the gold query's (:func:`reward.schema_f1`), which grades a
+query that reads the right tables even when its rows miss. None of them enters the task's reward.
 
 What LangChain sends the gateway per call: ``model``, ``messages``, ``stream: false`` and the sampling
 settings given to ``ChatOpenAI`` (``temperature``, ``top_p``, ``max_completion_tokens``); no tools.
@@ -52,7 +54,7 @@ from langgraph.graph import END, START, StateGraph
 import tracerl
 
 from .data import chinook_db, describe_schema
-from .reward import QueryError, Row, execution_match, row_f1, run_query
+from .reward import QueryError, Row, execution_match, row_f1, run_query, schema_f1, schema_names
 
 MAX_ATTEMPTS = 3  # queries written per question (the first one and at most two corrections)
 MAX_RESULT_ROWS_SHOWN = 20  # rows of the result put into the answer prompt
@@ -117,11 +119,15 @@ def build_graph(
     gold_rows: list[Row] | None = None,
     answer_model: BaseChatModel | None = None,
     valid_sql_reward: float = VALID_SQL_REWARD,
+    *,
+    gold_sql: str | None = None,
+    schema_reward: float = 0.0,
 ) -> Any:
     """The compiled LangGraph of the agent (see the module docstring): ``model`` writes the queries and
     ``answer_model`` (default: ``model``) the answer, against the database file. A query that runs records the
-    ``valid_sql`` intermediate reward (``valid_sql_reward``, none when 0) and, with ``gold_rows``,
-    ``result_overlap``."""
+    ``valid_sql`` intermediate reward (``valid_sql_reward``, none when 0), with ``gold_rows`` ``result_overlap``,
+    and with ``gold_sql`` and a ``schema_reward`` above 0 ``schema_overlap``."""
+    names = schema_names(db_path) if gold_sql and schema_reward else frozenset[str]()
 
     def write_query(state: SQLState) -> dict[str, Any]:
         reply = model.invoke(state["messages"])
@@ -138,6 +144,8 @@ def build_graph(
             tracerl.emit_reward(valid_sql_reward, name="valid_sql")
         if gold_rows is not None:
             tracerl.emit_reward(OVERLAP_WEIGHT * row_f1(rows, gold_rows), name="result_overlap")
+        if names and gold_sql:
+            tracerl.emit_reward(schema_reward * schema_f1(state["query"] or "", gold_sql, names), name="schema_overlap")
         return {"rows": rows, "error": None}
 
     def after_execution(state: SQLState) -> str:
@@ -172,28 +180,36 @@ def ask(
     gold_rows: list[Row] | None = None,
     answer_model: BaseChatModel | None = None,
     valid_sql_reward: float = VALID_SQL_REWARD,
+    *,
+    gold_sql: str | None = None,
+    schema_reward: float = 0.0,
 ) -> SQLState:
     """Run the agent on one question against ``db_path`` (default: Chinook); returns the final state
     (``query``, ``rows``, ``error``, ``answer``). ``gold_rows``: the reference query's result, for the graded
     ``result_overlap`` intermediate reward (training); the model never sees it. ``answer_model``: the model that
-    writes the answer (default: ``model``); ``valid_sql_reward``: the ``valid_sql`` intermediate reward (0: none)."""
+    writes the answer (default: ``model``); ``valid_sql_reward``: the ``valid_sql`` intermediate reward (0: none);
+    ``gold_sql`` and ``schema_reward``: the ``schema_overlap`` intermediate reward (training; 0: none)."""
     db = db_path or chinook_db()
     messages = QUERY_PROMPT.format_messages(schema=describe_schema(db_path), question=question)
     start = SQLState(question=question, messages=messages, query=None, attempts=0, rows=None, error=None, answer=None)
-    return build_graph(model, db, gold_rows, answer_model, valid_sql_reward).invoke(start)
+    graph = build_graph(model, db, gold_rows, answer_model, valid_sql_reward, gold_sql=gold_sql,
+                        schema_reward=schema_reward)
+    return graph.invoke(start)
 
 
 @tracerl.agent
 def sql_agent(task: dict[str, Any], llm: tracerl.LLM) -> float:
     """Answer ``task["question"]`` and score the last query that ran against ``task["gold_sql"]``
-    (``task["valid_sql_reward"]``, optional: the ``valid_sql`` intermediate reward's weight). Serve it with
+    (``task["valid_sql_reward"]``, optional: the ``valid_sql`` intermediate reward's weight; ``task["schema_reward"]``,
+    optional: the ``schema_overlap`` one's, default 0). Serve it with
     ``roles=ROLES`` (its two models' names)."""
     writer = ChatOpenAI(base_url=llm.base_url, api_key=llm.api_key, model=QUERY_MODEL, **llm.sampling)  # type: ignore[arg-type]
     answerer = ChatOpenAI(base_url=llm.base_url, api_key=llm.api_key, model=ANSWER_MODEL, **llm.sampling)  # type: ignore[arg-type]
     db = Path(task["db"]) if task.get("db") else chinook_db()  # your own SQLite file, or Chinook
     gold_rows = run_query(db, task["gold_sql"])  # a failing gold query is a bug in the data: let it raise
     valid_sql = float(task.get("valid_sql_reward", VALID_SQL_REWARD))
-    state = ask(writer, task["question"], db if task.get("db") else None, gold_rows, answerer, valid_sql)
+    state = ask(writer, task["question"], db if task.get("db") else None, gold_rows, answerer, valid_sql,
+                gold_sql=task["gold_sql"], schema_reward=float(task.get("schema_reward", 0.0)))
     if state["error"] is not None or state["rows"] is None:
         return 0.0
     # the rows of the last query that ran, as reward.score would compute them, without running either query again

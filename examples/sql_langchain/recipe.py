@@ -70,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--valid-sql-reward", type=float, default=None,
                    help="the `valid_sql` intermediate reward of an RL question's query that runs, 0 for none: "
                         "`result_overlap` already pays a query whose rows come close (default: the agent's, 0.1)")
+    p.add_argument("--schema-reward", type=float, default=None,
+                   help="weight of the `schema_overlap` intermediate reward of an RL question's query that runs: "
+                        "the F1 of the tables and columns it mentions against the gold query's, a signal where no "
+                        "sample's rows match (default: off)")
     return p.parse_args(argv)
 
 
@@ -91,7 +95,9 @@ def build(args: argparse.Namespace) -> Recipe:
             raise SystemExit(f"--rl-undemonstrated leaves no RL question with --demos {args.demos} of "
                              f"{len(train)} train questions: demonstrate fewer (e.g. --demos {len(train) // 2})")
     # the intermediate reward's weight travels in the RL questions (the agent reads it)
-    shaping = {} if args.valid_sql_reward is None else {"valid_sql_reward": args.valid_sql_reward}
+    shaping: JSON = {} if args.valid_sql_reward is None else {"valid_sql_reward": args.valid_sql_reward}
+    if args.schema_reward is not None:
+        shaping["schema_reward"] = args.schema_reward
     return Recipe(
         name="sql_langchain", agent="sql_langchain.agent:sql_agent", train=train,
         # the val file lists easy questions first: take the validation set from every difficulty in turn

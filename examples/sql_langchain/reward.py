@@ -4,6 +4,7 @@
     execution_match(rows, gold_rows, ordered=False)                  # True / False
     score(db_path, predicted_sql, task)                              # 1.0 if the result sets match, else 0.0
     row_f1(rows, gold_rows)                                          # graded overlap in [0, 1], for shaping
+    schema_f1(predicted_sql, gold_sql, schema_names(db_path))        # tables/columns in common, for shaping
 
 The reward compares what the queries *return*, not how they are written (execution accuracy, as in the
 Spider and BIRD benchmarks):
@@ -26,6 +27,17 @@ so a query that returns 4 of the 5 right customers scores 0.89 and one that retu
 near 0. The agent emits it as an intermediate reward (``result_overlap``); the task's reward, and so every
 evaluation, stays the exact match above.
 
+:func:`schema_f1` grades what a query is *about* rather than what it returns: the F1 of the sets of schema
+names (tables and columns of the database, case-insensitive, string literals left out) that the predicted and
+the gold query mention,
+
+    F1 = 2·|S_p ∩ S_g| / (|S_p| + |S_g|)        (1.0 when both are empty)
+
+so ``SELECT COUNT(*) FROM Employee`` for "how many artists" scores 0 against ``SELECT COUNT(*) FROM Artist``,
+and a query that joins the right tables but filters the wrong column still earns most of it. Rows can miss
+entirely (F1 0) while the query reads the right tables; this grades that step towards the answer
+(``schema_overlap``, optional, for training only).
+
 Queries run read-only (the file is opened with ``mode=ro``, and only one statement is accepted), with a
 work limit and a row limit, so a model that writes a cross join of ``PlaylistTrack`` with itself gets an
 error back instead of stalling the rollout. The work limit counts SQLite virtual-machine steps (through its
@@ -35,6 +47,7 @@ progress handler), not seconds, so the same query gets the same verdict on an id
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
@@ -46,6 +59,8 @@ Row = tuple[Any, ...]
 MAX_ROWS = 10_000
 MAX_STEPS = 100_000_000
 _PROGRESS_EVERY = 10_000  # SQLite VM steps between two calls of the progress handler
+_LITERAL = re.compile(r"'(?:[^']|'')*'")  # a SQL string literal ('' escapes a quote)
+_WORD = re.compile(r'"([^"]+)"|`([^`]+)`|\[([^\]]+)\]|([A-Za-z_][A-Za-z0-9_]*)')  # quoted or bare identifier
 
 
 class QueryError(Exception):
@@ -135,3 +150,29 @@ def score(db_path: str | Path, predicted_sql: str | None, task: dict[str, Any]) 
         return 0.0
     gold = run_query(db_path, task["gold_sql"])  # a failing gold query is a bug in the data: let it raise
     return float(execution_match(predicted, gold, ordered=bool(task.get("ordered", False))))
+
+
+def schema_names(db_path: str | Path) -> frozenset[str]:
+    """The lower-cased names of every table and column of the SQLite file ``db_path`` (views included)."""
+    conn = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+        columns = [r[1] for t in tables for r in conn.execute("SELECT * FROM pragma_table_info(?)", (t,))]
+    finally:
+        conn.close()
+    return frozenset(n.lower() for n in [*tables, *columns])
+
+
+def mentioned(sql: str, names: frozenset[str]) -> set[str]:
+    """The schema names (of ``names``, lower-cased) that ``sql`` mentions, outside its string literals."""
+    words = (next(g for g in m.groups() if g) for m in _WORD.finditer(_LITERAL.sub(" ", sql)))
+    return {w.lower() for w in words} & names
+
+
+def schema_f1(predicted_sql: str, gold_sql: str, names: frozenset[str]) -> float:
+    """``2·|S_p ∩ S_g| / (|S_p| + |S_g|)`` over the sets of schema names the two queries mention (see
+    :func:`mentioned`); 1.0 if neither mentions any."""
+    p, g = mentioned(predicted_sql, names), mentioned(gold_sql, names)
+    if not p and not g:
+        return 1.0
+    return 2 * len(p & g) / (len(p) + len(g))

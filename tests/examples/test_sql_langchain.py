@@ -25,7 +25,16 @@ if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))  # worker processes get the parent's sys.path, so they find it too
 
 from sql_langchain import data  # noqa: E402
-from sql_langchain.reward import QueryError, execution_match, row_f1, run_query, score  # noqa: E402
+from sql_langchain.reward import (  # noqa: E402
+    QueryError,
+    execution_match,
+    mentioned,
+    row_f1,
+    run_query,
+    schema_f1,
+    schema_names,
+    score,
+)
 
 import tracerl  # noqa: E402
 from tracerl.types import SpanKind  # noqa: E402
@@ -211,6 +220,21 @@ def test_the_agent_retries_with_the_error_then_answers(db: Path) -> None:
     assert "no such table: Artists" in retry
 
 
+def test_schema_f1_grades_the_tables_and_columns_a_query_reads(db: Path) -> None:
+    names = schema_names(db)
+    assert {"artist", "artistid", "track", "milliseconds", "invoice", "billingcountry"} <= names
+    assert "select" not in names and "count" not in names
+    gold = "SELECT COUNT(*) FROM Artist"
+    assert schema_f1("SELECT COUNT(*) FROM Employee", gold, names) == 0.0  # the wrong table
+    assert schema_f1("select count(*) from artist;", gold, names) == 1.0  # case and punctuation do not matter
+    # string literals are values, not names; quoted identifiers and aliases are read as SQLite reads them
+    query = """SELECT t."Name" FROM Track AS t JOIN [Genre] g ON t.GenreId = g.GenreId WHERE g.Name = 'Album'"""
+    assert mentioned(query, names) == {"name", "track", "genre", "genreid"}
+    # S_p = {track, name}, S_g = {track, name, genre, genreid}: 2·2 / (2 + 4)
+    assert schema_f1("SELECT Name FROM Track", query, names) == pytest.approx(4 / 6)
+    assert schema_f1("SELECT 1", "SELECT 2", names) == 1.0  # neither reads the schema
+
+
 @needs_langchain
 def test_a_query_that_runs_earns_valid_sql_and_its_graded_overlap(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sql_langchain.agent import OVERLAP_WEIGHT, ask
@@ -233,6 +257,17 @@ def test_a_query_that_runs_earns_valid_sql_and_its_graded_overlap(db: Path, monk
     ask(scripted(f"```sql\n{gold}\n```", "Five artists."), "Name the first five artists.", db, gold_rows,
         valid_sql_reward=0.0)
     assert emitted == [("result_overlap", pytest.approx(OVERLAP_WEIGHT))]  # valid_sql off: only the overlap
+    emitted.clear()
+    # schema_overlap, when asked for: the right table, rows off by one; then the wrong table
+    near_miss = scripted("```sql\nSELECT Name FROM Artist WHERE ArtistId <= 4\n```", "Four artists.")
+    ask(near_miss, "Name the first five artists.", db, gold_rows, gold_sql=gold, schema_reward=0.5)
+    assert emitted == [("valid_sql", 0.1), ("result_overlap", pytest.approx(OVERLAP_WEIGHT * 8 / 9)),
+                       ("schema_overlap", pytest.approx(0.5))]  # fmt: skip
+    emitted.clear()
+    ask(scripted("```sql\nSELECT Name FROM Genre\n```", "Genres."), "Name the first five artists.", db, gold_rows,
+        gold_sql=gold, schema_reward=0.5)
+    # S_p = {name, genre}, S_g = {name, artist, artistid}: 2·1 / 5
+    assert emitted == [("valid_sql", 0.1), ("result_overlap", 0.0), ("schema_overlap", pytest.approx(0.5 * 2 / 5))]
 
 
 @needs_langchain
@@ -366,6 +401,10 @@ def test_the_recipe_validates_on_every_difficulty_and_reports_by_difficulty() ->
     assert [t["question"] for t in off.rl_train or []] == [t["question"] for t in recipe.rl_train or []]
     assert all(t["valid_sql_reward"] == 0.0 for t in off.rl_train or [])
     assert not any("valid_sql_reward" in t for t in [*off.train, *off.val, *off.test])
+    assert not any("schema_reward" in t for t in recipe.rl_train or [])  # off unless asked for
+    schema = build(parse_args(["--schema-reward", "0.3"]))
+    assert all(t["schema_reward"] == 0.3 for t in schema.rl_train or [])
+    assert not any("schema_reward" in t for t in [*schema.train, *schema.val, *schema.test])
 
     # --rl-undemonstrated: RL on the easy and medium train questions the warm start was not shown
     half = build(parse_args(["--demos", "57", "--rl-undemonstrated"]))
