@@ -18,7 +18,9 @@ model), and ``results.json`` with the per-task test rewards of every stage. A re
 show: mean test reward per stage and seed, wall time, paired bootstrap intervals (over test tasks, each
 task's reward averaged over the seeds) of the warm start's gain over the base model and of the RL stage's gain
 over the warm start, and, when the recipe names a ``breakdown`` field, the mean per kind of test task (e.g. per
-difficulty: a gain on easy tasks can hide a loss on hard ones).
+difficulty: a gain on easy tasks can hide a loss on hard ones). Each evaluation also keeps how many LLM calls
+each test rollout made (``"calls"``): the report gives their mean per stage and per kind (e.g. whether RL
+taught the agent to search again on two-hop questions, or to stop retrying a failing query).
 """
 
 from __future__ import annotations
@@ -298,8 +300,8 @@ def _evaluate(recipe: Recipe, model: str) -> JSON:
     res = tracerl.evaluate(recipe.agent, recipe.test, model=model, runners=recipe.runners, max_tokens=recipe.max_tokens,
                            roles=recipe.roles)
     rewards = [float(r.reward or 0.0) for r in res]
-    return {"mean": sum(rewards) / len(rewards), "rewards": rewards, "eval_seconds": round(res.seconds, 1),
-            "failed": res.failed}
+    return {"mean": sum(rewards) / len(rewards), "rewards": rewards, "calls": [len(r.calls) for r in res],
+            "eval_seconds": round(res.seconds, 1), "failed": res.failed}
 
 
 def report(results: JSON) -> str:
@@ -317,25 +319,36 @@ def report(results: JSON) -> str:
     if done["sft"] and done["grpo"]:
         gain = paired_bootstrap(seed_average(runs["sft"]), seed_average(runs["grpo"]))
         lines.append(f"RL − warm start: {gain}.")
+    stages: list[tuple[str, Sequence[float], Sequence[float] | None]] = [
+        ("base", base["rewards"], base.get("calls"))]
+    for label, stage in (("warm start", "sft"), ("RL", "grpo")):
+        if done[stage]:  # calls: only in results evaluated since they were recorded
+            calls = seed_average(runs[stage], "calls") if all("calls" in r for r in runs[stage]) else None
+            stages.append((label, seed_average(runs[stage]), calls))
+    if all(calls is not None for _, _, calls in stages):
+        lines.append("LLM calls a test rollout (seed-averaged): " + ", ".join(
+            f"{label} {sum(calls or []) / max(1, len(calls or [])):.2f}" for label, _, calls in stages) + ".")
     if "test_groups" in results and done["sft"]:
-        lines += ["", *breakdown_table(results["test_groups"], base["rewards"], *(
-            seed_average(runs[stage]) if done[stage] else None for stage in ("sft", "grpo")))]
+        lines += ["", *breakdown_table(results["test_groups"], stages)]
     return "\n".join(lines)
 
 
-def breakdown_table(groups: JSON, base: Sequence[float], sft: Sequence[float] | None,
-                    grpo: Sequence[float] | None) -> list[str]:
-    """Mean test reward per value of ``groups["field"]`` (one row each, with its task count) for the base model
-    and the seed-averaged warm start and RL stages (a stage not run yet is left out)."""
+def breakdown_table(groups: JSON, stages: Sequence[tuple[str, Sequence[float], Sequence[float] | None]]) -> list[str]:
+    """Mean test reward per value of ``groups["field"]`` (one row each, with its task count) for each stage
+    ``(label, per-task rewards, per-task LLM calls or None)``; when every stage has its calls, one more column with
+    the mean calls a rollout of each stage, in the same order."""
     field_name, values = groups["field"], groups["values"]
-    stages = [(label, rewards) for label, rewards in (("base", base), ("warm start", sft), ("RL", grpo))
-              if rewards is not None]
-    lines = [f"| {field_name} | tasks | {' | '.join(label for label, _ in stages)} |",
-             "|---|---|" + "---|" * len(stages)]
+    with_calls = all(calls is not None for _, _, calls in stages)
+    calls_header = f" calls a rollout ({' / '.join(label for label, _, _ in stages)}) |" if with_calls else ""
+    lines = [f"| {field_name} | tasks | {' | '.join(label for label, _, _ in stages)} |{calls_header}",
+             "|---|---|" + "---|" * (len(stages) + with_calls)]
     for value in dict.fromkeys(values):  # in order of first appearance
         idx = [i for i, v in enumerate(values) if v == value]
-        means = " | ".join(f"{sum(r[i] for i in idx) / len(idx):.3f}" for _, r in stages)
-        lines.append(f"| {value} | {len(idx)} | {means} |")
+        means = " | ".join(f"{sum(r[i] for i in idx) / len(idx):.3f}" for _, r, _ in stages)
+        row = f"| {value} | {len(idx)} | {means} |"
+        if with_calls:
+            row += " " + " / ".join(f"{sum((c or [])[i] for i in idx) / len(idx):.2f}" for _, _, c in stages) + " |"
+        lines.append(row)
     return lines
 
 

@@ -71,9 +71,10 @@ def paired_bootstrap(
     return Interval(float(d.mean()), float(low), float(high), confidence, int(d.size))
 
 
-def seed_average(runs: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Each task's reward averaged over the seeds' runs (each run a mapping with per-task ``"rewards"``)."""
-    return [sum(col) / len(col) for col in zip(*(r["rewards"] for r in runs), strict=True)]
+def seed_average(runs: Sequence[Mapping[str, Any]], key: str = "rewards") -> list[float]:
+    """Each task's reward averaged over the seeds' runs (each run a mapping with per-task ``"rewards"``; ``key``
+    names another per-task list to average, e.g. ``"calls"``)."""
+    return [sum(col) / len(col) for col in zip(*(r[key] for r in runs), strict=True)]
 
 
 def seed_table(

@@ -150,5 +150,17 @@ def test_report_breaks_the_test_reward_down_by_a_task_field() -> None:
     # easy = tasks 0 and 2: warm start (1 + 0 + 1 + 0) / 4 = 0.5, RL (1 + 1 + 1 + 0) / 4 = 0.75
     # hard = tasks 1 and 3: warm start (1 + 0 + 0 + 0) / 4 = 0.25, RL (1 + 0 + 1 + 0) / 4 = 0.5
     assert table[at + 2 : at + 4] == ["| easy | 2 | 0.000 | 0.500 | 0.750 |", "| hard | 2 | 0.000 | 0.250 | 0.500 |"]
+    assert "LLM calls" not in report(results)  # results from before calls were recorded: no calls column
+    # with each test rollout's LLM calls: their means per stage, seed-averaged, overall and per kind
+    results["base"]["calls"] = [1, 1, 1, 1]
+    for seed, sft, grpo in (("0", [2, 2, 2, 2], [2, 3, 2, 4]), ("1", [2, 2, 2, 2], [2, 3, 2, 2])):
+        results["seeds"][seed]["sft"]["calls"], results["seeds"][seed]["grpo"]["calls"] = sft, grpo
+    table = report(results).splitlines()
+    # RL: per task (2 + 2) / 2, (3 + 3) / 2, 2, (4 + 2) / 2 = 2, 3, 2, 3; overall 2.5; easy 2, hard 3
+    assert "LLM calls a test rollout (seed-averaged): base 1.00, warm start 2.00, RL 2.50." in table
+    at = table.index("| difficulty | tasks | base | warm start | RL | calls a rollout (base / warm start / RL) |")
+    assert table[at + 2 : at + 4] == ["| easy | 2 | 0.000 | 0.500 | 0.750 | 1.00 / 2.00 / 2.00 |",
+                                      "| hard | 2 | 0.000 | 0.250 | 0.500 | 1.00 / 2.00 / 3.00 |"]
     del results["seeds"]["1"]["grpo"]  # a stage still running is left out of the breakdown
-    assert "| difficulty | tasks | base | warm start |" in report(results).splitlines()
+    assert "| difficulty | tasks | base | warm start | calls a rollout (base / warm start) |" in report(
+        results).splitlines()
