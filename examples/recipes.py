@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, run_dir: str, lr: float = 
     p.add_argument("--sft-lr", type=float, default=1e-4, help="SFT learning rate (default: 1e-4)")
     p.add_argument("--sft-epochs", type=int, default=2)
     p.add_argument("--grpo-minutes", type=float, default=10.0, help="the RL stage's budget (default: %(default)s)")
+    p.add_argument("--rl-epochs", type=int, default=1,
+                   help="passes over the RL stage's train tasks: it stops at the first of these and --grpo-minutes "
+                        "(the report says which; default: %(default)s)")
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=lr, help=f"GRPO learning rate (default: {lr:g})")
     p.add_argument("--runners", type=int, default=8)
@@ -112,6 +115,9 @@ class Recipe:
     sft_batch_size: int = 8
     grpo_minutes: float = 10.0
     grpo_max_steps: int | None = None
+    #: passes over the RL stage's train tasks; the stage stops at the first of these, ``grpo_minutes`` and
+    #: ``grpo_max_steps`` (a small curriculum is used up before a long budget: the report says which stopped it)
+    grpo_epochs: int = 1
     group_size: int = 8
     batch_size: int = 2
     grpo_lr: float = 2e-5
@@ -191,14 +197,15 @@ def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:
                 algorithm=tracerl.GRPO(done["sft"]["model"], group_size=recipe.group_size, lr=recipe.grpo_lr,
                                        seed=seed, **recipe.grpo_options),
                 runners=recipe.runners, run_dir=str(folder / "grpo"), batch_size=recipe.batch_size,
-                time_budget_s=recipe.grpo_minutes * 60, max_steps=recipe.grpo_max_steps, val_every=recipe.val_every,
+                epochs=recipe.grpo_epochs, time_budget_s=recipe.grpo_minutes * 60, max_steps=recipe.grpo_max_steps,
+                val_every=recipe.val_every,
                 max_tokens=recipe.max_tokens, temperature=recipe.grpo_temperature, seed=seed, progress=False,
                 roles=recipe.roles, **recipe.grpo_trainer_options,
             ).fit(recipe.rl_train if recipe.rl_train is not None else recipe.train, val_tasks=recipe.val)
             train_s = time.monotonic() - t0
             done["grpo"] = {**_evaluate(recipe, str(fit.final_model)), "train_seconds": round(train_s, 1),
-                            "steps": fit.steps, "val_before": fit.val_before, "val_after": fit.val_after,
-                            "model": str(fit.final_model)}
+                            "steps": fit.steps, "stopped_by": fit.stopped_by, "val_before": fit.val_before,
+                            "val_after": fit.val_after, "model": str(fit.final_model)}
             save()
         print(f"[{recipe.name}] seed {seed} RL: {done['grpo']['mean']:.3f}")
     print(report(results))
@@ -240,8 +247,9 @@ def write_configs(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> list[Path]:
     paths = []
     for seed in seeds:
         grpo = {"group_size": recipe.group_size, "lr": recipe.grpo_lr, "seed": seed, **recipe.grpo_options}
-        grpo_trainer: JSON = {"batch_size": recipe.batch_size, "val_every": recipe.val_every,
-                              "max_tokens": recipe.max_tokens, "time_budget_s": recipe.grpo_minutes * 60,
+        grpo_trainer: JSON = {"epochs": recipe.grpo_epochs, "batch_size": recipe.batch_size,
+                              "val_every": recipe.val_every, "max_tokens": recipe.max_tokens,
+                              "time_budget_s": recipe.grpo_minutes * 60,
                               "temperature": recipe.grpo_temperature}
         if recipe.grpo_max_steps is not None:
             grpo_trainer["max_steps"] = recipe.grpo_max_steps
@@ -319,6 +327,9 @@ def report(results: JSON) -> str:
     if done["sft"] and done["grpo"]:
         gain = paired_bootstrap(seed_average(runs["sft"]), seed_average(runs["grpo"]))
         lines.append(f"RL − warm start: {gain}.")
+    stopped = [(s, run.get("stopped_by")) for s, run in zip(seeds, runs["grpo"], strict=True) if run]
+    if any(by for _, by in stopped):  # results from before this was recorded have none
+        lines.append("RL stage stopped by: " + ", ".join(f"seed {s} {by or '?'}" for s, by in stopped) + ".")
     stages: list[tuple[str, Sequence[float], Sequence[float] | None]] = [
         ("base", base["rewards"], base.get("calls"))]
     for label, stage in (("warm start", "sft"), ("RL", "grpo")):

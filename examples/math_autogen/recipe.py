@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> JSON:
         name="math_autogen", agent="math_autogen.agent:math_agent", train=train, val=tasks("val", args.n_val),
         test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir), model=args.model,
         demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, grpo_minutes=args.grpo_minutes,
-        group_size=args.group_size,
+        grpo_epochs=args.rl_epochs, group_size=args.group_size,
         grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners, max_tokens=96,
         grpo_options=rl_algorithm_options(args, kl_coef=args.kl_coef),
         grpo_trainer_options=rl_trainer_options(args),

@@ -152,7 +152,7 @@ def build(args: argparse.Namespace) -> Recipe:
         name="rag_agents", agent="rag_agents.agent:rag_agent", train=train,
         val=val, test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir),
         model=args.model, demos=demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
-        grpo_minutes=args.grpo_minutes,
+        grpo_minutes=args.grpo_minutes, grpo_epochs=args.rl_epochs,
         group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
         max_tokens=64, grpo_options=rl_algorithm_options(args, returns=args.returns),
         grpo_trainer_options=trainer_options,

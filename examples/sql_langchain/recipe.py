@@ -103,7 +103,7 @@ def build(args: argparse.Namespace) -> Recipe:
         # the val file lists easy questions first: take the validation set from every difficulty in turn
         val=spread(tasks("val"), "difficulty", args.n_val), test=tasks("test"), policy=gold,
         run_dir=Path(args.run_dir), model=args.model, demos=args.demos, sft_epochs=args.sft_epochs, sft_lr=args.sft_lr,
-        grpo_minutes=args.grpo_minutes, group_size=args.group_size, grpo_lr=args.lr,
+        grpo_minutes=args.grpo_minutes, grpo_epochs=args.rl_epochs, group_size=args.group_size, grpo_lr=args.lr,
         grpo_temperature=args.rl_temperature, runners=args.runners,
         max_tokens=128, roles=ROLES,
         grpo_options=rl_algorithm_options(args, returns="step", gamma=args.gamma, train_models=list(args.rl_roles)),

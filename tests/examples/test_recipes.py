@@ -38,6 +38,7 @@ def test_recipe_runs_every_stage_reports_and_resumes(tiny_model_dir: Path, tmp_p
     assert len(base["rewards"]) == len(sft["rewards"]) == len(grpo["rewards"]) == 6
     assert base["mean"] < 0.3 and sft["mean"] > 0.8  # the warm start taught the digits
     assert sft["steps"] == 12 and grpo["steps"] == 1 and Path(grpo["model"]).is_dir()  # 16 demos / 4 × 3 epochs
+    assert grpo["stopped_by"] == "max_steps"  # the first of grpo_max_steps, grpo_epochs and grpo_minutes
     assert results["settings"]["rl_train"] == 3 and results["settings"]["grpo_lr"] == 1e-4
     store = tracerl.connect(f"sqlite:///{tmp_path / 'recipe' / 'seed0' / 'grpo' / 'store.db'}", create=False)
     trained_on = {r.task["question"] for r in store.query_rollouts(RolloutQuery(mode=Mode.TRAIN, limit=100)).items}
@@ -74,7 +75,8 @@ def test_recipe_configs_run_with_tracerl_train(tiny_model_dir: Path, tmp_path: P
     sft, grpo = run.stages
     assert (sft.algorithm, sft.options["lr"], sft.options["seed"], sft.trainer["epochs"]) == ("sft", 3e-3, 3, 2)
     assert grpo.algorithm == "grpo" and grpo.options["returns"] == "step" and grpo.options["group_size"] == 2
-    assert grpo.trainer["time_budget_s"] == 300 and run.runners.n == 2 and run.trainer.seed == 3
+    assert grpo.trainer["time_budget_s"] == 300 and grpo.trainer["epochs"] == 1 and run.runners.n == 2
+    assert run.trainer.seed == 3
     assert grpo.trainer["temperature"] == 1.5 and "temperature" not in sft.trainer  # only the RL stage samples hot
     assert len((tmp_path / "recipe" / "rl_train_tasks.jsonl").read_text().splitlines()) == 4
 
@@ -151,6 +153,9 @@ def test_report_breaks_the_test_reward_down_by_a_task_field() -> None:
     # hard = tasks 1 and 3: warm start (1 + 0 + 0 + 0) / 4 = 0.25, RL (1 + 0 + 1 + 0) / 4 = 0.5
     assert table[at + 2 : at + 4] == ["| easy | 2 | 0.000 | 0.500 | 0.750 |", "| hard | 2 | 0.000 | 0.250 | 0.500 |"]
     assert "LLM calls" not in report(results)  # results from before calls were recorded: no calls column
+    assert "stopped by" not in report(results)  # nor which rule stopped the RL stage
+    results["seeds"]["0"]["grpo"]["stopped_by"], results["seeds"]["1"]["grpo"]["stopped_by"] = "epochs", "time_budget"
+    assert "RL stage stopped by: seed 0 epochs, seed 1 time_budget." in report(results).splitlines()
     # with each test rollout's LLM calls: their means per stage, seed-averaged, overall and per kind
     results["base"]["calls"] = [1, 1, 1, 1]
     for seed, sft, grpo in (("0", [2, 2, 2, 2], [2, 3, 2, 4]), ("1", [2, 2, 2, 2], [2, 3, 2, 2])):
