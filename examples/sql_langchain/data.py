@@ -29,6 +29,8 @@ from typing import Any
 
 from tracerl.train.data import read_jsonl_lines
 
+from .reward import connect_readonly
+
 HERE = Path(__file__).resolve().parent
 DUMP_PATH = HERE / "data" / "chinook.sql.gz"
 QUESTIONS_PATH = HERE / "data" / "questions.jsonl"
@@ -102,7 +104,7 @@ def describe_schema(db_path: str | os.PathLike[str] | None = None) -> str:
     else:
         if not Path(db_path).is_file():
             raise FileNotFoundError(f"no SQLite database at {db_path}; pass the path of an existing .sqlite file")
-        db = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True)
+        db = connect_readonly(db_path)
         rows = db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
         )

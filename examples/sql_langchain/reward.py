@@ -47,6 +47,8 @@ progress handler), not seconds, so the same query gets the same verdict on an id
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import sqlite3
 from collections import Counter
@@ -68,6 +70,11 @@ class QueryError(Exception):
     The message is SQLite's (or ours), meant to be shown to the model so it can fix its query."""
 
 
+def connect_readonly(db_path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A connection to the SQLite file ``db_path`` that cannot write to it (``mode=ro``)."""
+    return sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True)
+
+
 def run_query(db_path: str | Path, sql: str, *, max_steps: int = MAX_STEPS, max_rows: int = MAX_ROWS) -> list[Row]:
     """Execute one read-only statement ``sql`` on the SQLite file ``db_path`` and return all its rows.
 
@@ -76,7 +83,7 @@ def run_query(db_path: str | Path, sql: str, *, max_steps: int = MAX_STEPS, max_
     """
     if not sql.strip():
         raise QueryError("the query is empty")
-    conn = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True)
+    conn = connect_readonly(db_path)
     calls = 0
 
     def over_budget() -> int:
@@ -152,11 +159,14 @@ def score(db_path: str | Path, predicted_sql: str | None, task: dict[str, Any]) 
     return float(execution_match(predicted, gold, ordered=bool(task.get("ordered", False))))
 
 
+@functools.cache
 def schema_names(db_path: str | Path) -> frozenset[str]:
-    """The lower-cased names of every table and column of the SQLite file ``db_path`` (views included)."""
-    conn = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True)
+    """The lower-cased names of every table and column of the SQLite file ``db_path`` (views included, SQLite's
+    own ``sqlite_*`` tables left out); read once per file, as the agent asks for them on every rollout."""
+    conn = connect_readonly(db_path)
     try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'")]
         columns = [r[1] for t in tables for r in conn.execute("SELECT * FROM pragma_table_info(?)", (t,))]
     finally:
         conn.close()
