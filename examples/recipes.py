@@ -86,11 +86,13 @@ def rl_algorithm_options(args: argparse.Namespace, **options: Any) -> JSON:
     return {"scale": args.advantage_scale, **options}
 
 
-def rl_trainer_options(args: argparse.Namespace) -> JSON:
+def rl_trainer_options(args: argparse.Namespace, balance_by: str | None = None) -> JSON:
     """The RL stage's Trainer settings from the shared options: dynamic sampling and its cap, when on, and the
-    field steps balance by (and whether they trim to it)."""
-    out: JSON = {"balance_by": args.balance_by} if args.balance_by else {}
-    if args.balance_by and args.balance_trim:
+    field steps balance by (``balance_by`` when given, else ``--balance-by``; "" is none) and whether they trim
+    to it."""
+    balance_by = args.balance_by if balance_by is None else balance_by
+    out: JSON = {"balance_by": balance_by} if balance_by else {}
+    if balance_by and args.balance_trim:
         out["balance_trim"] = True
     if args.dynamic_sampling:
         out |= {"dynamic_sampling": True, "max_sampled_groups": args.max_sampled_groups}
@@ -151,6 +153,16 @@ class Recipe:
         from tracerl.agent import agent_ref, load_agent
 
         return load_agent(agent_ref(self.agent))
+
+
+def run_or_write(recipe: Recipe, args: argparse.Namespace) -> JSON:
+    """A recipe script's main: ``--write-config`` writes the ``tracerl train`` configs and says how to run them;
+    otherwise every stage runs for ``--seeds`` and the results come back."""
+    if args.write_config:
+        for path in write_configs(recipe, seeds=args.seeds):
+            print(f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}")
+        return {}
+    return run_recipe(recipe, seeds=args.seeds)
 
 
 def run_recipe(recipe: Recipe, seeds: Sequence[int] = (0, 1)) -> JSON:

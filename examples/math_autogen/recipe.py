@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recipes import Recipe, add_arguments, rl_algorithm_options, rl_trainer_options, run_recipe, write_configs
+from recipes import Recipe, add_arguments, rl_algorithm_options, rl_trainer_options, run_or_write
 
 import tracerl
 
@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> JSON:
         grpo_trainer_options=rl_trainer_options(args),
         rl_train=rl_train, breakdown="source",
     )
-    if args.write_config:
-        for path in write_configs(recipe, seeds=args.seeds):
-            print(f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}")
-        return {}
-    return run_recipe(recipe, seeds=args.seeds)
+    return run_or_write(recipe, args)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,8 @@ from recipes import (
     add_arguments,
     rl_algorithm_options,
     rl_trainer_options,
-    run_recipe,
+    run_or_write,
     spread,
-    write_configs,
 )
 
 import tracerl
@@ -128,7 +127,7 @@ def build(args: argparse.Namespace) -> Recipe:
                              "the hop count); some of yours have none: give --demos N instead")
         print(f"[rag_agents] some train questions have no 'evidence' (so no hop count): demonstrating the first "
               f"{demos or DEMOS_WITHOUT_HOPS} of them, with no balancing by hops")
-        demos, balance_by = demos or DEMOS_WITHOUT_HOPS, None if balance_by == "hops" else balance_by
+        demos, balance_by = demos or DEMOS_WITHOUT_HOPS, "" if balance_by == "hops" else balance_by
     elif args.balance_hops:  # each kind in turn: demos (the first ``demos`` train questions), RL and validation
         hops = [t["hops"] for t in train]
         train = spread(train, "hops", len(train))
@@ -144,10 +143,6 @@ def build(args: argparse.Namespace) -> Recipe:
     if args.search_cost:
         shaping["search_cost"] = args.search_cost
     rl_train = [{**t, **shaping} for t in (rl_train or train)]  # in the RL questions only
-    trainer_options = rl_trainer_options(args)
-    if balance_by is None:
-        trainer_options.pop("balance_by", None)
-        trainer_options.pop("balance_trim", None)
     return Recipe(
         name="rag_agents", agent="rag_agents.agent:rag_agent", train=train,
         val=val, test=tasks("test", args.n_test), policy=gold, run_dir=Path(args.run_dir),
@@ -155,7 +150,7 @@ def build(args: argparse.Namespace) -> Recipe:
         grpo_minutes=args.grpo_minutes, grpo_epochs=args.rl_epochs,
         group_size=args.group_size, grpo_lr=args.lr, grpo_temperature=args.rl_temperature, runners=args.runners,
         max_tokens=64, grpo_options=rl_algorithm_options(args, returns=args.returns),
-        grpo_trainer_options=trainer_options,
+        grpo_trainer_options=rl_trainer_options(args, balance_by),
         breakdown="hops", rl_train=rl_train,
     )
 
@@ -163,11 +158,7 @@ def build(args: argparse.Namespace) -> Recipe:
 def main(argv: list[str] | None = None) -> JSON:
     args = parse_args(argv)
     recipe = build(args)
-    if args.write_config:
-        for path in write_configs(recipe, seeds=args.seeds):
-            print(f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}")
-        return {}
-    return run_recipe(recipe, seeds=args.seeds)
+    return run_or_write(recipe, args)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,8 @@ from recipes import (
     interleave,
     rl_algorithm_options,
     rl_trainer_options,
-    run_recipe,
+    run_or_write,
     spread,
-    write_configs,
 )
 
 JSON = dict[str, Any]
@@ -116,11 +115,7 @@ def build(args: argparse.Namespace) -> Recipe:
 def main(argv: list[str] | None = None) -> JSON:
     args = parse_args(argv)
     recipe = build(args)
-    if args.write_config:
-        for path in write_configs(recipe, seeds=args.seeds):
-            print(f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}")
-        return {}
-    return run_recipe(recipe, seeds=args.seeds)
+    return run_or_write(recipe, args)
 
 
 if __name__ == "__main__":

@@ -53,12 +53,14 @@ def test_recipe_runs_every_stage_reports_and_resumes(tiny_model_dir: Path, tmp_p
 
 
 @pytest.mark.timeout(600)
-def test_recipe_configs_run_with_tracerl_train(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_recipe_configs_run_with_tracerl_train(
+        tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``recipe.py --write-config``: the same stages as a ``tracerl train`` config, which runs as written."""
+    import argparse
     import os
     import subprocess
 
-    from recipes import write_configs
+    from recipes import run_or_write
 
     from tracerl.config import load_run_config
 
@@ -70,7 +72,10 @@ def test_recipe_configs_run_with_tracerl_train(tiny_model_dir: Path, tmp_path: P
         grpo_minutes=5, group_size=2, batch_size=2, grpo_lr=1e-4, grpo_temperature=1.5, max_tokens=6, runners=2,
         val_every=0, grpo_options={"returns": "step"}, rl_train=train[:4],
     )
-    (path,) = write_configs(recipe, seeds=[3])
+    assert run_or_write(recipe, argparse.Namespace(write_config=True, seeds=[3])) == {}  # nothing trained
+    path = tmp_path / "recipe" / "seed3.toml"
+    assert f"wrote {path}; run it with: PYTHONPATH=examples tracerl train {path}" in capsys.readouterr().out
+    assert not (tmp_path / "recipe" / "seed3").exists()
     run = load_run_config(path)
     sft, grpo = run.stages
     assert (sft.algorithm, sft.options["lr"], sft.options["seed"], sft.trainer["epochs"]) == ("sft", 3e-3, 3, 2)
