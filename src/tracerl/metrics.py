@@ -14,7 +14,8 @@ a ``sampled_nll`` near 0 mean the sampler has become near-deterministic (typical
 group's samples come out the same, so their rewards do too, and more steps of the same sampling will not help.
 With dynamic sampling, ``sampled_groups`` counts the groups rolled out and ``used_groups`` the informative ones
 the update used; with ``balance_trim``, ``trimmed_groups`` counts the informative ones left out to keep every
-kind of task even.
+kind of task even. ``lr`` is the learning rate the update used (the algorithm's ``lr`` under its
+``lr_schedule``).
 
 A resumed run appends to the file (``append=True``), so it continues the same curve; a fresh run replaces
 it. :func:`plot_rewards` turns it into a PNG of train reward (per step and smoothed) and validation reward

@@ -9,13 +9,16 @@ fix); importing this module loads no torch. Each algorithm's config (``GRPOConfi
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from tracerl.errors import ConfigError
 
 if TYPE_CHECKING:
     from tracerl.credit import LossNorm
+
+LRSchedule = Literal["constant", "linear", "cosine"]
 
 
 @dataclass
@@ -52,6 +55,12 @@ class PolicyConfig:
 
     * ``model``: name for :func:`tracerl.engines.models.load_model` (``smollm2-135m``, ``tiny-random``, a path).
     * ``lr``, ``weight_decay``, ``betas``: AdamW. ``max_grad_norm``: clip the gradient norm (None: off).
+    * ``lr_schedule`` (``constant``, ``linear``, ``cosine``), ``warmup_steps``, ``lr_decay_steps``,
+      ``lr_min_ratio``: the learning rate of update ``s`` (0-based; one update = one Trainer step of an RL
+      algorithm, one batch of SFT), :func:`scheduled_lr`. ``warmup_steps`` ramps it up linearly; ``linear`` and
+      ``cosine`` then decay it to ``lr · lr_min_ratio`` at update ``lr_decay_steps`` (counted from the start,
+      warmup included) and hold it there. A decaying schedule needs ``lr_decay_steps`` (a time-budgeted run
+      has no step count to decay over: set it to about the steps the budget gives, or set ``max_steps``).
     * ``micro_batch_size``: sequences per forward/backward; gradients accumulate over a batch (a memory
       knob: the result does not depend on it beyond float rounding).
     * ``micro_batch_tokens``: at most this many padded tokens (packed rows × the longest row) per
@@ -73,6 +82,10 @@ class PolicyConfig:
 
     model: str = "smollm2-135m"
     lr: float = 1e-5
+    lr_schedule: LRSchedule = "constant"
+    warmup_steps: int = 0
+    lr_decay_steps: int | None = None
+    lr_min_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
     micro_batch_size: int = 8
     micro_batch_tokens: int | None = 4096
@@ -100,6 +113,17 @@ class PolicyConfig:
         if self.lr > 1.0:
             raise ConfigError(f"lr = {self.lr} is far too large for fine-tuning; use 1e-6 … 1e-3 (1e-5 is typical)")
         number("weight_decay", self.weight_decay, low=0.0)
+        choice("lr_schedule", self.lr_schedule, ("constant", "linear", "cosine"))
+        int_at_least("warmup_steps", self.warmup_steps, 0)
+        number("lr_min_ratio", self.lr_min_ratio, low=0.0, high=1.0)
+        if self.lr_decay_steps is not None:
+            int_at_least("lr_decay_steps", self.lr_decay_steps, 1)
+            if self.lr_decay_steps <= self.warmup_steps:
+                raise ConfigError(f"lr_decay_steps = {self.lr_decay_steps} must be larger than warmup_steps = "
+                                  f"{self.warmup_steps}: the decay starts after the warmup")
+        elif self.lr_schedule != "constant":
+            raise ConfigError(f"lr_schedule = {self.lr_schedule!r} decays the learning rate over lr_decay_steps "
+                              "updates: set lr_decay_steps (about the steps the run will take), or use 'constant'")
         if self.max_grad_norm is not None:
             number("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -186,6 +210,30 @@ def build_config(cls: type[Any], what: str, **values: Any) -> Any:
     if unknown:
         raise ConfigError(f"unknown {what} option(s) {unknown}; the known options are {sorted(known)}")
     return cls(**values)
+
+
+def scheduled_lr(
+    lr: float, step: int, schedule: str = "constant", *, warmup_steps: int = 0, decay_steps: int | None = None,
+    min_ratio: float = 0.0,
+) -> float:  # fmt: skip
+    """The learning rate of update ``step`` (0-based) under ``schedule``, with ``W = warmup_steps``,
+    ``D = decay_steps``, ``r = min_ratio``:
+
+        warmup (s < W):   lr · (s + 1) / W
+        then, with p = min((s − W) / (D − W), 1):
+          constant        lr
+          linear          lr · (r + (1 − r) · (1 − p))
+          cosine          lr · (r + (1 − r) · (1 + cos(π p)) / 2)
+
+    so a decay starts at ``lr`` right after the warmup and reaches ``lr · r`` at update ``D``, where it stays.
+    """
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant" or decay_steps is None:
+        return lr
+    p = min((step - warmup_steps) / (decay_steps - warmup_steps), 1.0)
+    shape = 1.0 - p if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+    return lr * (min_ratio + (1.0 - min_ratio) * shape)
 
 
 def int_at_least(name: str, value: object, minimum: int) -> None:

@@ -170,6 +170,7 @@ class GRPOLearner(Policy):
             "staleness_max": float(max(lags, default=0)),
             "unknown_version": float(len(fresh) - len(lags)),
             "micro_batches": float(n_mbs),
+            "lr": self.lr,
             "update_s": time.perf_counter() - start,
         }
         return UpdateResult(metrics, self.engine_state_dict(), self.weights_version, epochs)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tracerl.algorithms.batch import MicroBatch
-from tracerl.algorithms.config import LoRAConfig, PolicyConfig
+from tracerl.algorithms.config import LoRAConfig, PolicyConfig, scheduled_lr
 from tracerl.algorithms.torch_types import manual_seed, optimizer_step
 from tracerl.errors import ConfigError
 
@@ -87,6 +87,8 @@ class Policy:
         self.pad_id = pad_id
         self.weights_version = weights_version
         self.step_count = 0
+        #: the learning rate of the last optimizer step (``config.lr`` under its schedule, :func:`scheduled_lr`)
+        self.lr = config.lr
         #: the rollouts' sampling temperature: what :attr:`temperature` is when the config names none
         self.sampling_temperature = 1.0
         seed_everything(config.seed)
@@ -196,8 +198,13 @@ class Policy:
 
     def optimizer_step(self) -> float:
         """Clip the gradient norm, take one optimizer step, clear the gradients; returns the norm before clipping."""
-        limit = self.config.max_grad_norm or float("inf")
+        c = self.config
+        limit = c.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, limit)
+        self.lr = scheduled_lr(c.lr, self.step_count, c.lr_schedule, warmup_steps=c.warmup_steps,
+                               decay_steps=c.lr_decay_steps, min_ratio=c.lr_min_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
         optimizer_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         from tracerl.algorithms.fsdp import full_tensor

@@ -143,7 +143,7 @@ class ReturnsLearner(Policy, Generic[C]):
             **mismatch_metrics(pre.gaps, pre.is_w),
             "transitions": float(len(ts)), "rollouts": float(len({t.rollout_id for t in ts})),
             "dropped": float(len(batch.transitions) - len(ts)), "micro_batches": float(len(mbs)),
-            "policy_updated": float(policy), "update_s": time.perf_counter() - start,
+            "policy_updated": float(policy), "lr": self.lr, "update_s": time.perf_counter() - start,
         })  # fmt: skip
         return UpdateResult(metrics, self.engine_state_dict() if policy else None, self.weights_version, epochs)
 

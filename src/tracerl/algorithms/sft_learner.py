@@ -62,6 +62,7 @@ class SFTLearner(Policy):
             "tokens": float(tokens),
             "grad_norm": grad_norm,
             "micro_batches": float(len(mbs)),
+            "lr": self.lr,
             "update_s": time.perf_counter() - start,
         }
         return UpdateResult(metrics, self.engine_state_dict(), self.weights_version)
