@@ -61,6 +61,7 @@ class PolicyConfig:
       ``cosine`` then decay it to ``lr · lr_min_ratio`` at update ``lr_decay_steps`` (counted from the start,
       warmup included) and hold it there. A decaying schedule needs ``lr_decay_steps`` (a time-budgeted run
       has no step count to decay over: set it to about the steps the budget gives, or set ``max_steps``).
+      The schedule is the policy's: PPO's separate critic keeps its constant ``critic_lr``.
     * ``micro_batch_size``: sequences per forward/backward; gradients accumulate over a batch (a memory
       knob: the result does not depend on it beyond float rounding).
     * ``micro_batch_tokens``: at most this many padded tokens (packed rows × the longest row) per
