@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_sft import EXAMPLES, micro_llama
+from test_sft import EXAMPLES, config, micro_llama
 
 import tracerl
 from tracerl.algorithms.config import scheduled_lr
-from tracerl.algorithms.sft import SFTConfig, SFTExample
+from tracerl.algorithms.sft import SFTExample
 from tracerl.algorithms.sft_learner import SFTLearner
 from tracerl.errors import ConfigError
 
@@ -33,12 +33,6 @@ def test_schedules_on_hand_computed_numbers() -> None:
     # a floor of 0.1: linear at p = 1/2 is 0.1 + 0.9 · 0.5 = 0.55 of lr, and 0.1 of lr from update 6 on
     assert [at(s, "linear", 0.1) for s in (4, 6, 20)] == pytest.approx([5.5e-5, 1e-5, 1e-5])
     assert scheduled_lr(lr, 0, "linear", decay_steps=4) == lr  # no warmup: the first update at the full rate
-
-
-def config(**kw: object) -> SFTConfig:
-    base: dict[str, object] = {"model": "micro", "lr": 1e-2, "bf16": False, "device": "cpu", "max_grad_norm": None,
-                               "demonstrations": []}
-    return SFTConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
 def test_the_learner_steps_at_the_scheduled_rate_and_a_resumed_one_continues(tmp_path: Path) -> None:
