@@ -41,7 +41,8 @@ class LLM:
 
     ``base_url = {gateway}/r/{rollout_id}/{attempt_id}/v1`` names the attempt, so every call the agent makes
     through any OpenAI-compatible client is recorded for it. ``sampling`` holds the defaults to pass on
-    (``**llm.sampling``); evaluation rollouts (mode ``val``/``test``) get ``temperature=0`` (greedy).
+    (``**llm.sampling``); evaluation rollouts (mode ``val``/``test``) get ``temperature=0`` (greedy), or the
+    temperature a sampled evaluation asked for (``tracerl.evaluate(samples=k, temperature=t)``, for pass@k).
     ``resources`` is the value of the resources bundle the rollout runs with (for example
     ``resources["prompt_template"]``), ``resources_version`` its version (``None`` when there is none).
     """

@@ -1,4 +1,5 @@
-"""``tracerl.evaluate``: run an agent once on each task against a model (greedy) and return what happened.
+"""``tracerl.evaluate``: run an agent on each task against a model (greedy, or sampled for pass@k) and return
+what happened.
 
     results = tracerl.evaluate(sql_agent, test_tasks, model="smollm2-135m", store="sqlite:///runs/eval.db")
     results.mean_reward                      # failed rollouts count as 0
@@ -6,11 +7,19 @@
     results[0].calls[0].text                 # each recorded LLM call: messages, text, prompt_ids,
                                              # response_ids, logprobs, finish_reason
 
+    sampled = tracerl.evaluate(sql_agent, test_tasks, samples=16, temperature=1.0)
+    sampled.pass_at(1), sampled.pass_at(16)  # unbiased pass@k (tracerl.stats.pass_at_k)
+    sampled.by_task()[0]                     # task 0's 16 results
+
+Sampled evaluation is the check to run before an RL stage: RL reweights what the policy already samples, so
+where pass@k on held-out tasks is no higher than greedy pass@1, there is little for it to find.
+
 It uses the same pieces as training (engine, gateway, runner processes, the store), so an agent that
 evaluates correctly trains correctly. Rollouts run in mode ``test``: the runners hand the agent
-``temperature=0`` through ``llm.sampling``. ``model`` is a short name (``smollm2-135m``, ``tiny-random``) or
-a model folder, for example the ``final/`` folder a training run wrote. The default store is in memory
-(nothing is written to disk); pass a sqlite/postgres URL to keep the recorded calls.
+``temperature=0`` (or the sampled evaluation's ``temperature``) through ``llm.sampling``. ``model`` is a short
+name (``smollm2-135m``, ``tiny-random``) or a model folder, for example the ``final/`` folder a training run
+wrote. The default store is in memory (nothing is written to disk); pass a sqlite/postgres URL to keep the
+recorded calls.
 
 Importing this module is light (torch loads when :func:`evaluate` runs).
 """
@@ -27,10 +36,11 @@ from typing import Any, overload
 
 from tracerl.config import EngineConfig, RunnerConfig, StoreConfig
 from tracerl.errors import ConfigError, NotFound
+from tracerl.stats import pass_at_k
 from tracerl.store import connect
 from tracerl.store.base import Store
 from tracerl.train.launcher import check_tasks, load_role_models, rollout_reward, run_rollouts, serving
-from tracerl.types import Mode, Rollout, Span, SpanKind
+from tracerl.types import SAMPLING_KEY, Mode, Rollout, Span, SpanKind
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +94,39 @@ class EvalResult:
 
 
 class EvalResults(Sequence[EvalResult]):
-    """The results in task order, with ``mean_reward`` (failed rollouts count 0) and the store URL."""
+    """The results in task order, with ``mean_reward`` (failed rollouts count 0) and the store URL. With
+    ``samples`` rollouts per task, each task's results lie next to each other (:meth:`by_task` groups them)."""
 
-    def __init__(self, results: list[EvalResult], store_url: str, seconds: float) -> None:
+    def __init__(self, results: list[EvalResult], store_url: str, seconds: float, samples: int = 1) -> None:
+        if samples < 1 or len(results) % samples:
+            raise ValueError(f"{len(results)} results do not split into groups of samples={samples}")
         self._results = results
         self.store_url = store_url
         self.seconds = seconds
+        self.samples = samples
 
     @property
     def mean_reward(self) -> float:
+        """The mean over every rollout: with ``samples`` > 1, the expected reward of one sampled answer."""
         rewards = [r.reward if r.reward is not None else 0.0 for r in self._results]
         return sum(rewards) / len(rewards) if rewards else math.nan
+
+    def by_task(self) -> list[list[EvalResult]]:
+        """The results grouped per task, in task order (each group holds ``samples`` results)."""
+        k = self.samples
+        return [self._results[i : i + k] for i in range(0, len(self._results), k)]
+
+    def pass_at(self, k: int = 1, *, threshold: float = 1.0) -> float:
+        """pass@k averaged over the tasks, estimated without bias from each task's ``samples`` results
+        (:func:`tracerl.stats.pass_at_k`); a result passes when its reward is ≥ ``threshold`` (a failed rollout
+        never passes). ``k`` ≤ ``samples``."""
+        if not isinstance(k, int) or not 1 <= k <= self.samples:
+            raise ConfigError(f"pass_at(k={k!r}) needs 1 ≤ k ≤ samples ({self.samples}); evaluate with samples ≥ k")
+        groups = self.by_task()
+        if not groups:
+            return math.nan
+        passed = [sum(r.reward is not None and r.reward >= threshold for r in g) for g in groups]
+        return sum(pass_at_k(self.samples, c, k) for c in passed) / len(groups)
 
     @property
     def failed(self) -> int:
@@ -114,7 +146,8 @@ class EvalResults(Sequence[EvalResult]):
         return iter(self._results)
 
     def __repr__(self) -> str:
-        return f"EvalResults(n={len(self)}, mean_reward={self.mean_reward:.4f}, failed={self.failed})"
+        per_task = f", samples={self.samples}" if self.samples > 1 else ""
+        return f"EvalResults(n={len(self)}{per_task}, mean_reward={self.mean_reward:.4f}, failed={self.failed})"
 
 
 def evaluate(
@@ -131,6 +164,9 @@ def evaluate(
     prompts_version: int | None = None,
     prompts: dict[str, Any] | None = None,
     roles: dict[str, str | None] | None = None,
+    samples: int = 1,
+    temperature: float | None = None,
+    top_p: float | None = None,
 ) -> EvalResults:
     """Run ``agent`` once on each of ``tasks`` with ``model`` (greedy) and return the :class:`EvalResults`.
 
@@ -143,11 +179,16 @@ def evaluate(
     ``roles``: for an agent with several roles that each name their own ``model`` (as in ``Trainer(roles=...)``),
     role name → None (served by ``model``) or a model name/folder served beside it; each call's ``model`` says
     which role answered it.
+
+    ``samples``: rollouts per task (default 1), for pass@k (:meth:`EvalResults.pass_at`); more than one needs a
+    ``temperature`` above 0. ``temperature``/``top_p``: sample every call instead of decoding greedily (the
+    runners hand them to the agent through ``llm.sampling``; a call that sets no temperature is served with it).
     """
     from tracerl.agent import agent_ref
     from tracerl.engines.models import load_model
 
     checked = check_tasks(tasks, "tasks")
+    sampling = _eval_sampling(samples, temperature, top_p)
     ref = agent_ref(agent)
     runner_cfg = runners if isinstance(runners, RunnerConfig) else RunnerConfig(n=runners, max_attempts=1)
     url = StoreConfig(store).url or "memory://"
@@ -156,6 +197,8 @@ def evaluate(
         st: Store = connect(url, token=token)
         es.callback(st.close)
         metadata = _prompts_metadata(st, prompts_version, prompts)
+        if sampling:
+            metadata[SAMPLING_KEY] = sampling
         served = _role_models(roles)  # checked (and the other roles' models loaded) before the evaluated one
         hf_model, tokenizer = load_model(model)
         stack = es.enter_context(
@@ -166,14 +209,38 @@ def evaluate(
             )
         )
         groups = run_rollouts(
-            stack.store, checked, group_size=1, mode=Mode.TEST, resources_version=None,
+            stack.store, checked, group_size=samples, mode=Mode.TEST, resources_version=None,
             max_attempts=runner_cfg.max_attempts, timeout_s=timeout_s, tag=f"eval-{time.time_ns()}",
             metadata=metadata,
         )
-        results = [_result(st, task, g[0]) for task, g in zip(checked, groups, strict=True)]
-    out = EvalResults(results, url, time.monotonic() - t0)
+        results = [_result(st, task, r) for task, g in zip(checked, groups, strict=True) for r in g]
+    out = EvalResults(results, url, time.monotonic() - t0, samples=samples)
     logger.info("evaluated %d tasks with %s: mean reward %.4f", len(out), model, out.mean_reward)
     return out
+
+
+def _eval_sampling(samples: int, temperature: float | None, top_p: float | None) -> dict[str, float]:
+    """The rollouts' sampling settings (empty: greedy), checked."""
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ConfigError(f"samples must be a whole number ≥ 1 (rollouts per task), got {samples!r}")
+    sampling: dict[str, float] = {}
+    for name, value, ok, want in (
+        ("temperature", temperature, lambda v: 0 <= v <= 100, "between 0 (greedy) and 100, e.g. 1.0"),
+        ("top_p", top_p, lambda v: 0 < v <= 1, "in (0, 1], e.g. 0.95"),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
+            raise ConfigError(f"{name} must be a number {want}, got {value!r}")
+        sampling[name] = float(value)
+    if samples > 1 and not sampling.get("temperature"):
+        raise ConfigError(
+            f"samples={samples} with greedy decoding gives {samples} copies of one answer; set temperature "
+            "(e.g. temperature=1.0, the temperature RL samples at) to draw different ones"
+        )
+    if sampling.get("temperature") == 0.0:
+        del sampling["temperature"]  # greedy is what an evaluation does anyway
+    return sampling
 
 
 def _role_models(roles: dict[str, str | None] | None) -> dict[str, Any] | None:

@@ -15,6 +15,19 @@ so the interval is over tasks — the unit others will evaluate on — and seeds
 
 :func:`seed_table` writes the markdown table the example recipes and benchmarks report (one column per seed,
 their mean, the training time), and :func:`seed_average` the per-task means the intervals are taken over.
+
+:func:`pass_at_k` is the unbiased estimate of pass@k (Chen et al., 2021, "Evaluating Large Language Models
+Trained on Code"): the chance that at least one of ``k`` samples solves a task, estimated from ``n ≥ k``
+samples of which ``c`` solved it, without the bias of drawing only ``k``::
+
+    pass@k = 1 − C(n − c, k) / C(n, k) = 1 − Π_{i = n−c+1}^{n} (1 − k / i)     (1 when n − c < k)
+
+    pass_at_k(4, 1, 1), pass_at_k(4, 1, 2), pass_at_k(4, 2, 2)   # 0.25, 0.5, 5/6
+
+For RL this is the ceiling check: a policy-gradient stage reweights what the policy already samples, so on
+held-out tasks its greedy gain is bounded in practice by how far pass@k of the starting policy lies above its
+pass@1 (Yue et al., 2025, "Does Reinforcement Learning Really Incentivize Reasoning Capacity in LLMs Beyond the
+Base Model?").
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ import numpy as np
 
 from tracerl.errors import ConfigError
 
-__all__ = ["Interval", "paired_bootstrap", "seed_average", "seed_table"]
+__all__ = ["Interval", "paired_bootstrap", "pass_at_k", "seed_average", "seed_table"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,20 @@ def paired_bootstrap(
     alpha = 1.0 - confidence
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return Interval(float(d.mean()), float(low), float(high), confidence, int(d.size))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k of one task from ``n`` samples of which ``c`` passed (see module): the product form,
+    which stays exact where the binomial coefficients would overflow a float."""
+    if not (isinstance(n, int) and isinstance(c, int) and isinstance(k, int)) or not 0 <= c <= n or not 1 <= k <= n:
+        raise ConfigError(f"pass@k needs integers 0 ≤ c ≤ n and 1 ≤ k ≤ n; got n={n!r}, c={c!r}, k={k!r} "
+                          "(draw at least k samples per task)")
+    if n - c < k:
+        return 1.0
+    fail = 1.0
+    for i in range(n - c + 1, n + 1):
+        fail *= 1.0 - k / i
+    return 1.0 - fail
 
 
 def seed_average(runs: Sequence[Mapping[str, Any]], key: str = "rewards") -> list[float]:

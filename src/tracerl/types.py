@@ -61,6 +61,15 @@ class Mode(enum.StrEnum):
     TEST = "test"
 
 
+#: Rollout metadata key: how an evaluation rollout (mode ``val``/``test``) samples instead of decoding greedily,
+#: ``{"sampling": {"temperature": 1.0, "top_p": 0.95}}`` (``tracerl.evaluate(samples=..., temperature=...)``
+#: sets it for pass@k). The runner hands it to the agent through ``llm.sampling`` and the gateway serves a call
+#: that sets no ``temperature`` with it. Training rollouts ignore it (they sample with the resources' settings).
+SAMPLING_KEY = "sampling"
+#: The settings :data:`SAMPLING_KEY` may hold.
+EVAL_SAMPLING_FIELDS = ("temperature", "top_p")
+
+
 class SpanKind(enum.StrEnum):
     LLM_CALL = "llm_call"
     REWARD = "reward"

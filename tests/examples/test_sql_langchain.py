@@ -37,7 +37,7 @@ from sql_langchain.reward import (  # noqa: E402
 )
 
 import tracerl  # noqa: E402
-from tracerl.types import SpanKind  # noqa: E402
+from tracerl.types import RolloutQuery, SpanKind  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -310,6 +310,26 @@ def test_langchain_calls_are_recorded_through_the_gateway(tiny_model_dir: Path, 
             spans = store.get_spans(rollout_id=result.rollout_id)
             rewards = [(s.name, s.attributes["value"]) for s in spans if s.kind is SpanKind.REWARD]
             assert rewards == [("final", 0.0)]  # no query ran, so no valid_sql reward
+    finally:
+        store.close()
+
+
+@needs_langchain
+def test_the_evaluate_script_reports_pass_at_k_over_sampled_runs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from sql_langchain import evaluate as sql_evaluate
+
+    url = f"sqlite:///{tmp_path}/eval.db"
+    summary = sql_evaluate.run(str(tiny_model_dir), "val", 1, url, 2, 8, samples=2, temperature=1.0)
+    assert summary["n"] == 2 and summary["failed"] == 0  # one question, two sampled runs
+    assert (summary["pass@1"], summary["pass@2"], summary["pass@2_easy"]) == (0.0, 0.0, 0.0)  # random model
+    assert "pass@2_hard" not in summary  # the first val question is an easy one
+    store = tracerl.connect(url)
+    try:
+        calls = [[s for s in store.get_spans(rollout_id=r.rollout_id) if s.kind is SpanKind.LLM_CALL]
+                 for r in store.query_rollouts(RolloutQuery()).items]
+        assert len(calls) == 2
+        assert calls[0][0].response_ids != calls[1][0].response_ids  # the runs sampled different first queries
+        assert {s.attributes["request"]["temperature"] for c in calls for s in c} == {1.0}
     finally:
         store.close()
 

@@ -49,6 +49,15 @@ def text_length(task, llm):
 
 
 @tracerl.agent
+def sets_no_temperature(task, llm):
+    client = OpenAI(base_url=llm.base_url, api_key=llm.api_key)
+    reply = client.chat.completions.create(
+        model=llm.model, messages=[{"role": "user", "content": task["question"]}], max_tokens=4
+    )
+    return float(len(reply.choices[0].message.content or ""))
+
+
+@tracerl.agent
 def sleeps(task, llm):
     time.sleep(60)
     return 1.0
@@ -180,6 +189,41 @@ def test_evaluate_reports_rewards_errors_and_recorded_calls(tiny_model_dir: Path
     # greedy: the same prompt gives the same reply
     again = tracerl.evaluate(f"{agents}:digits_or_crash", tasks[:1], model=str(tiny_model_dir), runners=1, max_tokens=6)
     assert again[0].calls[0].response_ids == ok[0].calls[0].response_ids
+
+
+def test_sampled_evaluation_draws_k_different_replies_per_task_for_pass_at_k(
+    tiny_model_dir: Path, agents: str, tmp_path: Path
+) -> None:
+    tasks = toy.make_tasks("val", 2)
+    url = f"sqlite:///{tmp_path / 'sampled.db'}"
+    sampled = tracerl.evaluate(f"{agents}:digits_or_crash", tasks, model=str(tiny_model_dir), runners=2, max_tokens=6,
+                               samples=4, temperature=1.0, store=url)
+    assert (len(sampled), sampled.samples, sampled.failed) == (8, 4, 0)
+    groups = sampled.by_task()
+    assert [[r.task for r in g] for g in groups] == [[t] * 4 for t in tasks]
+    for g in groups:  # drawn, not four greedy copies of one reply
+        assert len({tuple(r.calls[0].response_ids) for r in g}) > 1
+    rewards = [r.reward or 0.0 for r in sampled]
+    cut = sorted(rewards)[4]
+    assert sampled.pass_at(1, threshold=cut) == pytest.approx(sum(r >= cut for r in rewards) / 8)  # c / n
+    assert sampled.pass_at(4, threshold=cut) >= sampled.pass_at(1, threshold=cut)
+
+    # an agent that sets no temperature is served at the evaluation's: the gateway fills it in
+    quiet = tracerl.evaluate(f"{agents}:sets_no_temperature", tasks[:1], model=str(tiny_model_dir), runners=1,
+                             samples=2, temperature=0.7, store=url)
+    greedy = tracerl.evaluate(f"{agents}:sets_no_temperature", tasks[:1], model=str(tiny_model_dir), runners=1,
+                              store=url)
+    st = tracerl.connect(url)
+    try:
+        def served(results: tracerl.EvalResults) -> list[float]:
+            return [s.attributes["request"]["temperature"] for r in results
+                    for s in st.get_spans(rollout_id=r.rollout_id) if s.kind.value == "llm_call"]
+
+        assert served(sampled) == [1.0] * 8  # the agent passed **llm.sampling
+        assert served(quiet) == [0.7, 0.7]
+        assert served(greedy) == [0.0]
+    finally:
+        st.close()
 
 
 def test_trainer_refuses_bad_arguments_before_loading_anything(tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
-"""The paired bootstrap on hand-computed cases (constant gains, two tasks, bad input) and the seed table."""
+"""The paired bootstrap on hand-computed cases (constant gains, two tasks, bad input), the seed table, and pass@k
+(the estimator, and ``EvalResults.pass_at`` over hand-built sampled results)."""
 
 from __future__ import annotations
 
 import pytest
 
+import tracerl
 from tracerl.errors import ConfigError
-from tracerl.stats import paired_bootstrap, seed_average, seed_table
+from tracerl.evaluate import EvalResult, EvalResults
+from tracerl.stats import paired_bootstrap, pass_at_k, seed_average, seed_table
 
 
 def test_a_constant_gain_has_a_zero_width_interval() -> None:
@@ -43,3 +46,53 @@ def test_seed_table_rows_means_times_and_the_per_task_seed_average() -> None:
         "| warm start | 0.500 | 1.000 | 0.750 | 1.5 min (12 steps), 0.5 min |",
     ]
     assert seed_average(sft) == [1.0, 0.5]
+
+
+def test_pass_at_k_on_hand_computed_cases() -> None:
+    # 1 − C(n−c, k)/C(n, k): n=4, c=1: k=1 → 1 − 3/4; k=2 → 1 − 3/6; n=4, c=2, k=2 → 1 − 1/6
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(4, 2, 2) == pytest.approx(5 / 6)
+    assert (pass_at_k(4, 0, 4), pass_at_k(4, 3, 2), pass_at_k(4, 4, 1)) == (0.0, 1.0, 1.0)  # none / n−c < k / all
+    # n=10, c=3, k=5: 1 − C(7,5)/C(10,5) = 1 − 21/252
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)
+    assert pass_at_k(200, 5, 100) == pytest.approx(0.9703083947657)  # 1 − C(195,100)/C(200,100), no overflow
+    for bad in ((4, 5, 1), (4, 1, 0), (4, 1, 5), (4, -1, 1)):
+        with pytest.raises(ConfigError, match="pass@k needs integers"):
+            pass_at_k(*bad)
+
+
+def _sampled(rewards: list[list[float | None]]) -> EvalResults:
+    results = [
+        EvalResult(task={"id": t}, rollout_id=f"r{t}-{i}", status="failed" if r is None else "succeeded", reward=r,
+                   error=None)
+        for t, group in enumerate(rewards) for i, r in enumerate(group)
+    ]  # fmt: skip
+    return EvalResults(results, "memory://", 0.0, samples=len(rewards[0]))
+
+
+def test_eval_results_pass_at_k_per_task_then_averaged() -> None:
+    res = _sampled([[1.0, 0.0, 0.0, 1.0], [0.0, None, 0.6, 0.0]])  # task 0: c = 2 of 4; task 1: c = 0 (≥ 1)
+    assert [[r.task["id"] for r in g] for g in res.by_task()] == [[0] * 4, [1] * 4]
+    assert res.pass_at(1) == pytest.approx((0.5 + 0) / 2)
+    assert res.pass_at(2) == pytest.approx((5 / 6 + 0) / 2)
+    assert res.pass_at(4) == pytest.approx((1 + 0) / 2)
+    assert res.pass_at(2, threshold=0.5) == pytest.approx((5 / 6 + 0.5) / 2)  # task 1's 0.6 passes now
+    assert res.mean_reward == pytest.approx(2.6 / 8)  # the failed rollout counts 0
+    assert repr(res) == "EvalResults(n=8, samples=4, mean_reward=0.3250, failed=1)"
+    with pytest.raises(ConfigError, match=r"1 ≤ k ≤ samples \(4\)"):
+        res.pass_at(5)
+    with pytest.raises(ValueError, match="groups of samples=4"):
+        EvalResults(list(res)[:7], "memory://", 0.0, samples=4)
+
+
+def test_evaluate_refuses_bad_sampling_before_loading_anything() -> None:
+    tasks = [{"id": 1}]
+    with pytest.raises(ConfigError, match="samples=4 with greedy decoding gives 4 copies"):
+        tracerl.evaluate("nowhere:agent", tasks, samples=4)
+    with pytest.raises(ConfigError, match="samples must be a whole number ≥ 1"):
+        tracerl.evaluate("nowhere:agent", tasks, samples=0, temperature=1.0)
+    with pytest.raises(ConfigError, match="temperature must be a number between 0"):
+        tracerl.evaluate("nowhere:agent", tasks, samples=2, temperature=-1.0)
+    with pytest.raises(ConfigError, match=r"top_p must be a number in \(0, 1\]"):
+        tracerl.evaluate("nowhere:agent", tasks, temperature=1.0, top_p=0.0)

@@ -10,7 +10,8 @@ Routes (``{r}`` = rollout id, ``{a}`` = attempt id; an agent gets ``base_url = h
     GET  /v1/models
 
 Evaluation is greedy without agent changes: on a tracked call of a ``val`` or ``test`` rollout, a request that
-sets no ``temperature`` is served with ``temperature=0`` (an explicit value from the agent is kept).
+sets no ``temperature`` is served with ``temperature=0``, or with the temperature the rollout's metadata asks
+for (:data:`~tracerl.types.SAMPLING_KEY`, a sampled pass@k evaluation); an explicit value from the agent is kept.
 
 Prompt optimization without agent changes: a tracked chat call of a rollout that runs with a version of the
 ``prompts`` resource is served with its system prompt substituted and demonstrations inserted
@@ -57,7 +58,7 @@ from tracerl.gateway.spans import build_spans
 from tracerl.gateway.streaming import chat_events, completion_events, sse
 from tracerl.prompts import PromptBook, PromptTable, apply_to_body
 from tracerl.store.base import MAX_JSON_DEPTH, Store, validate_json_depth
-from tracerl.types import Mode
+from tracerl.types import SAMPLING_KEY, Mode
 
 log = logging.getLogger(__name__)
 
@@ -161,16 +162,17 @@ def build_gateway_router(
     ``store``. ``model_name`` is the name clients must pass as ``model`` (default: the engine's)."""
     service = make_service(engine, model_name=model_name, default_max_tokens=default_max_tokens)
     router = APIRouter(tags=["gateway"])
-    modes: dict[str, tuple[Mode, PromptTable | None]] = {}  # rollout id -> (mode, prompts): immutable, cached
+    # rollout id -> (default temperature, prompts): immutable, cached
+    modes: dict[str, tuple[float | None, PromptTable | None]] = {}
     book = PromptBook(store)
 
-    def rollout_info(rollout_id: str) -> tuple[Mode, PromptTable | None]:
+    def rollout_info(rollout_id: str) -> tuple[float | None, PromptTable | None]:
         info = modes.get(rollout_id)
         if info is None:
             if len(modes) >= 100_000:
                 modes.clear()
             rollout = store.get_rollout(rollout_id)
-            info = modes[rollout_id] = (rollout.mode, book.for_rollout(rollout))
+            info = modes[rollout_id] = (_eval_temperature(rollout.mode, rollout.metadata), book.for_rollout(rollout))
         return info
 
     async def serve(endpoint: str, body: Any, attempt: AttemptKey | None = None) -> CallResult:
@@ -183,9 +185,9 @@ def build_gateway_router(
             try:
                 body = await _body(request)  # a malformed or too deep body is refused before any store call
                 await asyncio.to_thread(check_attempt, store, rollout_id, attempt_id)
-                mode, prompts = await asyncio.to_thread(rollout_info, rollout_id)
-                if isinstance(body, dict) and "temperature" not in body and mode is not Mode.TRAIN:
-                    body["temperature"] = 0.0  # evaluation rollouts decode greedily by default
+                temperature, prompts = await asyncio.to_thread(rollout_info, rollout_id)
+                if isinstance(body, dict) and "temperature" not in body and temperature is not None:
+                    body["temperature"] = temperature  # evaluation rollouts decode greedily by default
                 substituted = None
                 if endpoint == "chat/completions":  # the rollout's prompts version (tracerl.prompts)
                     body, substituted = apply_to_body(body, prompts)
@@ -244,6 +246,16 @@ def build_gateway_router(
             return _error_response(e)
 
     return router
+
+
+def _eval_temperature(mode: Mode, metadata: dict[str, Any]) -> float | None:
+    """The temperature a call of a rollout that sets none is served with: None for training (the request's
+    own default), 0 for evaluation, or the sampled evaluation's (metadata :data:`~tracerl.types.SAMPLING_KEY`)."""
+    if mode is Mode.TRAIN:
+        return None
+    asked = metadata.get(SAMPLING_KEY)
+    value = asked.get("temperature") if isinstance(asked, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def create_gateway_app(
