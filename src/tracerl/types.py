@@ -63,8 +63,9 @@ class Mode(enum.StrEnum):
 
 #: Rollout metadata key: how an evaluation rollout (mode ``val``/``test``) samples instead of decoding greedily,
 #: ``{"sampling": {"temperature": 1.0, "top_p": 0.95}}`` (``tracerl.evaluate(samples=..., temperature=...)``
-#: sets it for pass@k). The runner hands it to the agent through ``llm.sampling`` and the gateway serves a call
-#: that sets no ``temperature`` with it. Training rollouts ignore it (they sample with the resources' settings).
+#: sets it for pass@k). Read by :meth:`Rollout.eval_sampling`: the runner hands it to the agent through
+#: ``llm.sampling`` and the gateway serves a call that sets no ``temperature`` with it. Training rollouts ignore
+#: it (they sample with the resources' settings).
 SAMPLING_KEY = "sampling"
 #: The settings :data:`SAMPLING_KEY` may hold.
 EVAL_SAMPLING_FIELDS = ("temperature", "top_p")
@@ -135,6 +136,18 @@ class Rollout:
     @classmethod
     def from_json(cls, d: JSON) -> Rollout:
         return _from_json(cls, d, {"mode": Mode, "status": RolloutStatus})
+
+    def eval_sampling(self) -> dict[str, float] | None:
+        """How this rollout's calls sample: None for a training rollout (the resources' settings apply), else
+        ``{"temperature": 0.0}`` (greedy) with the numeric settings of :data:`SAMPLING_KEY` in its metadata."""
+        if self.mode is Mode.TRAIN:
+            return None
+        asked = self.metadata.get(SAMPLING_KEY)
+        out = {"temperature": 0.0}
+        if isinstance(asked, dict):
+            out.update({k: float(v) for k, v in asked.items()
+                        if k in EVAL_SAMPLING_FIELDS and isinstance(v, int | float) and not isinstance(v, bool)})
+        return out
 
 
 @dataclass(slots=True)

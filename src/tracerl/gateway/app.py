@@ -58,7 +58,6 @@ from tracerl.gateway.spans import build_spans
 from tracerl.gateway.streaming import chat_events, completion_events, sse
 from tracerl.prompts import PromptBook, PromptTable, apply_to_body
 from tracerl.store.base import MAX_JSON_DEPTH, Store, validate_json_depth
-from tracerl.types import SAMPLING_KEY, Mode
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,9 @@ def build_gateway_router(
             if len(modes) >= 100_000:
                 modes.clear()
             rollout = store.get_rollout(rollout_id)
-            info = modes[rollout_id] = (_eval_temperature(rollout.mode, rollout.metadata), book.for_rollout(rollout))
+            evaluation = rollout.eval_sampling()
+            temperature = None if evaluation is None else evaluation["temperature"]
+            info = modes[rollout_id] = (temperature, book.for_rollout(rollout))
         return info
 
     async def serve(endpoint: str, body: Any, attempt: AttemptKey | None = None) -> CallResult:
@@ -246,16 +247,6 @@ def build_gateway_router(
             return _error_response(e)
 
     return router
-
-
-def _eval_temperature(mode: Mode, metadata: dict[str, Any]) -> float | None:
-    """The temperature a call of a rollout that sets none is served with: None for training (the request's
-    own default), 0 for evaluation, or the sampled evaluation's (metadata :data:`~tracerl.types.SAMPLING_KEY`)."""
-    if mode is Mode.TRAIN:
-        return None
-    asked = metadata.get(SAMPLING_KEY)
-    value = asked.get("temperature") if isinstance(asked, dict) else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def create_gateway_app(

@@ -35,7 +35,7 @@ from tracerl.runner.process import AgentProcess, WorkerDied
 from tracerl.store import order
 from tracerl.store.base import Store
 from tracerl.tracing import SpanWriter
-from tracerl.types import EVAL_SAMPLING_FIELDS, SAMPLING_KEY, AttemptStatus, Claim, Mode, Span, SpanKind
+from tracerl.types import AttemptStatus, Claim, Mode, Span, SpanKind
 
 logger = logging.getLogger(__name__)
 
@@ -330,11 +330,9 @@ class Worker(threading.Thread):
             resources = {**resources, PROMPTS_RESOURCE: {"version": table.version, "prompts": {
                 k: r.to_json() for k, r in table.replacements.items()}}}
         sampling = {**cfg.sampling, **resources.get("sampling", {})}
-        if rollout.mode is not Mode.TRAIN:  # greedy, unless the rollout asks to sample (pass@k evaluation)
-            sampling["temperature"] = 0.0
-            asked = rollout.metadata.get(SAMPLING_KEY)
-            if isinstance(asked, dict):
-                sampling.update({k: v for k, v in asked.items() if k in EVAL_SAMPLING_FIELDS})
+        evaluation = rollout.eval_sampling()  # greedy, unless the rollout asks to sample (pass@k evaluation)
+        if evaluation is not None:
+            sampling.update(evaluation)
         return LLM(
             gateway_url=cfg.gateway_url,
             rollout_id=rollout.rollout_id,
